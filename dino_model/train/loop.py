@@ -1,0 +1,265 @@
+"""The DINO training loop: one process per device, any number of processes.
+
+Step order follows the official `train_one_epoch`: set lr/wd from the schedules, teacher on the
+global crops, student on all crops, loss (which updates the centre), a finite-loss guard,
+backward, per-parameter clipping, last-layer freeze, optimiser step, EMA teacher update.
+Randomness is re-seeded from (seed, epoch, rank) at each epoch start, so resuming from an
+epoch's checkpoint continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dino_model.config import TrainConfig, config_from_dict, dump_config
+from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.loaders import SeededMultiCropDataset, build_train_loader
+from dino_model.data.transforms import MultiCropTransform
+from dino_model.errors import CheckpointError, ConfigError
+from dino_model.logs import JsonlWriter
+from dino_model.loss import DINOLoss
+from dino_model.models.factory import build_student_teacher, has_batchnorm
+from dino_model.models.teacher import ema_update
+from dino_model.train import monitor
+from dino_model.train.checkpoint import LATEST, load_checkpoint, save_atomic
+from dino_model.train.distributed import DistInfo, all_reduce_sum, init_distributed
+from dino_model.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients, param_groups
+from dino_model.train.schedules import cosine_schedule, effective_lr
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    checkpoint: Path
+    epochs_done: int
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Schedules:
+    lr: np.ndarray
+    wd: np.ndarray
+    momentum: np.ndarray
+
+
+@dataclass
+class Trainer:
+    cfg: TrainConfig
+    dist: DistInfo
+    student: nn.Module  # DDP-wrapped when distributed
+    teacher: nn.Module
+    loss: DINOLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedules: Schedules
+    steps_per_epoch: int
+
+    @property
+    def student_module(self) -> nn.Module:
+        return self.student.module if isinstance(self.student, DistributedDataParallel) else self.student
+
+    @property
+    def teacher_module(self) -> nn.Module:
+        return self.teacher.module if isinstance(self.teacher, DistributedDataParallel) else self.teacher
+
+
+def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
+    """Train DINO as configured; with `resume`, continue from output_dir/checkpoint.pth."""
+    dist = init_distributed(cfg.train.device)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_epoch(cfg.train.seed, 0, dist.rank)
+    images = ImageFolderDataset(cfg.data.root)
+    dataset = SeededMultiCropDataset(images, MultiCropTransform(cfg.crops), cfg.train.seed)
+    loader, sampler = build_train_loader(
+        dataset, batch_size=cfg.train.batch_size, rank=dist.rank, world_size=dist.world_size,
+        seed=cfg.train.seed, num_workers=cfg.data.num_workers, pin_memory=dist.device.type == "cuda",
+    )
+    trainer = build_trainer(cfg, dist, steps_per_epoch=len(loader))
+    start_epoch = _resume(trainer, out) if resume else 0
+    if dist.is_main:
+        dump_config(cfg, out / "config.yaml")
+        logger.info("training %d images, %d steps/epoch, %d process(es), device %s",
+                    len(images), len(loader), dist.world_size, dist.device)
+    metrics: dict[str, Any] = {}
+    last_epoch = cfg.train.epochs if not cfg.train.stop_after_epochs else min(
+        cfg.train.epochs, cfg.train.stop_after_epochs)
+    writer = JsonlWriter(out / "metrics.jsonl")
+    for epoch in range(start_epoch, last_epoch):
+        _seed_epoch(cfg.train.seed, epoch, dist.rank)
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        metrics = train_one_epoch(trainer, loader, epoch, out / LATEST)
+        if dist.is_main:
+            writer.write(metrics)
+            _save(trainer, out, epoch)
+            logger.info("epoch %d: %s", epoch, _fmt(metrics))
+    return TrainResult(
+        output_dir=out, checkpoint=out / LATEST, epochs_done=last_epoch, final_metrics=metrics,
+        lineage={"data_version": cfg.data.version},
+    )
+
+
+def build_trainer(cfg: TrainConfig, dist: DistInfo, *, steps_per_epoch: int) -> Trainer:
+    student, teacher = build_student_teacher(cfg.model)
+    if cfg.train.channels_last:
+        student, teacher = student.to(memory_format=torch.channels_last), teacher.to(
+            memory_format=torch.channels_last)
+    student, teacher = student.to(dist.device), teacher.to(dist.device)
+    if dist.world_size > 1:
+        if has_batchnorm(student) and dist.device.type == "cuda":
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+            teacher = DistributedDataParallel(teacher, device_ids=[dist.local_rank])
+        elif has_batchnorm(student):
+            logger.warning("SyncBatchNorm needs CUDA: BatchNorm statistics stay per process on CPU")
+        ids = [dist.local_rank] if dist.device.type == "cuda" else None
+        student = DistributedDataParallel(student, device_ids=ids)
+    if cfg.train.compile:
+        student = torch.compile(student)
+    if cfg.train.precision == "fp16" and dist.device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs CUDA; use train.precision=bf16 on CPU")
+    optimizer = build_optimizer(param_groups(student), cfg.optim)
+    n_crops = 2 + cfg.crops.local_crops_number
+    loss = DINOLoss(
+        cfg.model.out_dim, n_crops, epochs=cfg.train.epochs, teacher_temp=cfg.loss.teacher_temp,
+        warmup_teacher_temp=cfg.loss.warmup_teacher_temp,
+        warmup_teacher_temp_epochs=cfg.loss.warmup_teacher_temp_epochs,
+        student_temp=cfg.loss.student_temp, center_momentum=cfg.loss.center_momentum,
+    ).to(dist.device)
+    return Trainer(
+        cfg=cfg, dist=dist, student=student, teacher=teacher, loss=loss, optimizer=optimizer,
+        scaler=torch.amp.GradScaler(dist.device.type, enabled=cfg.train.precision == "fp16"),
+        schedules=build_schedules(cfg, steps_per_epoch, dist.world_size), steps_per_epoch=steps_per_epoch,
+    )
+
+
+def build_schedules(cfg: TrainConfig, steps_per_epoch: int, world_size: int) -> Schedules:
+    o, epochs = cfg.optim, cfg.train.epochs
+    peak = effective_lr(o.base_lr, cfg.train.batch_size * world_size)
+    return Schedules(
+        lr=cosine_schedule(peak, o.min_lr, epochs, steps_per_epoch, warmup_epochs=o.warmup_epochs),
+        wd=cosine_schedule(o.weight_decay, o.weight_decay_end, epochs, steps_per_epoch),
+        momentum=cosine_schedule(o.momentum_teacher, 1.0, epochs, steps_per_epoch),
+    )
+
+
+def train_one_epoch(t: Trainer, loader, epoch: int, ckpt_path: Path) -> dict[str, Any]:
+    t.student.train()
+    sums = torch.zeros(2, dtype=torch.float64, device=t.dist.device)  # loss, teacher entropy
+    start, steps, n_images = time.perf_counter(), 0, 0
+    for i, (crops, _) in enumerate(loader):
+        it = epoch * t.steps_per_epoch + i
+        loss = train_step(t, crops, epoch, it, ckpt_path)
+        sums += torch.stack([loss.detach().double(), t.loss.last_teacher_entropy.double()])
+        steps, n_images = steps + 1, n_images + crops[0].shape[0] * t.dist.world_size
+        if t.dist.is_main and (i + 1) % t.cfg.train.log_every_steps == 0:
+            logger.info("epoch %d step %d/%d loss %.4f lr %.2e", epoch, i + 1, t.steps_per_epoch,
+                        loss.item(), t.schedules.lr[it])
+    elapsed = time.perf_counter() - start
+    loss_mean, entropy = (all_reduce_sum(sums) / (steps * t.dist.world_size)).tolist()
+    it = epoch * t.steps_per_epoch + max(steps - 1, 0)
+    return {
+        "epoch": epoch,
+        "loss": loss_mean,
+        "lr": float(t.schedules.lr[it]),
+        "wd": float(t.schedules.wd[it]),
+        "momentum": float(t.schedules.momentum[it]),
+        "teacher_temp": t.loss.teacher_temp(epoch),
+        "teacher_entropy": entropy,
+        "kl": loss_mean - entropy,
+        "collapsed": monitor.is_collapsed(entropy, t.cfg.model.out_dim, t.cfg.monitor),
+        "images_per_s": n_images / elapsed if elapsed > 0 else 0.0,
+        "steps": steps,
+    }
+
+
+def train_step(t: Trainer, crops: list[torch.Tensor], epoch: int, it: int, ckpt_path: Path) -> torch.Tensor:
+    for j, group in enumerate(t.optimizer.param_groups):
+        group["lr"] = t.schedules.lr[it]
+        if j == 0:
+            group["weight_decay"] = t.schedules.wd[it]
+    crops = [c.to(t.dist.device, non_blocking=True) for c in crops]
+    with _autocast(t.cfg.train.precision, t.dist.device):
+        with torch.no_grad():
+            teacher_out = t.teacher(crops[:2])
+        student_out = t.student(crops)
+        loss = t.loss(student_out, teacher_out, epoch)
+    monitor.check_finite(loss, epoch=epoch, step=it, checkpoint=str(ckpt_path))
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    if t.cfg.optim.clip_grad > 0:
+        t.scaler.unscale_(t.optimizer)
+        clip_gradients(t.student_module, t.cfg.optim.clip_grad)
+    cancel_last_layer_gradients(t.student_module, epoch, t.cfg.optim.freeze_last_layer_epochs)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    ema_update(t.student_module, t.teacher_module, float(t.schedules.momentum[it]))
+    return loss
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    s = seed + 1000 * epoch + rank
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def _save(t: Trainer, out: Path, epoch: int) -> None:
+    state = {
+        "student": t.student_module.state_dict(),
+        "teacher": t.teacher_module.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scaler": t.scaler.state_dict(),
+        "dino_loss": t.loss.state_dict(),
+        "epoch": epoch + 1,
+        "iteration": (epoch + 1) * t.steps_per_epoch,
+        "config": t.cfg.to_dict(),
+        "data_version": t.cfg.data.version,
+    }
+    save_atomic(state, out / LATEST)
+    if t.cfg.train.saveckp_freq and epoch % t.cfg.train.saveckp_freq == 0:
+        save_atomic(state, out / f"checkpoint{epoch:04d}.pth")
+
+
+def _resume(t: Trainer, out: Path) -> int:
+    path = out / LATEST
+    if not path.is_file():
+        logger.info("no checkpoint at %s: starting from scratch", path)
+        return 0
+    state = load_checkpoint(path, map_location=t.dist.device)
+    saved = config_from_dict(state["config"])
+    if saved.model != t.cfg.model:
+        raise CheckpointError(f"{path} was trained with model {saved.model}, not {t.cfg.model}")
+    t.student_module.load_state_dict(state["student"])
+    t.teacher_module.load_state_dict(state["teacher"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scaler.load_state_dict(state["scaler"])
+    t.loss.load_state_dict(state["dino_loss"])
+    logger.info("resumed from %s at epoch %d", path, state["epoch"])
+    return int(state["epoch"])
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny configuration, materialised digits, seeds, free ports, shared data sets."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_datasets_dir() -> Path:
+    """../shared/datasets beside the checkout, or DINO_SHARED_DATASETS."""
+    return Path(os.environ.get("DINO_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+
+
+def require_shared(sub: str) -> Path:
+    """The path of a shared data set; skip (or fail when DINO_REQUIRE_SHARED_DATA=1) if absent."""
+    path = shared_datasets_dir() / sub
+    if not path.exists():
+        message = f"shared data set {path} is absent (set DINO_SHARED_DATASETS to its folder)"
+        if os.environ.get("DINO_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def free_port() -> int:
+    return find_free_port()
+
+
+def find_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's digits materialised once as image folders with train/val splits."""
+    from dino_model.data.materialize import materialize
+
+    root = tmp_path_factory.mktemp("digits")
+    materialize("digits", root)
+    return root
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path, digits_root: Path):
+    """The packaged tiny config on the digits set, writing into tmp_path."""
+    from dino_model.config import load_config
+
+    return load_config(
+        "tiny",
+        overrides=[
+            f"data.root={digits_root / 'train'}",
+            f"data.knn_train={digits_root / 'train'}",
+            f"data.knn_val={digits_root / 'val'}",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+    )
