@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, List, Optional
 
 from dino_model.errors import ConfigError
 
+CONFIG_DIR = Path(__file__).parent / "configs"
 ARCHS = ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "lars")
@@ -181,7 +181,7 @@ def _pair(key: str, values: Sequence[float]) -> tuple[float, float]:
 def packaged_config(name: str) -> Path:
     """Path of a YAML file shipped in dino_model/configs (name with or without .yaml)."""
     stem = name.removesuffix(".yaml")
-    path = Path(str(resources.files("dino_model") / "configs" / f"{stem}.yaml"))
+    path = CONFIG_DIR / f"{stem}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"no config file {name!r} and no packaged config of that name; packaged: {known}")

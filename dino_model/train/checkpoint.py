@@ -6,6 +6,7 @@ A checkpoint holds only tensors and plain Python values (the config as a dict), 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import tempfile
@@ -39,12 +40,17 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by `save_atomic`; CheckpointError if missing or unreadable."""
+    """Load a checkpoint (ours, or an official DINO one); CheckpointError if missing or unreadable.
+
+    Only tensors and plain values are unpickled; the official files' `argparse.Namespace` is
+    allow-listed.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
 

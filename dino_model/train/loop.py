@@ -190,9 +190,9 @@ def train_one_epoch(t: Trainer, loader, epoch: int, ckpt_path: Path) -> dict[str
 
 def train_step(t: Trainer, crops: list[torch.Tensor], epoch: int, it: int, ckpt_path: Path) -> torch.Tensor:
     for j, group in enumerate(t.optimizer.param_groups):
-        group["lr"] = t.schedules.lr[it]
+        group["lr"] = float(t.schedules.lr[it])
         if j == 0:
-            group["weight_decay"] = t.schedules.wd[it]
+            group["weight_decay"] = float(t.schedules.wd[it])
     crops = [c.to(t.dist.device, non_blocking=True) for c in crops]
     with _autocast(t.cfg.train.precision, t.dist.device):
         with torch.no_grad():

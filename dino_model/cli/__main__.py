@@ -1,0 +1,5 @@
+import sys
+
+from dino_model.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,29 @@
+"""Argument helpers shared by subcommands: the config files plus `a.b=value` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_config_args(parser: argparse.ArgumentParser, *, default: str = "default") -> None:
+    parser.add_argument(
+        "--config", action="append", default=None,
+        help=f"YAML config file or packaged name (repeatable, later wins; default: {default})",
+    )
+    parser.add_argument("overrides", nargs="*", help="config overrides such as train.epochs=5")
+
+
+def config_from_args(args: argparse.Namespace, *extra: str, default: str = "default"):
+    from dino_model.config import load_config
+
+    files = args.config or ([] if default == "default" else [default])
+    return load_config(*files, overrides=[*args.overrides, *extra])
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """The command's result on stdout as indented JSON."""
+    json.dump(result, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
