@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "dino_model.cli.evaluate",
     "dino_model.cli.data",
     "dino_model.cli.serving",
+    "dino_model.cli.monitoring",
     "dino_model.cli.pipeline",
     "dino_model.cli.retrain",
 )
