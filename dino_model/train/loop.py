@@ -70,11 +70,15 @@ class Trainer:
 
     @property
     def student_module(self) -> nn.Module:
-        return self.student.module if isinstance(self.student, DistributedDataParallel) else self.student
+        return _module(self.student)
 
     @property
     def teacher_module(self) -> nn.Module:
-        return self.teacher.module if isinstance(self.teacher, DistributedDataParallel) else self.teacher
+        return _module(self.teacher)
+
+
+def _module(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
@@ -82,7 +86,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     dist = init_distributed(cfg.train.device)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _seed_epoch(cfg.train.seed, 0, dist.rank)
+    _seed_epoch(cfg.train.seed, 0, rank=0)  # identical initial weights on every process
     images = ImageFolderDataset(cfg.data.root)
     dataset = SeededMultiCropDataset(images, MultiCropTransform(cfg.crops), cfg.train.seed)
     loader, sampler = build_train_loader(
@@ -128,7 +132,8 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, *, steps_per_epoch: int) -> 
         elif has_batchnorm(student):
             logger.warning("SyncBatchNorm needs CUDA: BatchNorm statistics stay per process on CPU")
         ids = [dist.local_rank] if dist.device.type == "cuda" else None
-        student = DistributedDataParallel(student, device_ids=ids)
+        student = DistributedDataParallel(student, device_ids=ids)  # broadcasts rank 0's weights
+        _module(teacher).load_state_dict(student.module.state_dict())
     if cfg.train.compile:
         student = torch.compile(student)
     if cfg.train.precision == "fp16" and dist.device.type != "cuda":

@@ -1,0 +1,117 @@
+"""The objects behind a data version: its file listing, the local cache, the remote, the workspace.
+
+A version is a `.dir` object (a JSON list of `{md5, relpath}`) plus one object per file, kept under
+`.dvc/cache/files/md5/` and mirrored by the remote (MLOPS_REFERENCE §4.2). Fetching a version copies
+every missing object into the local cache *before* the workspace is touched, and checks that nothing
+is missing afterwards, so an interrupted or incomplete transfer never reaches `data/`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dino_model.errors import DataError
+from dino_model.versioning.remotes import get_remote
+from dino_model.versioning.versions import DataVersion
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
+    from dvc_data.hashfile.tree import Tree
+
+logger = logging.getLogger(__name__)
+
+UNCHANGED = "data/ and data.dvc were left as they were"
+
+
+def _hash_info(md5: str):
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    return HashInfo("md5", md5)
+
+
+def load_tree(repo: Repo, version: DataVersion, *, remote: str | None = None) -> Tree:
+    """The file listing of `version`, from the local cache or else fetched (alone) from the remote."""
+    from dvc_data.hashfile.tree import Tree
+
+    cache = repo.cache.local
+    hi = _hash_info(version.md5)
+    if not cache.exists(version.md5):
+        dvc_remote = get_remote(repo, remote, reading=True)
+        if not dvc_remote.odb.exists(version.md5):
+            raise DataError(
+                f"data version {version.md5} is not in the local cache nor in DVC remote {dvc_remote.name!r} "
+                f"({dvc_remote.path}): {_origin(version)}. List known versions with `dino-mlops data log`")
+        _transfer(repo, {hi}, remote=dvc_remote.name, version=version)
+    try:
+        return Tree.load(cache, hi)
+    except Exception as exc:  # noqa: BLE001 (a corrupt listing: ObjectFormatError, ValueError, ...)
+        raise DataError(f"the file listing of data version {version.md5} in {cache.path} is unreadable ({exc}); "
+                        "delete that file and pull again") from exc
+
+
+def _origin(version: DataVersion) -> str:
+    if version.rev:
+        return f"git revision {version.rev[:12]} records it, but it was never pushed, or the remote lost it"
+    return "no commit's data.dvc records it, and it was never pushed"
+
+
+def missing_objects(repo: Repo, tree: Tree) -> set[str]:
+    """md5s of the tree's files (and the listing itself) absent from the local cache."""
+    cache = repo.cache.local
+    wanted = {oid.value for _, _, oid in tree} | {tree.hash_info.value}
+    return {oid for oid in wanted if not cache.exists(oid)}
+
+
+def fetch(repo: Repo, version: DataVersion, *, remote: str | None = None) -> Tree:
+    """Make the local cache hold every object of `version`; returns its listing.
+
+    Raises:
+        DataError: the remote is missing or unusable, lacks some objects, or the transfer failed;
+            the workspace has not been touched.
+    """
+    tree = load_tree(repo, version, remote=remote)
+    missing = missing_objects(repo, tree)
+    if not missing:
+        return tree
+    dvc_remote = get_remote(repo, remote, reading=True)
+    logger.info("fetching %d of %d objects of data version %s from remote %r", len(missing), len(tree) + 1,
+                version.short, dvc_remote.name)
+    _transfer(repo, {_hash_info(oid) for oid in missing}, remote=dvc_remote.name, version=version)
+    still = missing_objects(repo, tree)
+    if still:
+        paths = sorted("/".join(key) for key, _, oid in tree if oid.value in still)
+        raise DataError(
+            f"DVC remote {dvc_remote.name!r} ({dvc_remote.path}) lacks {len(still)} of the {len(tree)} files of data "
+            f"version {version.md5} (e.g. {', '.join(paths[:3]) or 'its listing'}); {UNCHANGED}. Push the version "
+            "again from a machine that has it (`dino-mlops data snapshot`)")
+    return tree
+
+
+def _transfer(repo: Repo, objs: set, *, remote: str, version: DataVersion) -> None:
+    try:
+        result = repo.cloud.pull(objs, remote=remote)
+    except Exception as exc:
+        raise DataError(f"fetching data version {version.md5} from DVC remote {remote!r} was interrupted: {exc}; "
+                        f"{UNCHANGED}. Run the pull again") from exc
+    if result.failed:
+        logger.warning("%d objects of data version %s could not be fetched from %r", len(result.failed),
+                       version.short, remote)
+
+
+def version_of_tree(repo: Repo, tree: Tree, *, rev: str | None = None, path: str = "data") -> DataVersion:
+    """A DataVersion with nfiles and size counted from the cached objects of `tree`."""
+    cache = repo.cache.local
+    size = sum(Path(cache.oid_to_path(oid.value)).stat().st_size for _, _, oid in tree)
+    return DataVersion(md5=tree.hash_info.value, nfiles=len(tree), size=size, rev=rev, path=path)
+
+
+def workspace_tree(repo: Repo, data_dir: Path) -> Tree | None:
+    """The listing of `data_dir` as it is on disk (hashes cached in DVC's state db), or None if absent/empty."""
+    from dvc_data.hashfile.build import build
+
+    if not data_dir.is_dir() or not any(data_dir.iterdir()):
+        return None
+    _, _, tree = build(repo.cache.local, str(data_dir), repo.fs, "md5", dry_run=True, ignore=repo.dvcignore)
+    return tree if len(tree) else None

@@ -1,0 +1,29 @@
+"""Multi-crop augmentation: crop counts, sizes, normalisation, reproducibility per (seed, index)."""
+
+import torch
+from PIL import Image
+
+from dino_model.config import CropConfig
+from dino_model.data.transforms import MultiCropTransform, RandomSolarize
+
+
+def _image():
+    return Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy())
+
+
+def test_paper_defaults_give_two_224_and_eight_96_crops():
+    crops = MultiCropTransform(CropConfig())(_image())
+    assert [tuple(c.shape) for c in crops] == [(3, 224, 224)] * 2 + [(3, 96, 96)] * 8
+
+
+def test_configurable_tiny_sizes():
+    cfg = CropConfig(global_size=32, local_size=16, local_crops_number=6)
+    crops = MultiCropTransform(cfg)(_image())
+    assert len(crops) == 8 and crops[0].shape == (3, 32, 32) and crops[-1].shape == (3, 16, 16)
+    assert crops[0].dtype == torch.float32 and crops[0].min() < 0  # normalised
+
+
+def test_solarize_inverts_bright_pixels():
+    img = Image.fromarray(torch.tensor([[[10, 200, 128]]], dtype=torch.uint8).numpy())
+    out = RandomSolarize(1.0)(img)
+    assert list(out.getpixel((0, 0))) == [10, 55, 127]
