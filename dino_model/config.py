@@ -57,6 +57,7 @@ class CropConfig:
     local_crops_number: int = 8
     global_scale: List[float] = field(default_factory=lambda: [0.4, 1.0])
     local_scale: List[float] = field(default_factory=lambda: [0.05, 0.4])
+    blur_radius: List[float] = field(default_factory=lambda: [0.1, 2.0])  # PIL radius range, for 224 px crops
 
 
 @dataclass
@@ -134,6 +135,9 @@ class TrainConfig:
                 f"crops.local_size={self.crops.local_size} must not exceed "
                 f"crops.global_size={self.crops.global_size}"
             )
+        blur_lo, blur_hi = _pair("crops.blur_radius", self.crops.blur_radius)
+        if not 0 <= blur_lo <= blur_hi:
+            raise ConfigError(f"crops.blur_radius={[blur_lo, blur_hi]} must satisfy 0 <= min <= max")
         for key in ("global_scale", "local_scale"):
             lo, hi = _pair(f"crops.{key}", getattr(self.crops, key))
             if not 0 < lo <= hi <= 1:

@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="pull the recorded version, or rebuild the default data set and push it")
     p.add_argument("--source", default="digits", help="packaged data set to rebuild (default: digits)")
     p.set_defaults(func=run_ensure)
+    p = data.add_parser("materialize", help="write a packaged data set (digits, faces, samples) as image folders")
+    p.add_argument("name", help="digits | faces | samples")
+    p.add_argument("root", help="output folder; receives train/ and val/ class folders")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of images in val/ (stratified)")
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.set_defaults(func=run_materialize)
     _register_remote(data, common)
 
 
@@ -136,6 +142,14 @@ def run_ensure(args: argparse.Namespace) -> int:
     root = _root(args, search="fallback")
     version = ensure_default_data(root, source=args.source, remote=args.remote)
     print_result({**version.to_dict(), "data_root": str(default_data_root(root, args.source))})
+    return 0
+
+
+def run_materialize(args: argparse.Namespace) -> int:
+    from dino_model.data.materialize import materialize
+
+    root = materialize(args.name, args.root, val_fraction=args.val_fraction, seed=args.seed)
+    print_result({"root": str(root), **{s: str(root / s) for s in ("train", "val") if (root / s).is_dir()}})
     return 0
 
 

@@ -43,14 +43,15 @@ class RandomSolarize:
         return ImageOps.solarize(img) if random.random() < self.p else img
 
 
-def view(size: int, scale: Sequence[float], *, blur_p: float, solarize_p: float = 0.0) -> T.Compose:
+def view(size: int, scale: Sequence[float], *, blur_p: float, solarize_p: float = 0.0,
+         blur_radius: Sequence[float] = (0.1, 2.0)) -> T.Compose:
     """One augmented view: random resized crop, flip and colour, blur, solarise, normalise."""
     steps = [
         T.RandomResizedCrop(size, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(p=0.5),
         T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
-        RandomGaussianBlur(blur_p),
+        RandomGaussianBlur(blur_p, *blur_radius),
     ]
     if solarize_p > 0:
         steps.append(RandomSolarize(solarize_p))
@@ -62,9 +63,10 @@ class MultiCropTransform:
     """Image -> [global 1, global 2, local 1, ..., local N] tensors."""
 
     def __init__(self, cfg: CropConfig) -> None:
-        self.global1 = view(cfg.global_size, cfg.global_scale, blur_p=1.0)
-        self.global2 = view(cfg.global_size, cfg.global_scale, blur_p=0.1, solarize_p=0.2)
-        self.local = view(cfg.local_size, cfg.local_scale, blur_p=0.5)
+        blur = tuple(cfg.blur_radius)
+        self.global1 = view(cfg.global_size, cfg.global_scale, blur_p=1.0, blur_radius=blur)
+        self.global2 = view(cfg.global_size, cfg.global_scale, blur_p=0.1, solarize_p=0.2, blur_radius=blur)
+        self.local = view(cfg.local_size, cfg.local_scale, blur_p=0.5, blur_radius=blur)
         self.n_local = cfg.local_crops_number
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dino_model.errors import ExportError
@@ -89,4 +89,4 @@ class ModelContract:
     def with_lineage(self, **updates: str) -> ModelContract:
         """A copy whose lineage is updated with the non-empty values given."""
         lineage = self.lineage | {k: v for k, v in updates.items() if v}
-        return ModelContract(**{**self.__dict__, "lineage": lineage})
+        return replace(self, lineage=lineage)

@@ -9,6 +9,7 @@ DINO_CODE_REVISION in images built without .git), and the metrics of the evaluat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -70,3 +71,12 @@ def build_lineage(
     if not data_version:
         logger.warning("no data version known for %s: lineage.data_version stays empty", checkpoint or "model")
     return lineage
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

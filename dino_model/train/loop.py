@@ -26,7 +26,7 @@ from dino_model.config import TrainConfig, config_from_dict, dump_config
 from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.loaders import SeededMultiCropDataset, build_train_loader
 from dino_model.data.transforms import MultiCropTransform
-from dino_model.errors import CheckpointError, ConfigError
+from dino_model.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dino_model.logs import JsonlWriter
 from dino_model.loss import DINOLoss
 from dino_model.models.factory import build_student_teacher, has_batchnorm
@@ -107,10 +107,16 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
         _seed_epoch(cfg.train.seed, epoch, dist.rank)
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        metrics = train_one_epoch(trainer, loader, epoch, out / LATEST)
+        try:
+            metrics = train_one_epoch(trainer, loader, epoch, out / LATEST)
+        except TrainingDivergedError:
+            if dist.is_main:
+                _push(cfg, {"epoch": epoch, "loss": float("nan")})
+            raise
         if dist.is_main:
             writer.write(metrics)
             _save(trainer, out, epoch)
+            _push(cfg, metrics)
             logger.info("epoch %d: %s", epoch, _fmt(metrics))
     return TrainResult(
         output_dir=out, checkpoint=out / LATEST, epochs_done=last_epoch, final_metrics=metrics,
@@ -215,6 +221,13 @@ def train_step(t: Trainer, crops: list[torch.Tensor], epoch: int, it: int, ckpt_
     t.scaler.update()
     ema_update(t.student_module, t.teacher_module, float(t.schedules.momentum[it]))
     return loss
+
+
+def _push(cfg: TrainConfig, metrics: dict[str, Any]) -> None:
+    """Epoch metrics to the Pushgateway named by $DINO_PUSHGATEWAY (never raises)."""
+    from dino_model.monitoring.metrics import push_training_metrics
+
+    push_training_metrics(metrics, labels={"run": Path(cfg.train.output_dir).name}, out_dim=cfg.model.out_dim)
 
 
 def _autocast(precision: str, device: torch.device):

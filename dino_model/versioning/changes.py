@@ -92,31 +92,43 @@ def status(root: str | Path, *, remote: str | None = None, limit: int = 20) -> d
     """The recorded version, whether data/ matches it, what changed, and whether the remote holds it."""
     root = Path(root).resolve()
     version = recorded_version(root)
+    result: dict[str, Any] = {"version": version.to_dict() if version else None,
+                              "committed": bool(version and version.rev)}
     with open_repo(root) as repo:
         ws = workspace_tree(repo, root / DATA_DIR)
-        result: dict[str, Any] = {"version": version.to_dict() if version else None,
-                                  "committed": bool(version and version.rev)}
         if version is None:
             result["workspace"] = "untracked" if ws is not None else "missing"
-            return result
-        if ws is None:
+        elif ws is None:
             result["workspace"] = "missing"
         elif ws.hash_info.value == version.md5:
             result["workspace"] = "clean"
         else:
             result["workspace"] = "modified"
-            try:
-                old = _listing(load_tree(repo, version, remote=remote), version.path)
-            except DataError as exc:
-                result["changes_error"] = str(exc)
-            else:
-                result["changes"] = compare(old, _listing(ws, DATA_DIR), old_name=version.md5,
-                                            new_name=WORKSPACE).to_dict(limit=limit)
-        result["in_cache"] = repo.cache.local.exists(version.md5)
-        try:
-            dvc_remote = get_remote(repo, remote)
-            result["remote"] = dvc_remote.name
-            result["in_remote"] = bool(dvc_remote.odb.exists(version.md5))
-        except DataError as exc:
-            result["remote_error"] = str(exc)
+            result |= _changes(repo, version, ws, remote=remote, limit=limit)
+        if version is not None:
+            result["in_cache"] = bool(repo.cache.local.exists(version.md5))
+        result |= _remote_state(repo, version, remote=remote)
     return result
+
+
+def _changes(repo: Repo, version: DataVersion, ws: Tree, *, remote: str | None, limit: int) -> dict[str, Any]:
+    try:
+        old = _listing(load_tree(repo, version, remote=remote), version.path)
+    except DataError as exc:
+        return {"changes_error": str(exc)}
+    diff_ = compare(old, _listing(ws, DATA_DIR), old_name=version.md5, new_name=WORKSPACE)
+    return {"changes": diff_.to_dict(limit=limit)}
+
+
+def _remote_state(repo: Repo, version: DataVersion | None, *, remote: str | None) -> dict[str, Any]:
+    try:
+        dvc_remote = get_remote(repo, remote)
+    except DataError as exc:
+        return {"remote_error": str(exc)}
+    if version is None:
+        return {"remote": dvc_remote.name}
+    try:
+        found = bool(dvc_remote.odb.exists(version.md5))  # the listing is uploaded after all its files
+    except Exception as exc:  # a network or permission failure is a state to report, not a crash
+        return {"remote": dvc_remote.name, "remote_error": f"cannot reach {dvc_remote.path}: {exc}"}
+    return {"remote": dvc_remote.name, "in_remote": found}

@@ -88,7 +88,7 @@ def add_remote(root: str | Path, name: str, url: str, *, endpoint_url: str | Non
     scheme = scheme_of(url)
     if (endpoint_url or store_credentials or region) and scheme != "s3":
         raise DataError(f"--endpoint-url, --region and --store-credentials apply to s3:// remotes, not {url}")
-    section: dict[str, Any] = {"url": url if scheme != "local" else RelPath(str(Path(url).resolve()))}
+    section: dict[str, Any] = {"url": url if scheme != "local" else RelPath(str(Path(url).expanduser().resolve()))}
     if endpoint_url:
         section["endpointurl"] = endpoint_url
     if region:

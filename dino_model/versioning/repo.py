@@ -122,7 +122,7 @@ def resolve_site_cache_dir(root: Path, explicit: str | Path | None = None) -> Pa
     try:
         if Config(dvc_dir=str(root / ".dvc"))["core"].get("site_cache_dir"):
             return None
-    except Exception as exc:  # noqa: BLE001 (an unreadable config is reported when the repository opens)
+    except Exception as exc:  # an unreadable config is reported when the repository opens
         logger.debug("could not read %s/.dvc/config: %s", root, exc)
         return None
     probe = DEFAULT_SITE_CACHE if DEFAULT_SITE_CACHE.exists() else DEFAULT_SITE_CACHE.parent

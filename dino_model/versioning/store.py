@@ -46,7 +46,7 @@ def load_tree(repo: Repo, version: DataVersion, *, remote: str | None = None) ->
         _transfer(repo, {hi}, remote=dvc_remote.name, version=version)
     try:
         return Tree.load(cache, hi)
-    except Exception as exc:  # noqa: BLE001 (a corrupt listing: ObjectFormatError, ValueError, ...)
+    except Exception as exc:  # a corrupt listing: ObjectFormatError, ValueError, ...
         raise DataError(f"the file listing of data version {version.md5} in {cache.path} is unreadable ({exc}); "
                         "delete that file and pull again") from exc
 
@@ -100,10 +100,14 @@ def _transfer(repo: Repo, objs: set, *, remote: str, version: DataVersion) -> No
                        version.short, remote)
 
 
-def version_of_tree(repo: Repo, tree: Tree, *, rev: str | None = None, path: str = "data") -> DataVersion:
-    """A DataVersion with nfiles and size counted from the cached objects of `tree`."""
-    cache = repo.cache.local
-    size = sum(Path(cache.oid_to_path(oid.value)).stat().st_size for _, _, oid in tree)
+def version_of_tree(repo: Repo, tree: Tree, *, rev: str | None = None, path: str = "data",
+                    files_root: Path | None = None) -> DataVersion:
+    """A DataVersion with nfiles and size counted from `tree`'s files: in the cache, or under `files_root`."""
+    if files_root is not None:
+        size = sum((files_root / Path(*key)).stat().st_size for key, _, _ in tree)
+    else:
+        cache = repo.cache.local
+        size = sum(Path(cache.oid_to_path(oid.value)).stat().st_size for _, _, oid in tree)
     return DataVersion(md5=tree.hash_info.value, nfiles=len(tree), size=size, rev=rev, path=path)
 
 

@@ -115,21 +115,31 @@ def checkout_version(root: str | Path, version: str | DataVersion | None = None,
                 f"{data_dir} holds changes that no data version records (it hashes to {ws_md5}, data.dvc records "
                 f"{recorded.md5 if recorded else 'nothing'}); snapshot them first (`dino-mlops data snapshot`) or "
                 f"pass --force to discard them; {UNCHANGED}")
-        tree = fetch(repo, target, remote=remote)
-        target = version_of_tree(repo, tree, rev=target.rev, path=target.path)
-        text = git(root, "show", f"{target.rev}:{DVC_FILE}") if target.rev else target.dvc_text()
-        if ws_md5 == target.md5:
-            if before != text:
-                write_atomic(dvc_file, text)
+        if workspace is not None and ws_md5 == target.md5:  # nothing to fetch: at most data.dvc to rewrite
+            target = version_of_tree(repo, workspace, rev=target.rev, path=target.path, files_root=data_dir)
+            _record(root, target, before)
             logger.info("data/ already holds version %s", target.short)
             return target
+        tree = fetch(repo, target, remote=remote)
+        target = version_of_tree(repo, tree, rev=target.rev, path=target.path)
         if workspace is not None and ws_md5 == (recorded.md5 if recorded else None) and missing_objects(
                 repo, workspace):
             repo.commit(str(dvc_file), force=True)  # keep the current version in the cache, for rollback
-    _apply(root, text, before, had_data=workspace is not None, site_cache_dir=site_cache_dir)
+    _apply(root, _dvc_text(root, target), before, had_data=workspace is not None, site_cache_dir=site_cache_dir)
     logger.info("data/ now holds version %s (%d files)%s", target.md5, target.nfiles or 0,
                 f" from git revision {target.rev[:12]}" if target.rev else "")
     return target
+
+
+def _dvc_text(root: Path, version: DataVersion) -> str:
+    """data.dvc as the recording commit has it, or as DVC would write it for an uncommitted version."""
+    return git(root, "show", f"{version.rev}:{DVC_FILE}") if version.rev else version.dvc_text()
+
+
+def _record(root: Path, version: DataVersion, before: str | None) -> None:
+    text = _dvc_text(root, version)
+    if before is None or parse_dvc_file(before, source=DVC_FILE).md5 != version.md5 or (version.rev and text != before):
+        write_atomic(root / DVC_FILE, text)
 
 
 def _apply(root: Path, text: str, before: str | None, *, had_data: bool, site_cache_dir: str | Path | None) -> None:

@@ -23,7 +23,9 @@ K8S_DIR = REPO_ROOT / "k8s"
 # what an operator applies (installs) and what the pipeline launches, per environment
 INSTALLS = {"dev": K8S_DIR / "overlays" / "dev", "prod-gpu": K8S_DIR / "overlays" / "prod-gpu"}
 LAUNCHES = {env: path / "pretrain" for env, path in INSTALLS.items()}
-TARGETS = {**{env: path for env, path in INSTALLS.items()}, **{f"{env}/pretrain": p for env, p in LAUNCHES.items()}}
+TARGETS = {**INSTALLS, **{f"{env}/pretrain": path for env, path in LAUNCHES.items()}}
+# Helm values of prometheus-adapter (not a kustomization): the custom metric the HPA scales on
+ADAPTER_VALUES = K8S_DIR / "addons" / "prometheus-adapter" / "values.yaml"
 
 Resource = dict[str, Any]
 

@@ -9,7 +9,7 @@ examples do, and the rest of the batch is served.
 """
 
 import json
-import os
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -24,12 +24,12 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        path = os.path.join(args["model_repository"], args["model_version"], ONNX_FILE)
+        path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILE
         options = ort.SessionOptions()
         threads = int(params.get("intra_op_threads", "0") or 0)
         if threads > 0:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         (spec,) = config["input"]
         self.input_name = spec["name"]
         self.sample_shape = tuple(int(d) for d in spec["dims"])
@@ -45,12 +45,13 @@ class TritonPythonModel:
         good = [a for a in arrays if a is not None]
         outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(good)}) if good else []
         responses, start = [], 0
-        for array, error in zip(arrays, errors):
+        for array, error in zip(arrays, errors, strict=True):
             if error:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(error)))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(error)))
                 continue
             stop = start + len(array)
-            tensors = [pb_utils.Tensor(name, out[start:stop]) for name, out in zip(self.output_names, outputs)]
+            named = zip(self.output_names, outputs, strict=True)
+            tensors = [pb_utils.Tensor(name, out[start:stop]) for name, out in named]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = stop
         return responses
@@ -68,3 +69,9 @@ class TritonPythonModel:
 
     def finalize(self):
         self.session = None
+
+
+def _invalid_argument(message):
+    """A TritonError with the INVALID_ARG code where the stub supports codes (Triton >= 23.08)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)

@@ -14,7 +14,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,18 @@ def promtool_bin() -> str:
     return require_binary("promtool")
 
 
+@pytest.fixture(scope="session")
+def prometheus_bins() -> tuple[str, str]:
+    """(prometheus, prometheus-pushgateway) paths, or a skip saying how to install them."""
+    return require_binary("prometheus"), require_binary("prometheus-pushgateway")
+
+
+@pytest.fixture
+def port_factory() -> Callable[[], int]:
+    """Hands out free loopback ports, one per call."""
+    return find_free_port
+
+
 @dataclass
 class Stack:
     prometheus: str  # base URL
@@ -53,10 +65,8 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(prometheus_bins: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A real Pushgateway and Prometheus (1 s scrapes and rule evaluations) for the whole session."""
-    require_binary("prometheus")
-    require_binary("prometheus-pushgateway")
     from dino_model.monitoring.prometheus import run_prometheus, run_pushgateway, write_prometheus_config
 
     work = tmp_path_factory.mktemp("prometheus")
@@ -107,6 +117,11 @@ def triton(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         import pytriton
     except ImportError:
         pytest.skip("nvidia-pytriton (which ships tritonserver) is not installed")
+    # The stub embeds the base interpreter in isolated mode (PYTHONPATH and the venv are ignored),
+    # and triton_python_backend_utils imports numpy: the base interpreter needs its own numpy.
+    base = getattr(sys, "_base_executable", sys.executable)
+    if subprocess.run([base, "-I", "-c", "import numpy"], capture_output=True, check=False).returncode != 0:
+        pytest.skip(f"the Python backend stub runs {base}, which cannot import numpy ({base} -m pip install numpy)")
     server = Path(pytriton.__file__).parent / "tritonserver"
     work = tmp_path_factory.mktemp("triton")
     (work / "repo" / "identity" / "1").mkdir(parents=True)
@@ -124,7 +139,7 @@ def triton(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     args = [str(server / "bin" / "tritonserver"), f"--model-repository={work / 'repo'}",
             f"--backend-directory={work / 'backends'}", f"--http-port={http_port}", f"--grpc-port={grpc_port}",
             f"--metrics-port={stack.triton_metrics_port}", "--allow-gpu-metrics=false",
-            "--metrics-config=summary_latencies=true", "--log-verbose=0"]
+            "--metrics-config=summary_latencies=true", "--log-verbose=0", "--exit-timeout-secs=5"]
     log = work / "triton.log"
     with log.open("wb") as log_file:
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)

@@ -47,14 +47,18 @@ def test_prometheus_sees_tritons_requests_and_rules_compute_from_them(stack, tri
     wait_for_series(base, success, timeout_s=30)  # scraped at 0 before any request
 
     client = httpclient.InferenceServerClient(triton)
-    for value in [1.0] * N_OK + [-1.0] * N_FAILED:
-        tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
-        tensor.set_data_from_numpy(np.full((1, 4), value, dtype=np.float32))
-        if value > 0:
-            np.testing.assert_array_equal(client.infer("identity", [tensor]).as_numpy("OUTPUT0"), tensor_value(value))
-        else:
-            with pytest.raises(InferenceServerException, match="negative input"):
-                client.infer("identity", [tensor])
+    try:
+        for value in [1.0] * N_OK + [-1.0] * N_FAILED:
+            tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+            tensor.set_data_from_numpy(np.full((1, 4), value, dtype=np.float32))
+            if value > 0:
+                np.testing.assert_array_equal(client.infer("identity", [tensor]).as_numpy("OUTPUT0"),
+                                              np.full((1, 4), value, dtype=np.float32))
+            else:
+                with pytest.raises(InferenceServerException, match="negative input"):
+                    client.infer("identity", [tensor])
+    finally:
+        client.close()
 
     assert float(wait_for_series(base, f"{success} == {N_OK}")[0]["value"][1]) == N_OK
     failed = wait_for_series(base, 'nv_inference_request_failure{model="identity", reason="BACKEND"} > 0')
@@ -75,7 +79,3 @@ def test_prometheus_sees_tritons_requests_and_rules_compute_from_them(stack, tri
     got = _wait_value(base, 'model:nv_inference_queue_duration_us:mean5m{model="identity"}', queue, rel=1e-9)
     assert got == pytest.approx(queue, rel=1e-9)
     assert not query(base, 'ALERTS{alertname=~"Triton.*", alertstate="firing"}')
-
-
-def tensor_value(value: float) -> np.ndarray:
-    return np.full((1, 4), value, dtype=np.float32)

@@ -187,7 +187,7 @@ def test_transfer_interrupted_mid_way(two_versions, monkeypatch: pytest.MonkeyPa
         return original(self, src, dest, objs, **kwargs)
 
     monkeypatch.setattr(DataCloud, "transfer", transfer)
-    with pytest.raises(DataError, match="left as they were"):
+    with pytest.raises(DataError, match="was interrupted: simulated network drop.*left as they were"):
         checkout_version(repo, v1.rev)
     assert calls and fingerprint(repo) == fp2
     monkeypatch.undo()
@@ -238,3 +238,13 @@ def test_failed_push_restores_data_dvc(two_versions) -> None:
         snapshot(repo, "v3")
     assert (repo / "data.dvc").read_text() == dvc_before
     assert git(repo, "rev-parse", "HEAD").strip() == v2.rev
+
+
+def test_pull_of_the_version_in_place_needs_no_remote(repo: Path, fingerprint) -> None:
+    v1 = snapshot(repo, "v1")
+    fp1 = fingerprint(repo)
+    _drop_remote(repo)
+    _wipe_cache(repo)
+    (repo / "data.dvc").unlink()  # data/ still holds v1: only data.dvc needs to come back
+    assert checkout_version(repo, v1.md5) == v1
+    assert fingerprint(repo) == fp1

@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+# The one container image of dino-mlops: KFP components, the retraining CronJob and the PyTorchJob
+# pretraining pods all run it. Its name and tag are one setting, components/_image.py IMAGE
+# (ghcr.io/dino-mlops/dino-mlops:0.1.0), which the kustomize `images:` entry repeats (tests/k8s check both):
+#   docker build -t "$(python -c 'from components._image import IMAGE; print(IMAGE)')" .
+#
+# Base: NVIDIA's CUDA 13.0 runtime on Ubuntu 24.04, pinned. PyTorch's wheels (torch 2.14, CUDA 13.0)
+# bring their own cuDNN, NCCL and cuBLAS, so the plain runtime flavour is enough; the node needs
+# an NVIDIA driver that supports CUDA 13.0 (R580 or newer). Triton runs from NVIDIA's own image.
+FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
+
+LABEL org.opencontainers.image.title="dino-mlops" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.description="DINO self-supervised vision models: DVC data, KFP training, ONNX export, Triton serving" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+ARG DEBIAN_FRONTEND=noninteractive
+# Ubuntu 24.04's Python 3.12 with venv, and git for DVC repositories
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DVC_NO_ANALYTICS=1 \
+    DVC_SITE_CACHE_DIR=/tmp/dvc-site-cache
+RUN python3 -m venv "$VIRTUAL_ENV"
+
+WORKDIR /opt/dino-mlops
+# Dependencies first (a layer that changes only with pyproject.toml), then the code.
+COPY pyproject.toml README.md ./
+RUN mkdir -p dino_model components pipelines \
+ && touch dino_model/__init__.py components/__init__.py pipelines/__init__.py \
+ && pip install ".[s3]" \
+ && pip uninstall -y dino-mlops \
+ && rm -rf dino_model components pipelines build ./*.egg-info
+COPY dino_model ./dino_model
+COPY components ./components
+COPY pipelines ./pipelines
+RUN pip install --no-deps ".[s3]" && rm -rf build ./*.egg-info
+# the kustomize tree, for launchers that read the PyTorchJob template (k8s/jobs/pretrain)
+COPY k8s ./k8s
+
+# DVC repositories are cloned or mounted under other owners' uids: trust them for git
+# (CVE-2022-24765 "dubious ownership"). System scope, because pods run with a read-only root
+# filesystem and HOME on an emptyDir.
+RUN git config --system --add safe.directory '*'
+
+# Non-root, numeric so Kubernetes can verify runAsNonRoot; the manifests use the same uid/gid.
+RUN groupadd --gid 10001 dino \
+ && useradd --uid 10001 --gid 10001 --home-dir /home/dino --create-home --shell /usr/sbin/nologin dino
+USER 10001:10001
+WORKDIR /home/dino
+
+CMD ["dino-mlops", "--help"]

@@ -1,0 +1,110 @@
+"""Training throughput: images/s of full DINO steps and the fraction of the machine's matmul peak.
+
+A step is everything the training loop does per batch: teacher forward on the global crops,
+student forward and backward on all crops, loss and centre update, per-parameter clipping,
+the optimiser step and the EMA update (dino_model.train.loop.train_step). FLOPs per image are
+counted by torch.utils.flop_counter on one step; the peak is measured here, in the same run, with
+large square matrix multiplies, so the fraction is a ratio of two numbers taken on the same machine.
+
+    .venv/bin/python benchmarks/train_throughput.py                      # the default configurations
+    .venv/bin/python benchmarks/train_throughput.py --precision bf16 --steps 10 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dino_model.config import load_config
+from dino_model.train.distributed import DistInfo
+from dino_model.train.loop import build_trainer, train_step
+
+CONFIGS = {
+    # name: (overrides, batch)
+    "vit_tiny/4 32px+6x16px K=65536": (
+        ["model.arch=vit_tiny", "model.patch_size=4", "model.img_size=32", "model.depth=12", "model.embed_dim=192",
+         "model.num_heads=3", "crops.global_size=32", "crops.local_size=16", "crops.local_crops_number=6"],
+        32,
+    ),
+    "tiny test model (depth 2, width 64)": ([], 32),
+}
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of the best of `repeats` n x n matrix multiplies."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(name: str, overrides: list[str], batch: int, precision: str, steps: int, compile_: bool,
+            device: torch.device) -> dict:
+    cfg = load_config("tiny", overrides=[*overrides, f"train.batch_size={batch}", "model.out_dim=65536",
+                                         "model.hidden_dim=2048", "model.bottleneck_dim=256",
+                                         f"train.precision={precision}", f"train.compile={compile_}",
+                                         "train.epochs=10"])
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    trainer = build_trainer(cfg, dist, steps_per_epoch=1000)
+    g, lc = cfg.crops.global_size, cfg.crops.local_size
+    crops = [torch.randn(batch, 3, g, g) for _ in range(2)] + [
+        torch.randn(batch, 3, lc, lc) for _ in range(cfg.crops.local_crops_number)]
+    ckpt = Path("/dev/null")
+    for i in range(2):  # warm-up (and compilation)
+        train_step(trainer, crops, 1, i, ckpt)
+    with FlopCounterMode(display=False) as counter:
+        train_step(trainer, crops, 1, 2, ckpt)
+    flops = counter.get_total_flops()
+    times = []
+    for i in range(steps):
+        _sync(device)
+        t = time.perf_counter()
+        train_step(trainer, crops, 1, 3 + i, ckpt)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    step = statistics.median(times)
+    return {"name": name, "precision": precision, "batch": batch, "step_s": step, "images_per_s": batch / step,
+            "gflop_per_image": flops / batch / 1e9, "achieved_tflops": flops / step / 1e12}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--config", nargs="*", default=list(CONFIGS))
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in args.precision}
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print("matmul peak: " + ", ".join(f"{p} {v / 1e9:.1f} GFLOP/s" for p, v in peaks.items()))
+    print("| configuration | precision | batch | step (s) | images/s | GFLOP/image | GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.config:
+        overrides, batch = CONFIGS[name]
+        for p in args.precision:
+            r = measure(name, overrides, batch, p, args.steps, args.compile, device)
+            frac = r["achieved_tflops"] * 1e12 / peaks[p]
+            print(f"| {name} | {p} | {batch} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | "
+                  f"{r['gflop_per_image']:.3f} | {r['achieved_tflops'] * 1e3:.1f} | {100 * frac:.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""`dino-mlops export | triton-repo | serve | deploy | infer`: from a checkpoint to answered gRPC requests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+
+from dino_model.cli.options import print_result
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_export(sub)
+    _register_repo(sub)
+    _register_serve(sub)
+    _register_deploy(sub)
+    _register_infer(sub)
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the teacher backbone to one self-contained ONNX file, parity-checked")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint or official DINO weights")
+    p.add_argument("--output", required=True, help="the .onnx file to write (a <stem>.export.json report lands beside)")
+    p.add_argument("--patch-tokens", action="store_true", help="add the patch_tokens output (B, N, D)")
+    p.add_argument("--fp16", action="store_true", help="also write <stem>.fp16.onnx for GPUs (FP32 in and out)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18: runs on Triton 23.04 and later)")
+    p.add_argument("--image-size", type=int, help="input resolution (default: the checkpoint's eval.image_size)")
+    p.add_argument("--parity-images", help="image folder for the parity check (default: the run's data)")
+    p.add_argument("--parity-random", type=int, default=8, help="random inputs in the parity check")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |PyTorch - onnxruntime| in fp32")
+    _add_lineage_args(p)
+    p.set_defaults(func=run_export)
+
+
+def _register_repo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("triton-repo", help="write (or add a version to) a Triton model repository")
+    p.add_argument("--onnx", required=True, help="file written by `dino-mlops export`")
+    p.add_argument("--repository", required=True, help="model repository root")
+    p.add_argument("--flavour", choices=("gpu", "cpu"), default="gpu",
+                   help="gpu: onnxruntime backend, KIND_GPU; cpu: Python backend running onnxruntime, KIND_CPU")
+    p.add_argument("--model-name", default="dino")
+    p.add_argument("--version", type=int, help="version folder (default: one above the highest present)")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--preferred-batch-sizes", type=int, nargs="*", default=[8, 16, 32])
+    p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batching max_queue_delay_microseconds")
+    p.add_argument("--no-dynamic-batching", action="store_true")
+    p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count)")
+    p.add_argument("--keep-versions", type=int, default=1, help="version_policy latest { num_versions }")
+    p.add_argument("--no-warmup", action="store_true")
+    p.add_argument("--tensorrt", action="store_true", help="gpu: TensorRT execution accelerator")
+    p.add_argument("--tensorrt-precision", choices=("FP16", "FP32"), default="FP16")
+    p.add_argument("--tensorrt-cache", default="/tmp/triton-trt-cache", help="engine cache path (mount a volume)")
+    p.add_argument("--intra-op-threads", type=int, default=0, help="cpu: onnxruntime threads per instance")
+    _add_lineage_args(p)
+    p.set_defaults(func=run_repo)
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the real tritonserver on a repository until Ctrl-C / SIGTERM")
+    p.add_argument("--repository", required=True)
+    _add_server_args(p)
+    p.set_defaults(func=run_serve)
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics (/metrics)")
+    p.add_argument("--address", default="127.0.0.1", help="bind address (0.0.0.0 for every interface)")
+    p.add_argument("--model", action="append", help="model to load at start (repeatable; default: all)")
+    p.add_argument("--tritonserver", help="tritonserver binary (default: the one in nvidia-pytriton)")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+
+
+def _register_deploy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="roll a new version out on a live Triton, keeping the old one on failure")
+    p.add_argument("--onnx", required=True, help="file written by `dino-mlops export`")
+    p.add_argument("--repository", required=True, help="the live server's model repository")
+    p.add_argument("--url", default="localhost:8001", help="Triton gRPC host:port")
+    p.add_argument("--model-name", default="dino")
+    p.add_argument("--smoke-images", help="image folder for the smoke test (default: seeded noise only)")
+    p.add_argument("--tolerance", type=float, help="max |served - onnxruntime| (default from the config)")
+    p.add_argument("--load-timeout", type=float, default=600.0, help="seconds allowed per model load")
+    _add_lineage_args(p)
+    p.set_defaults(func=run_deploy)
+
+
+def _register_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="embed image files or folders through Triton over gRPC")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders (class sub-folders give labels)")
+    p.add_argument("--output", required=True, help=".npy (embeddings), .npz (also labels: a k-NN index) or .json")
+    p.add_argument("--url", default="localhost:8001", help="Triton gRPC host:port")
+    p.add_argument("--model-name", default="dino")
+    p.add_argument("--model-version", default="", help="pin a version (default: the server's latest)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--concurrency", type=int, default=4, help="batches in flight at once")
+    p.add_argument("--knn-index", help=".npz written by `infer` on labelled folders: adds k-NN labels")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.set_defaults(func=run_infer)
+
+
+def _add_lineage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-version", default="", help="DVC md5 of the training data (default: recorded one)")
+    p.add_argument("--metrics", action="append", default=[], help="metrics-JSON report(s) (repeatable)")
+
+
+def _lineage(args: argparse.Namespace) -> dict[str, str]:
+    from dino_model.export.lineage import read_metrics
+
+    lineage = {"data_version": args.data_version}
+    if args.metrics:
+        lineage["metrics"] = json.dumps(read_metrics(args.metrics), sort_keys=True)
+    return lineage
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from dino_model.export.export_run import ExportOptions, export_checkpoint
+
+    opts = ExportOptions(patch_tokens=args.patch_tokens, fp16=args.fp16, opset=args.opset, image_size=args.image_size,
+                         parity_images=args.parity_images, n_random=args.parity_random, tolerance=args.tolerance,
+                         metrics_reports=args.metrics, data_version=args.data_version)
+    print_result(export_checkpoint(args.checkpoint, args.output, opts))
+    return 0
+
+
+def run_repo(args: argparse.Namespace) -> int:
+    from dino_model.export.triton import write_model_repository
+    from dino_model.export.triton_config import RepositoryOptions
+
+    opts = RepositoryOptions(
+        flavour=args.flavour, model_name=args.model_name, max_batch_size=args.max_batch_size,
+        dynamic_batching=not args.no_dynamic_batching, preferred_batch_sizes=args.preferred_batch_sizes,
+        max_queue_delay_us=args.queue_delay_us, instance_count=args.instances, keep_versions=args.keep_versions,
+        warmup=not args.no_warmup, tensorrt=args.tensorrt, tensorrt_precision=args.tensorrt_precision,
+        tensorrt_cache_path=args.tensorrt_cache, intra_op_threads=args.intra_op_threads,
+    )
+    print_result(write_model_repository(args.onnx, args.repository, opts, version=args.version,
+                                        lineage=_lineage(args)))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from dino_model.errors import ServingError
+    from dino_model.serving.server import TritonServer
+
+    server = TritonServer(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
+                          metrics_port=args.metrics_port, address=args.address, models=args.model or ("*",),
+                          binary=args.tritonserver, startup_timeout_s=args.startup_timeout)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with server:
+        print_result({"grpc": server.grpc_url, "http": server.http_url, "metrics": server.metrics_url,
+                      "repository": str(server.repository), "pid": server.process.pid})
+        while not stop.wait(1.0):
+            if not server.running:
+                raise ServingError(f"tritonserver exited with code {server.process.returncode}:\n"
+                                   f"{server.log_errors()}")
+        logger.info("stopping tritonserver")
+    return 0
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    from dino_model.serving.deploy import deploy
+
+    print_result(deploy(args.onnx, args.repository, url=args.url, model_name=args.model_name,
+                        smoke_image_dir=args.smoke_images, tolerance=args.tolerance, lineage=_lineage(args),
+                        load_timeout_s=args.load_timeout))
+    return 0
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from dino_model.serving.client import EmbeddingClient
+    from dino_model.serving.inference import embed_images, knn_predict, write_embeddings
+
+    client = EmbeddingClient(args.url, args.model_name, model_version=args.model_version)
+    result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency)
+    if args.knn_index:
+        result.predictions = knn_predict(result, args.knn_index, k=args.k, temperature=args.temperature)
+    path = write_embeddings(result, args.output, model=args.model_name)
+    summary = {"output": str(path), "images": len(result.paths), "embedding_dim": int(result.embeddings.shape[1]),
+               "skipped": result.skipped}
+    if result.predictions:
+        summary["predictions"] = dict(zip(result.paths[:20], result.predictions[:20], strict=True))
+    print_result(summary)
+    return 0

@@ -1,0 +1,107 @@
+"""Semi-supervised label propagation through a video with frozen patch features.
+
+The protocol of DINO's DAVIS evaluation (Caron et al., ICCV 2021, Sec. 4.2.2), after Jabri et al.
+2020 (App. F): a target frame's labels are a weighted vote of source patches from the first frame
+(one-hot ground truth) and a queue of the last n propagated frames (their *soft* labels). Weights
+are exp(cos(f_target, f_source) / T) with T = 0.1, restricted to sources within a square spatial
+neighbourhood, keeping only the top k sources over all context frames jointly, then normalised to
+sum 1. The official 4-deep loop building the neighbourhood is a broadcast comparison here, and
+targets are processed in chunks so the affinity block stays (context x hw x chunk).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dino_model.eval.davis.config import PropagationParams
+
+
+def neighbourhood_mask(height: int, width: int, radius: int, *, device: torch.device | str = "cpu") -> Tensor:
+    """(hw, hw) bool: source j lies within `radius` patches of target i in both rows and columns."""
+    rows = torch.arange(height, device=device).repeat_interleave(width)
+    cols = torch.arange(width, device=device).repeat(height)
+    near_rows = (rows[:, None] - rows[None, :]).abs() <= radius
+    near_cols = (cols[:, None] - cols[None, :]).abs() <= radius
+    return near_rows & near_cols
+
+
+def propagate_frame(
+    target: Tensor,
+    sources: Tensor,
+    source_labels: Tensor,
+    *,
+    params: PropagationParams,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Labels of one target frame from its context frames.
+
+    Args:
+        target: L2-normalised target features, (hw, D).
+        sources: L2-normalised context features, (n_ctx, hw, D).
+        source_labels: context labels, (n_ctx, C, hw) (one-hot for the first frame, soft otherwise).
+        params: neighbourhood, top-k, temperature and chunk size.
+        mask: (hw, hw) bool neighbourhood (target, source), or None for no restriction.
+
+    Returns:
+        Soft labels (C, hw); each column sums to 1 over its kept sources.
+    """
+    n_ctx, hw, _ = sources.shape
+    n_classes = source_labels.shape[1]
+    flat_labels = source_labels.permute(1, 0, 2).reshape(n_classes, n_ctx * hw)  # (C, n_ctx * hw)
+    out = torch.empty(n_classes, target.shape[0], dtype=source_labels.dtype, device=target.device)
+    for start in range(0, target.shape[0], params.chunk_size):
+        stop = min(start + params.chunk_size, target.shape[0])
+        aff = torch.exp(torch.einsum("td,csd->cts", target[start:stop], sources) / params.temperature)
+        if mask is not None:
+            aff = aff * mask[start:stop]
+        # (n_ctx * hw sources, chunk targets); top-k jointly over every context frame
+        aff = aff.permute(0, 2, 1).reshape(n_ctx * hw, stop - start)
+        kth = aff.topk(min(params.topk, aff.shape[0]), dim=0).values.min(dim=0, keepdim=True).values
+        aff = torch.where(aff < kth, torch.zeros((), dtype=aff.dtype, device=aff.device), aff)
+        aff = aff / aff.sum(dim=0, keepdim=True)
+        out[:, start:stop] = flat_labels @ aff
+    return out
+
+
+def propagate_video(
+    features: Iterable[Tensor],
+    first_labels: Tensor,
+    *,
+    params: PropagationParams,
+) -> Iterator[Tensor]:
+    """Soft labels (C, h, w) for every frame after the first.
+
+    Args:
+        features: per-frame patch features (h, w, D), the first frame first (consumed lazily).
+        first_labels: one-hot labels of the first frame at the patch grid, (C, h, w).
+        params: propagation settings.
+
+    Yields:
+        Soft labels (C, h, w) of frames 1, 2, ... in order.
+    """
+    frames = iter(features)
+    first = next(frames)
+    h, w, _ = first.shape
+    if first_labels.shape[-2:] != (h, w):
+        raise ValueError(f"first labels {tuple(first_labels.shape)} do not match the patch grid {(h, w)}")
+    device = first.device
+    mask = neighbourhood_mask(h, w, params.neighbourhood, device=device) if params.neighbourhood > 0 else None
+    n_classes = first_labels.shape[0]
+    first_feat = F.normalize(first.reshape(h * w, -1).float(), dim=1)
+    first_lab = first_labels.reshape(n_classes, h * w).float().to(device)
+    queue: deque[tuple[Tensor, Tensor]] = deque(maxlen=params.n_last_frames)
+    for feat in frames:
+        if feat.shape[:2] != (h, w):
+            raise ValueError(f"frame features {tuple(feat.shape)} changed grid from {(h, w)}")
+        target = F.normalize(feat.reshape(h * w, -1).float(), dim=1)
+        sources = torch.stack([first_feat, *(f for f, _ in queue)])
+        labels = torch.stack([first_lab, *(lab for _, lab in queue)])
+        soft = propagate_frame(target, sources, labels, params=params, mask=mask)
+        if params.n_last_frames > 0:
+            queue.append((target, soft))
+        yield soft.reshape(n_classes, h, w)

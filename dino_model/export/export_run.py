@@ -1,0 +1,115 @@
+"""`dino-mlops export` end to end: checkpoint -> contract -> ONNX (fp32, optional fp16) -> parity -> report.
+
+The report uses the shared metrics-JSON envelope (dino_model/eval/report.py), so pipelines read the
+parity numbers the same way they read evaluation scores. A file that fails its parity check is
+removed, so nothing downstream can pick it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dino_model.config import TrainConfig, config_from_dict
+from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dino_model.errors import ExportError
+from dino_model.eval.report import build_report, write_report
+from dino_model.export.contract import EMBEDDING, PATCH_TOKENS, ModelContract
+from dino_model.export.lineage import build_lineage, default_metric_reports, file_sha256, read_metrics
+from dino_model.export.onnx import DEFAULT_OPSET, EmbeddingModel, export_onnx
+from dino_model.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity, parity_inputs
+from dino_model.models.loading import load_backbone
+from dino_model.train.checkpoint import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+DINO_RESIZE_RATIO = 256 / 224  # resize before the centre crop, as the official evaluations do
+
+
+@dataclass
+class ExportOptions:
+    patch_tokens: bool = False
+    fp16: bool = False  # also write <stem>.fp16.onnx (half precision inside, FP32 in and out)
+    opset: int = DEFAULT_OPSET
+    image_size: int | None = None  # default: eval.image_size of the checkpoint's config
+    parity_images: str | None = None  # default: the checkpoint's data.knn_val / data.root, else skimage photos
+    n_random: int = 8
+    tolerance: float = FP32_TOLERANCE
+    metrics_reports: list[str] = field(default_factory=list)  # default: <run>/eval/*.json
+    data_version: str = ""  # default: the checkpoint's
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path, options: ExportOptions | None = None
+                      ) -> dict[str, Any]:
+    """Export the teacher backbone of `checkpoint` to `output` (.onnx) and verify it; returns the report."""
+    opts = options or ExportOptions()
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise ExportError(f"output {output} must end in .onnx")
+    ckpt = load_checkpoint(checkpoint)
+    train_cfg = config_from_dict(ckpt["config"]) if "config" in ckpt else None
+    backbone, model_cfg = load_backbone(checkpoint)
+    contract = build_contract(backbone, model_cfg, train_cfg, opts, checkpoint=checkpoint,
+                              data_version=opts.data_version or str(ckpt.get("data_version", "")))
+    del ckpt
+    fp32 = EmbeddingModel(backbone, patch_tokens=opts.patch_tokens)
+    with tempfile.TemporaryDirectory(prefix="dino-parity-") as scratch:
+        image_dir = _parity_image_dir(opts.parity_images, train_cfg, Path(scratch))
+        inputs = parity_inputs(contract, image_dir=image_dir, n_random=opts.n_random)
+    files, parity = {}, {}
+    variants = [("fp32", output, fp32, opts.tolerance)]
+    if opts.fp16:
+        fp16 = EmbeddingModel(backbone, patch_tokens=opts.patch_tokens, fp16=True)
+        variants.append(("fp16", output.with_suffix(".fp16.onnx"), fp16, max(opts.tolerance, FP16_TOLERANCE)))
+    for precision, path, model, tolerance in variants:
+        export_onnx(model, path, replace(contract, precision=precision), opset=opts.opset)
+        report = check_parity(fp32, path, inputs, output_names=model.output_names, tolerance=tolerance)
+        parity[precision] = report.to_dict()
+        if not report.passed:
+            path.unlink(missing_ok=True)
+            raise ExportError(f"{precision} export differs from PyTorch by {report.worst:.3g} > {tolerance:g} "
+                              f"({report.max_abs_diff}); {path} was removed")
+        files[precision] = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+    metrics = {f"parity_max_abs_diff_{p}": r["worst"] for p, r in parity.items()}
+    details = {"files": files, "parity": parity, "opset": opts.opset, "parity_images": str(image_dir),
+               "contract": contract.to_properties()}
+    report = build_report("export", checkpoint, metrics, details)
+    report_path = write_report(report, output.with_suffix(".export.json"))
+    return report | {"report_path": str(report_path)}
+
+
+def build_contract(backbone, model_cfg, train_cfg: TrainConfig | None, opts: ExportOptions, *,
+                   checkpoint: str | Path, data_version: str) -> ModelContract:
+    """Sizes from the checkpoint's eval config (or the override), ImageNet statistics, lineage."""
+    if train_cfg is not None and opts.image_size in (None, train_cfg.eval.image_size):
+        size, resize = train_cfg.eval.image_size, train_cfg.eval.resize_size
+    else:
+        size = opts.image_size or model_cfg.img_size
+        resize = round(size * DINO_RESIZE_RATIO)
+    patch = model_cfg.patch_size if model_cfg.arch.startswith("vit") else 0
+    if patch and size % patch:
+        raise ExportError(f"image size {size} is not a multiple of the patch size {patch}")
+    reports = opts.metrics_reports or default_metric_reports(checkpoint)
+    lineage = build_lineage(data_version=data_version, metrics=read_metrics(reports), checkpoint=checkpoint)
+    return ModelContract(
+        image_size=size, resize_size=resize, embed_dim=int(backbone.num_features),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, num_patches=(size // patch) ** 2 if opts.patch_tokens else 0,
+        arch=model_cfg.arch, patch_size=patch, outputs=(EMBEDDING, PATCH_TOKENS) if opts.patch_tokens else (EMBEDDING,),
+        lineage=lineage,
+    )
+
+
+def _parity_image_dir(given: str | None, cfg: TrainConfig | None, scratch: Path) -> Path:
+    """Real images for the parity check: the given folder, the training run's, or skimage's photos."""
+    if given:
+        return Path(given)
+    for candidate in (cfg.data.knn_val, cfg.data.root) if cfg else ():
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    from dino_model.data.materialize import materialize
+
+    logger.info("no image folder for the parity check: using scikit-image's sample photographs")
+    return materialize("samples", scratch) / "train"

@@ -1,0 +1,157 @@
+"""Triton model configurations for the exported embedding model: one contract, two flavours.
+
+`gpu` is for the cluster's official Triton image (onnxruntime backend, KIND_GPU instances, optional
+TensorRT execution accelerator with an engine cache and explicit shape profiles); `cpu` is for a
+Triton without the onnxruntime backend, such as the binary in nvidia-pytriton: the Python backend
+runs the same ONNX file with onnxruntime (python_backend/model.py). Both take `images` FP32
+[-1, 3, S, S] and answer `embedding` FP32 [-1, D]. Configurations are built as dicts and validated
+against Triton's own `model_config.proto` (shipped in tritonclient) before they are written, so a
+misspelt field fails here rather than at load time (MLOPS_REFERENCE §2.2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dino_model.errors import ConfigError
+from dino_model.export.contract import INPUT_NAME, ModelContract
+
+FLAVOURS = ("gpu", "cpu")
+
+
+@dataclass
+class RepositoryOptions:
+    flavour: str = "gpu"  # gpu | cpu
+    model_name: str = "dino"
+    max_batch_size: int = 64
+    dynamic_batching: bool = True
+    preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
+    max_queue_delay_us: int = 100
+    instance_count: int = 1
+    keep_versions: int = 1  # version_policy latest { num_versions }
+    warmup: bool = True
+    tensorrt: bool = False  # gpu only: ORT's TensorRT execution provider
+    tensorrt_precision: str = "FP16"
+    tensorrt_cache_path: str = "/tmp/triton-trt-cache"  # mount a persistent volume here on the cluster
+    intra_op_threads: int = 0  # cpu only: onnxruntime threads per instance; 0 = onnxruntime's default
+
+    def validate(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ConfigError(f"flavour {self.flavour!r} is not one of {', '.join(FLAVOURS)}")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size={self.max_batch_size} must be >= 1 (the batch axis is dynamic)")
+        too_big = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if too_big:
+            raise ConfigError(f"preferred batch sizes {too_big} must lie in 1..max_batch_size={self.max_batch_size}")
+        if self.keep_versions < 1 or self.instance_count < 1:
+            raise ConfigError(
+                f"keep_versions={self.keep_versions} and instance_count={self.instance_count} must be >= 1")
+        if self.tensorrt and self.flavour != "gpu":
+            raise ConfigError("the TensorRT accelerator needs the gpu flavour (onnxruntime backend on a GPU)")
+        if self.tensorrt_precision not in ("FP16", "FP32"):
+            raise ConfigError(f"tensorrt_precision={self.tensorrt_precision!r} is not one of FP16, FP32")
+
+
+def build_model_config(contract: ModelContract, opts: RepositoryOptions, *, parameters: dict[str, str] | None = None,
+                       version_policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model configuration as a dict in Triton's JSON form (what `load_model(config=...)` takes)."""
+    opts.validate()
+    dims = list(contract.input_shape)
+    outputs = [{"name": n, "data_type": "TYPE_FP32", "dims": list(contract.output_dims(n))} for n in contract.outputs]
+    config: dict[str, Any] = {
+        "name": opts.model_name,
+        "max_batch_size": opts.max_batch_size,
+        "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": dims}],
+        "output": outputs,
+        "version_policy": version_policy or {"latest": {"num_versions": opts.keep_versions}},
+        "parameters": {k: {"string_value": v} for k, v in (contract.to_properties() | (parameters or {})).items()},
+    }
+    if opts.dynamic_batching:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": opts.max_queue_delay_us}
+        if opts.preferred_batch_sizes:
+            config["dynamic_batching"]["preferred_batch_size"] = sorted(opts.preferred_batch_sizes)
+    if opts.flavour == "gpu":
+        config["platform"] = "onnxruntime_onnx"
+        config["instance_group"] = [{"kind": "KIND_GPU", "count": opts.instance_count}]
+        if opts.tensorrt:
+            accelerators = {"gpu_execution_accelerator": [_tensorrt(contract, opts)]}
+            config["optimization"] = {"execution_accelerators": accelerators}
+    else:
+        config["backend"] = "python"
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": opts.instance_count}]
+        config["parameters"]["intra_op_threads"] = {"string_value": str(opts.intra_op_threads)}
+    if opts.warmup:
+        sizes = [1] if opts.flavour == "cpu" else sorted({1, max(opts.preferred_batch_sizes, default=1)})
+        config["model_warmup"] = [
+            {"name": f"zeros_batch{b}", "batch_size": b, "count": 1,
+             "inputs": {INPUT_NAME: {"data_type": "TYPE_FP32", "dims": dims, "zero_data": True}}}
+            for b in sizes
+        ]
+    to_proto(config)
+    return config
+
+
+def _tensorrt(contract: ModelContract, opts: RepositoryOptions) -> dict[str, Any]:
+    """ORT-TensorRT options: precision, engine cache, and a shape profile over the batch axis."""
+    shape = "x".join(str(d) for d in contract.input_shape)
+    opt = max(opts.preferred_batch_sizes, default=opts.max_batch_size)
+    return {"name": "tensorrt", "parameters": {
+        "precision_mode": opts.tensorrt_precision,
+        "max_workspace_size_bytes": str(1 << 30),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": opts.tensorrt_cache_path,
+        "trt_profile_min_shapes": f"{INPUT_NAME}:1x{shape}",
+        "trt_profile_opt_shapes": f"{INPUT_NAME}:{opt}x{shape}",
+        "trt_profile_max_shapes": f"{INPUT_NAME}:{opts.max_batch_size}x{shape}",
+    }}
+
+
+def to_proto(config: dict[str, Any]):
+    """Parse into Triton's ModelConfig message; ConfigError on a field the schema does not have."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    except json_format.ParseError as exc:
+        raise ConfigError(f"invalid Triton model configuration: {exc}") from exc
+
+
+def config_to_text(config: dict[str, Any]) -> str:
+    """config.pbtxt text (protobuf text format) of a configuration dict."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(to_proto(config))
+
+
+def config_to_json(config: dict[str, Any]) -> str:
+    """The JSON that Triton's repository API accepts as a load-time configuration override."""
+    return json.dumps(config)
+
+
+def parse_config_text(text: str, *, source: str = "config.pbtxt") -> dict[str, Any]:
+    """A config.pbtxt as a configuration dict (proto field names)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        message = text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ConfigError(f"{source} is not a valid Triton model configuration: {exc}") from exc
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def flavour_of(config: dict[str, Any]) -> str:
+    """gpu for the onnxruntime backend, cpu for the Python backend."""
+    if config.get("backend") == "python":
+        return "cpu"
+    if config.get("platform") == "onnxruntime_onnx" or config.get("backend") == "onnxruntime":
+        return "gpu"
+    raise ConfigError(f"model {config.get('name')!r} uses neither the onnxruntime nor the python backend")
+
+
+def config_parameters(config: dict[str, Any]) -> dict[str, str]:
+    """The string parameters of a configuration (contract and lineage)."""
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}

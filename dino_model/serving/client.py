@@ -1,0 +1,121 @@
+"""gRPC client of the served embedding model, with the contract read from the server and typed errors.
+
+Requests are checked against the served contract before they leave (dtype, shape), so a caller's
+mistake is named locally; whatever the server still rejects comes back as a ServingError quoting
+Triton's message, and the server stays up. One tritonclient connection per thread, since batches
+are sent concurrently (MLOPS_REFERENCE §2.8: gRPC urls are host:port, without a scheme).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from dino_model.errors import ConfigError, ServingError
+from dino_model.export.contract import EMBEDDING, INPUT_NAME, ModelContract
+from dino_model.export.triton_config import config_parameters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    max_batch_size: int
+    contract: ModelContract
+    config: dict
+
+
+class EmbeddingClient:
+    """Embeddings from a Triton model over gRPC.
+
+    Args:
+        url: `host:port` of Triton's gRPC endpoint.
+        model_name: the model to query.
+        model_version: "" lets Triton pick its latest ready version (what clients should normally do).
+        timeout_s: per-request deadline.
+    """
+
+    def __init__(self, url: str = "localhost:8001", model_name: str = "dino", *, model_version: str = "",
+                 timeout_s: float = 60.0) -> None:
+        if "://" in url:
+            raise ConfigError(f"gRPC url {url!r} must be host:port without a scheme, e.g. localhost:8001")
+        self.url, self.model_name, self.model_version, self.timeout_s = url, model_name, model_version, timeout_s
+        self._local = threading.local()
+
+    @property
+    def raw(self):
+        """This thread's tritonclient.grpc.InferenceServerClient."""
+        if getattr(self._local, "client", None) is None:
+            import tritonclient.grpc as grpcclient
+
+            self._local.client = grpcclient.InferenceServerClient(url=self.url)
+        return self._local.client
+
+    def call(self, what: str, fn, *args, **kwargs):
+        """Run a tritonclient call; its exceptions become ServingErrors that say what failed and where."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            if "UNAVAILABLE" in status:
+                raise ServingError(f"cannot reach Triton at {self.url} over gRPC ({exc.message()}); start it with "
+                                   "`dino-mlops serve` or pass the right --url host:port") from None
+            raise ServingError(f"{what} failed on Triton at {self.url}: {exc.message()}") from None
+
+    @cached_property
+    def served(self) -> ServedModel:
+        """The served model's configuration and contract (read once)."""
+        self.call("reach", self.raw.is_server_live, client_timeout=self.timeout_s)
+        version = self.model_version
+        config = self.call(f"reading the config of model {self.model_name!r}", self.raw.get_model_config,
+                           self.model_name, model_version=version, as_json=True, client_timeout=self.timeout_s)
+        config = config.get("config", config)
+        contract = ModelContract.from_properties(config_parameters(config),
+                                                 source=f"model {self.model_name!r} at {self.url}")
+        return ServedModel(self.model_name, int(config.get("max_batch_size", 0)), contract, config)
+
+    def check_images(self, images: np.ndarray) -> None:
+        """ServingError unless `images` is FP32 (B, 3, S, S) with 1 <= B <= max_batch_size."""
+        served = self.served
+        shape = served.contract.input_shape
+        if not isinstance(images, np.ndarray) or images.dtype != np.float32:
+            dtype = getattr(images, "dtype", type(images).__name__)
+            raise ServingError(f"images have dtype {dtype}; model {self.model_name!r} takes float32 arrays "
+                               f"(use .astype(np.float32))")
+        if images.ndim != 4 or tuple(images.shape[1:]) != shape:
+            raise ServingError(f"images have shape {list(images.shape)}; model {self.model_name!r} takes "
+                               f"[B, {', '.join(map(str, shape))}] (preprocess with its contract)")
+        if not 1 <= len(images) <= served.max_batch_size:
+            raise ServingError(f"batch of {len(images)} images; model {self.model_name!r} takes 1 to "
+                               f"{served.max_batch_size} per request")
+
+    def infer(self, images: np.ndarray, *, outputs: Sequence[str] = (EMBEDDING,), model_version: str | None = None
+              ) -> dict[str, np.ndarray]:
+        """One request: {output name: array} for a batch of preprocessed images."""
+        import tritonclient.grpc as grpcclient
+
+        self.check_images(images)
+        request = grpcclient.InferInput(INPUT_NAME, list(images.shape), "FP32")
+        request.set_data_from_numpy(images)
+        wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        version = self.model_version if model_version is None else model_version
+        result = self.call(f"inference on model {self.model_name!r}", self.raw.infer, self.model_name, [request],
+                           model_version=version, outputs=wanted, client_timeout=self.timeout_s)
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def embed(self, images: np.ndarray, *, batch_size: int = 32, concurrency: int = 4) -> np.ndarray:
+        """Embeddings (N, D) of N preprocessed images, sent as concurrent batches."""
+        batch_size = min(batch_size, self.served.max_batch_size)
+        chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            parts = list(pool.map(lambda chunk: self.infer(chunk)[EMBEDDING], chunks))
+        return np.concatenate(parts) if parts else np.zeros((0, self.served.contract.embed_dim), np.float32)

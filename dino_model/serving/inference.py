@@ -1,0 +1,116 @@
+"""`dino-mlops infer`: images in, embeddings out (.npy, .npz or JSON), with optional k-NN labels.
+
+Batches are loaded, preprocessed and sent concurrently. An `.npz` written from labelled class
+folders is itself a k-NN index (embeddings, labels, classes): passing it back with `--knn-index`
+labels new images by the weighted vote of DINO's k-NN evaluation (Caron et al., ICCV 2021,
+Sec. 4.1; dino_model/eval/knn.py), computed here on the served embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dino_model.errors import DataError
+from dino_model.eval.knn import _vote
+from dino_model.export.contract import EMBEDDING
+from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.images import ImageItem, collect_images, load_batch, transform_for
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_SUFFIXES = (".npy", ".npz", ".json")
+
+
+@dataclass
+class EmbeddingResult:
+    paths: list[str]
+    labels: list[str]  # class folder names; "" when unlabelled
+    embeddings: np.ndarray  # (N, D) float32, L2-normalised by the model
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    predictions: list[str] = field(default_factory=list)  # k-NN labels when an index was given
+
+
+def embed_images(inputs: list[str | Path], client: EmbeddingClient, *, batch_size: int = 32,
+                 concurrency: int = 4) -> EmbeddingResult:
+    """Embed every readable image under `inputs`; unreadable files are skipped and listed."""
+    items, skipped = collect_images(inputs)
+    transform = transform_for(client.served.contract)
+    size = max(1, min(batch_size, client.served.max_batch_size))
+    batches = [items[i : i + size] for i in range(0, len(items), size)]
+
+    def work(batch: list[ImageItem]) -> tuple[list[ImageItem], np.ndarray, list[dict[str, str]]]:
+        images, kept, bad = load_batch(batch, transform)
+        return kept, client.infer(images)[EMBEDDING] if kept else None, bad
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        results = list(pool.map(work, batches))
+    kept = [item for r in results for item in r[0]]
+    skipped += [bad for r in results for bad in r[2]]
+    if not kept:
+        raise DataError(f"none of the {len(items)} input file(s) is a readable image: {skipped[:5]}")
+    embeddings = np.concatenate([r[1] for r in results if r[1] is not None])
+    logger.info("embedded %d image(s) with %s (%d skipped)", len(kept), client.model_name, len(skipped))
+    return EmbeddingResult([str(i.path) for i in kept], [i.label for i in kept], embeddings, skipped)
+
+
+def knn_predict(result: EmbeddingResult, index_path: str | Path, *, k: int = 20, temperature: float = 0.07
+                ) -> list[str]:
+    """Labels by weighted k-NN vote over a stored index of labelled embeddings."""
+    index = load_index(index_path)
+    if index["embeddings"].shape[1] != result.embeddings.shape[1]:
+        raise DataError(f"index {index_path} holds {index['embeddings'].shape[1]}-d embeddings; the model "
+                        f"returns {result.embeddings.shape[1]}-d ones: build the index with the same model")
+    bank = torch.from_numpy(index["embeddings"]).float()
+    queries = torch.from_numpy(result.embeddings).float()
+    sims, idx = (queries @ bank.T).topk(min(k, len(bank)), dim=1)
+    labels = torch.from_numpy(index["labels"]).long()[idx]
+    votes = _vote(sims, labels, len(index["classes"]), temperature)
+    return [str(index["classes"][i]) for i in votes.argmax(dim=1).tolist()]
+
+
+def load_index(path: str | Path) -> dict[str, np.ndarray]:
+    """A k-NN index: an .npz written by `dino-mlops infer <labelled folder> --output index.npz`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            index = {key: data[key] for key in ("embeddings", "labels", "classes")}
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path} is not a k-NN index (.npz with embeddings, labels, classes): {exc}") from exc
+    keep = index["labels"] >= 0
+    if not keep.any():
+        raise DataError(f"{path} holds no labelled embedding; build it from class folders")
+    return {"embeddings": index["embeddings"][keep], "labels": index["labels"][keep], "classes": index["classes"]}
+
+
+def write_embeddings(result: EmbeddingResult, output: str | Path, *, model: str = "") -> Path:
+    """Write .npy (embeddings only), .npz (also paths, labels, classes: usable as a k-NN index) or .json."""
+    output = Path(output)
+    if output.suffix not in OUTPUT_SUFFIXES:
+        raise DataError(f"output {output} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".npy":
+        np.save(output, result.embeddings)
+    elif output.suffix == ".npz":
+        classes = sorted({label for label in result.labels if label})
+        labels = np.array([classes.index(label) if label else -1 for label in result.labels], dtype=np.int64)
+        np.savez(output, embeddings=result.embeddings, paths=np.array(result.paths), labels=labels,
+                 classes=np.array(classes, dtype=str), predictions=np.array(result.predictions, dtype=str))
+    else:
+        output.write_text(json.dumps(_as_json(result, model), indent=1) + "\n")
+    return output
+
+
+def _as_json(result: EmbeddingResult, model: str) -> dict[str, Any]:
+    predictions = result.predictions or [""] * len(result.paths)
+    items = [{"path": p, "label": label, "prediction": pred, "embedding": [round(float(v), 7) for v in emb]}
+             for p, label, pred, emb in zip(result.paths, result.labels, predictions, result.embeddings, strict=True)]
+    return {"model": model, "embedding_dim": int(result.embeddings.shape[1]), "items": items,
+            "skipped": result.skipped}

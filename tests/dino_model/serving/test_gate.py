@@ -1,0 +1,23 @@
+"""Quality gate rule."""
+
+import pytest
+
+from dino_model.serving.gate import DEPLOY, HOLD, decide, serving_score
+
+
+@pytest.mark.parametrize(
+    "candidate,threshold,serving,expected",
+    [(80.0, 50.0, None, DEPLOY), (40.0, 50.0, None, HOLD), (80.0, 50.0, 85.0, HOLD), (85.0, 50.0, 85.0, DEPLOY)],
+)
+def test_threshold_and_not_worse(candidate, threshold, serving, expected):
+    assert decide(candidate, threshold=threshold, serving=serving).decision == expected
+
+
+def test_not_worse_can_be_disabled_or_tolerant():
+    assert decide(80.0, threshold=50.0, serving=85.0, require_not_worse=False).decision == DEPLOY
+    assert decide(84.0, threshold=50.0, serving=85.0, tolerance=1.0).decision == DEPLOY
+    assert "below the threshold" in decide(10.0, threshold=50.0).reason
+
+
+def test_unreachable_server_means_nothing_to_compare(free_port):
+    assert serving_score(f"127.0.0.1:{free_port}", "dino", "knn_top1", timeout_s=1.0) is None

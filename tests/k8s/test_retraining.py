@@ -1,0 +1,84 @@
+"""The retraining CronJob: schedule semantics, least rights, credentials from Secrets, writable paths
+under a read-only root filesystem, and a command the CLI accepts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import PurePosixPath
+
+import pytest
+from k8s_render import INSTALLS, find, one
+
+ENVS = sorted(INSTALLS)
+
+
+def _cron(rendered, env):
+    return one(rendered[env], "CronJob", "retrain-check")
+
+
+def _pod(cron):
+    return cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_cronjob_schedule_and_command(rendered, env: str) -> None:
+    cron = _cron(rendered, env)
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert len(cron["spec"]["schedule"].split()) == 5, "Kubernetes cron has five fields"
+    (container,) = _pod(cron)["containers"]
+    assert [*container["command"], *container["args"]] == ["dino-mlops", "retrain", "check"]
+    assert container["image"] == "ghcr.io/dino-mlops/dino-mlops:0.1.0"
+    assert _pod(cron)["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_retrain_has_no_kubernetes_rights(rendered, env: str) -> None:
+    """It talks to git, the DVC remote and KFP over HTTP: no RoleBinding names its ServiceAccount."""
+    account = _pod(_cron(rendered, env))["serviceAccountName"]
+    for binding in find(rendered[env], "RoleBinding") + find(rendered[env], "ClusterRoleBinding"):
+        assert account not in {s["name"] for s in binding["subjects"]}
+    kfp = next(v for v in _pod(_cron(rendered, env))["volumes"] if v["name"] == "kfp-token")
+    (source,) = kfp["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_writable_paths_are_volumes(rendered, env: str) -> None:
+    """With a read-only root filesystem, DVC's site cache, HOME and the workspace must be mounts."""
+    pod = _pod(_cron(rendered, env))
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env_values = {e["name"]: e.get("value") for e in container["env"]}
+    assert env_values["DVC_NO_ANALYTICS"] == "1"
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    writable = [PurePosixPath(m["mountPath"]) for m in container["volumeMounts"]
+                if m["name"] in empty_dirs and not m.get("readOnly")]
+    for path in (env_values["DVC_SITE_CACHE_DIR"], env_values["HOME"], container["workingDir"]):
+        assert any(PurePosixPath(path).is_relative_to(w) for w in writable), f"{path} is not on a writable volume"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_credentials_come_from_secrets(rendered, env: str) -> None:
+    pod = _pod(_cron(rendered, env))
+    (container,) = pod["containers"]
+    secret_refs = {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e}
+    assert secret_refs == {"dvc-remote-credentials"}
+    env_values = {e["name"]: e.get("value") for e in container["env"]}
+    helper = env_values["GIT_CONFIG_VALUE_0"]
+    store = PurePosixPath(helper.split("--file=")[1])
+    mount = next(m for m in container["volumeMounts"] if store.is_relative_to(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "retrain-git-credentials" and mount["readOnly"]
+    assert "password" not in str(container["env"]).lower() and "token=" not in str(container["env"]).lower()
+    settings = one(rendered[env], "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])
+    assert {"DINO_DATA_REPO", "DINO_DATA_REV", "KFP_HOST"} <= set(settings["data"])
+
+
+def test_the_cli_accepts_the_cronjob_command(rendered) -> None:
+    if importlib.util.find_spec("dino_model.cli.retrain") is None:
+        pytest.skip("dino_model/cli/retrain.py (`dino-mlops retrain check`) does not exist yet")
+    from dino_model.cli.main import build_parser
+
+    (container,) = _pod(_cron(rendered, "prod-gpu"))["containers"]
+    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    assert callable(args.func)
