@@ -10,9 +10,9 @@ import pytest
 
 from dino_model.errors import ConfigError
 from dino_model.export.lineage import code_revision, file_sha256
+from dino_model.export.onnx import read_contract
 from dino_model.export.triton import PYTHON_MODEL, read_config, version_folders, write_model_repository
 from dino_model.export.triton_config import RepositoryOptions, config_parameters, flavour_of
-from tiny_model import DATA_VERSION
 
 
 def test_gpu_repository(tmp_path: Path, tiny_onnx: Path) -> None:
@@ -42,7 +42,7 @@ def test_gpu_repository(tmp_path: Path, tiny_onnx: Path) -> None:
     assert [(w["batch_size"], w["inputs"]["images"]["zero_data"]) for w in config["model_warmup"]] == [(1, True),
                                                                                                       (16, True)]
     params = config_parameters(config)
-    assert params["lineage.data_version"] == DATA_VERSION
+    assert params["lineage.data_version"] == read_contract(tiny_onnx).lineage["data_version"] != ""
     assert params["lineage.code_revision"] == code_revision()
     assert json.loads(params["lineage.metrics"]) == {"linear_top1": 71.5}
     assert params["lineage.onnx_sha256"] == file_sha256(tiny_onnx)
