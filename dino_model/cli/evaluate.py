@@ -1,4 +1,8 @@
-"""`dino-mlops eval ...`: evaluations of a trained checkpoint, each writing a metrics JSON."""
+"""`dino-mlops eval ...`: evaluations of a trained checkpoint, each writing a metrics JSON.
+
+knn and linear score frozen features on labelled image folders; davis propagates first-frame
+masks through DAVIS videos and scores J and F; attention renders the last block's CLS attention.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,67 @@ def register(sub: argparse._SubParsersAction) -> None:
     knn.add_argument("--output", help="metrics JSON path (default: beside the checkpoint)")
     add_config_args(knn)
     knn.set_defaults(func=run_knn)
+    _register_linear(ev)
+    _register_davis(ev)
+    _register_attention(ev)
+
+
+def _register_linear(ev: argparse._SubParsersAction) -> None:
+    p = ev.add_parser("linear", help="linear probe on frozen features (DINO eval_linear protocol)")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint or official DINO weights")
+    p.add_argument("--train-dir", help="labelled folder the classifier is trained on (default data.knn_train)")
+    p.add_argument("--val-dir", help="labelled folder it is scored on (default data.knn_val)")
+    p.add_argument("--output", help="metrics JSON path (default: beside the checkpoint); weights go beside it")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.001, help="per 256 images, scaled by the batch size")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--n-last-blocks", type=int, help="CLS tokens of the last n blocks (default 4; 1 for ViT-B)")
+    p.add_argument("--avgpool", action=argparse.BooleanOptionalAction, default=None,
+                   help="append the average-pooled patch tokens (default: only for ViT-B)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="centre crops only: features are computed once and cached (fast on CPU)")
+    p.add_argument("--random-init", action="store_true", help="baseline: a randomly initialised backbone")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_config_args(p)
+    p.set_defaults(func=run_linear)
+
+
+def _register_davis(ev: argparse._SubParsersAction) -> None:
+    p = ev.add_parser("davis", help="DAVIS 2017 video object segmentation by label propagation (J&F)")
+    p.add_argument("--checkpoint", help="ViT checkpoint whose patch features propagate (not needed for colour)")
+    p.add_argument("--davis-root", required=True, help="folder with JPEGImages/, Annotations/, ImageSets/")
+    p.add_argument("--output-dir", required=True, help="results PNGs, CSVs, davis.json and davis.md go here")
+    p.add_argument("--sequences", nargs="+", help="sequence names (default: ImageSets/2017/<split>.txt)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--resolution", default="480p")
+    p.add_argument("--annotations", default="Annotations", help="annotation folder name under the root")
+    p.add_argument("--mask-format", default="auto", choices=("auto", "2017", "2016"),
+                   help="2016: grayscale 0/255 masks read as object 1; auto detects them")
+    p.add_argument("--short-side", type=_optional_int, default=480, help="resize short side, or 'none' to keep")
+    p.add_argument("--size-multiple", type=int, default=64, help="long side floored to a multiple of this")
+    p.add_argument("--max-frames", type=int, help="propagate and score only the first N frames of each video")
+    p.add_argument("--n-last-frames", type=int, default=7)
+    p.add_argument("--neighbourhood", type=int, default=12, help="source window radius in patches (0: none)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--features", default="vit", choices=("vit", "colour"), help="colour: model-free oracle")
+    p.add_argument("--oracle-patch-size", type=int, default=8)
+    p.add_argument("--score-only", action="store_true", help="score existing <output-dir>/results only")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(func=run_davis)
+
+
+def _register_attention(ev: argparse._SubParsersAction) -> None:
+    p = ev.add_parser("attention", help="last-block CLS self-attention maps per head, as PNG overlays")
+    p.add_argument("--checkpoint", required=True, help="ViT checkpoint or official DINO weights")
+    p.add_argument("--image", nargs="+", required=True, help="input image(s)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--image-size", type=int, nargs=2, default=(480, 480), metavar=("H", "W"))
+    p.add_argument("--threshold", type=_optional_float, default=0.6,
+                   help="keep this fraction of each head's attention mass as a mask, or 'none'")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(func=run_attention)
 
 
 def run_knn(args: argparse.Namespace) -> int:
@@ -28,3 +93,67 @@ def run_knn(args: argparse.Namespace) -> int:
     )
     print_result(result)
     return 0
+
+
+def run_linear(args: argparse.Namespace) -> int:
+    from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
+
+    cfg = config_from_args(args)
+    probe = LinearProbeConfig(n_last_blocks=args.n_last_blocks, avgpool_patchtokens=args.avgpool, epochs=args.epochs,
+                              lr=args.lr, batch_size=args.batch_size, augment=not args.no_augment, seed=args.seed)
+    result = run_linear_eval(
+        args.checkpoint, cfg.eval, train_dir=args.train_dir or cfg.data.knn_train,
+        val_dir=args.val_dir or cfg.data.knn_val, probe=probe, output=args.output,
+        device=_device(args.device), random_init=args.random_init,
+    )
+    print_result(_summary(result))
+    return 0
+
+
+def run_davis(args: argparse.Namespace) -> int:
+    from dino_model.eval.davis.config import DavisConfig, PropagationParams
+    from dino_model.eval.davis.run import run_davis_eval
+
+    cfg = DavisConfig(
+        sequences=list(args.sequences or []), split=args.split, resolution=args.resolution,
+        annotations=args.annotations, mask_format=args.mask_format, short_side=args.short_side,
+        size_multiple=args.size_multiple, max_frames=args.max_frames, features=args.features,
+        oracle_patch_size=args.oracle_patch_size,
+        propagation=PropagationParams(n_last_frames=args.n_last_frames, neighbourhood=args.neighbourhood,
+                                      topk=args.topk, temperature=args.temperature),
+    )
+    result = run_davis_eval(args.checkpoint, cfg, davis_root=args.davis_root, output_dir=args.output_dir,
+                            device=_device(args.device), score_only=args.score_only)
+    print_result(_summary(result))
+    return 0
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    from dino_model.eval.attention import run_attention_maps
+
+    result = run_attention_maps(args.checkpoint, args.image, output_dir=args.output_dir,
+                                image_size=tuple(args.image_size), threshold=args.threshold,
+                                device=_device(args.device))
+    print_result(_summary(result))
+    return 0
+
+
+def _summary(result: dict) -> dict:
+    """What the command prints: the envelope without the bulky details (they stay in the JSON)."""
+    return {k: v for k, v in result.items() if k != "details"}
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
