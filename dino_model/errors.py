@@ -31,3 +31,7 @@ class ExportError(DinoError):
 
 class ServingError(DinoError):
     """The inference server cannot start, cannot be reached, or rejected a model or request."""
+
+
+class PipelineError(DinoError):
+    """A pipeline cannot be compiled, submitted or scheduled (e.g. the KFP API is unreachable)."""

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines built from the project's components."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import threading
 
@@ -85,6 +86,9 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke-images", help="image folder for the smoke test (default: seeded noise only)")
     p.add_argument("--tolerance", type=float, help="max |served - onnxruntime| (default from the config)")
     p.add_argument("--load-timeout", type=float, default=600.0, help="seconds allowed per model load")
+    p.add_argument("--admin-header", default="admin-key",
+                   help="gRPC header with the key of a restricted repository API (--grpc-restricted-protocol)")
+    p.add_argument("--admin-key-env", default="TRITON_ADMIN_KEY", help="environment variable holding that key")
     _add_lineage_args(p)
     p.set_defaults(func=run_deploy)
 
@@ -168,9 +172,10 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_deploy(args: argparse.Namespace) -> int:
     from dino_model.serving.deploy import deploy
 
+    key = os.environ.get(args.admin_key_env)
     print_result(deploy(args.onnx, args.repository, url=args.url, model_name=args.model_name,
                         smoke_image_dir=args.smoke_images, tolerance=args.tolerance, lineage=_lineage(args),
-                        load_timeout_s=args.load_timeout))
+                        load_timeout_s=args.load_timeout, headers={args.admin_header: key} if key else None))
     return 0
 
 

@@ -6,16 +6,25 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dino_model.config import EvalConfig
+from dino_model.data.datasets import ImageFolderDataset
 from dino_model.errors import DataError
 from dino_model.eval.features import extract_features
-from dino_model.eval.knn import knn_classify
+from dino_model.eval.knn import knn_classify, knn_predict
 from dino_model.eval.report import build_report, metrics_table, write_report
 from dino_model.models.loading import load_backbone
 
 logger = logging.getLogger(__name__)
 
 REPORTED_K = 20  # the paper reports k = 20
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, n_classes: int) -> list[list[int]]:
+    """rows = true class, columns = predicted class."""
+    flat = labels.long() * n_classes + predictions.long()
+    return torch.bincount(flat, minlength=n_classes * n_classes).view(n_classes, n_classes).tolist()
 
 
 def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig, *, train_dir: str | Path, val_dir: str | Path,
@@ -25,6 +34,7 @@ def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig, *, train_dir: str | Pa
         raise DataError("k-NN needs labelled train and val folders (data.knn_train and data.knn_val)")
     backbone, _ = load_backbone(checkpoint)
     train_x, train_y = extract_features(backbone, train_dir, cfg, device=device)
+    classes = ImageFolderDataset(train_dir).classes
     val_x, val_y = extract_features(backbone, val_dir, cfg, device=device)
     if (train_y < 0).any() or (val_y < 0).any():
         raise DataError(f"k-NN needs class sub-folders in {train_dir} and {val_dir}")
@@ -34,7 +44,10 @@ def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig, *, train_dir: str | Pa
     metrics |= {f"knn_top5_k{k}": r["top5"] for k, r in results.items()}
     k_main = REPORTED_K if REPORTED_K in results else min(results)
     metrics["knn_top1"] = results[k_main]["top1"]
-    details = {"k": k_main, "temperature": cfg.knn_temperature, "n_train": len(train_y), "n_val": len(val_y),
+    predictions = knn_predict(train_x, train_y, val_x, k=k_main, temperature=cfg.knn_temperature,
+                              chunk_size=cfg.knn_chunk_size, num_classes=len(classes))
+    details = {"classes": classes, "confusion_matrix": confusion_matrix(val_y, predictions, len(classes)),
+               "k": k_main, "temperature": cfg.knn_temperature, "n_train": len(train_y), "n_val": len(val_y),
                "train_dir": str(train_dir), "val_dir": str(val_dir), "feature_dim": int(train_x.shape[1])}
     report = build_report("knn", checkpoint, metrics, details)
     out = Path(output) if output else Path(checkpoint).parent / "eval" / "knn.json"

@@ -3,7 +3,8 @@
 One record travels with the model everywhere it goes: in the ONNX file's `metadata_props`, in the
 Triton `config.pbtxt` parameters, and back to clients, which preprocess images from it exactly as
 the evaluation does (resize, centre crop, ImageNet normalisation; Caron et al., ICCV 2021, App.).
-Lineage (data version, code revision, evaluation metrics) rides along under its own prefix.
+Lineage (data version, code revision, evaluation metrics as JSON, checkpoint, file hash) rides along
+under its own fixed keys.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ INPUT_NAME = "images"
 EMBEDDING = "embedding"
 PATCH_TOKENS = "patch_tokens"
 PREFIX = "dino."
-LINEAGE_PREFIX = "lineage."
+# lineage keys, unprefixed in ONNX metadata and Triton parameters (dino_model/serving/gate.py reads "metrics")
+LINEAGE_KEYS = ("data_version", "code_revision", "metrics", "checkpoint", "onnx_sha256")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class ModelContract:
             "normalization": "l2", "input": INPUT_NAME,
         }
         props = {PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
-        props |= {LINEAGE_PREFIX + k: str(v) for k, v in self.lineage.items()}
+        props |= {k: str(v) for k, v in self.lineage.items()}
         return props
 
     @classmethod
@@ -83,10 +85,13 @@ class ModelContract:
             num_patches=int(get("num_patches", 0)), arch=get("arch", ""), patch_size=int(get("patch_size", 0)),
             precision=get("precision", "fp32"), interpolation=get("interpolation", "bicubic"),
             outputs=tuple(get("outputs", [EMBEDDING])),
-            lineage={k.removeprefix(LINEAGE_PREFIX): v for k, v in props.items() if k.startswith(LINEAGE_PREFIX)},
+            lineage={k: props[k] for k in LINEAGE_KEYS if k in props},
         )
 
     def with_lineage(self, **updates: str) -> ModelContract:
         """A copy whose lineage is updated with the non-empty values given."""
+        unknown = sorted(set(updates) - set(LINEAGE_KEYS))
+        if unknown:
+            raise ExportError(f"unknown lineage keys {unknown}; known: {', '.join(LINEAGE_KEYS)}")
         lineage = self.lineage | {k: v for k, v in updates.items() if v}
         return replace(self, lineage=lineage)

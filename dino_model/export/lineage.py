@@ -69,7 +69,7 @@ def build_lineage(
         "checkpoint": str(checkpoint),
     }
     if not data_version:
-        logger.warning("no data version known for %s: lineage.data_version stays empty", checkpoint or "model")
+        logger.warning("no data version known for %s: the lineage records none", checkpoint or "model")
     return lineage
 
 

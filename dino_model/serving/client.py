@@ -40,13 +40,16 @@ class EmbeddingClient:
         model_name: the model to query.
         model_version: "" lets Triton pick its latest ready version (what clients should normally do).
         timeout_s: per-request deadline.
+        headers: gRPC metadata sent with every call, e.g. {"admin-key": ...} for a server whose
+            model-repository protocol is restricted (--grpc-restricted-protocol).
     """
 
     def __init__(self, url: str = "localhost:8001", model_name: str = "dino", *, model_version: str = "",
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, headers: dict[str, str] | None = None) -> None:
         if "://" in url:
             raise ConfigError(f"gRPC url {url!r} must be host:port without a scheme, e.g. localhost:8001")
         self.url, self.model_name, self.model_version, self.timeout_s = url, model_name, model_version, timeout_s
+        self.headers = headers
         self._local = threading.local()
 
     @property
@@ -59,9 +62,11 @@ class EmbeddingClient:
         return self._local.client
 
     def call(self, what: str, fn, *args, **kwargs):
-        """Run a tritonclient call; its exceptions become ServingErrors that say what failed and where."""
+        """Run a tritonclient call (with this client's headers); errors become ServingErrors saying what and where."""
         from tritonclient.utils import InferenceServerException
 
+        if self.headers:
+            kwargs.setdefault("headers", self.headers)
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:

@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from dino_model.errors import ConfigError, ServingError
-from dino_model.export.contract import LINEAGE_PREFIX, PREFIX, ModelContract
+from dino_model.export.contract import LINEAGE_KEYS, PREFIX, ModelContract
 from dino_model.export.triton import read_config, served_contract, version_folders, write_config, write_version
 from dino_model.export.triton_config import config_parameters, flavour_of
 from dino_model.serving.client import EmbeddingClient
@@ -50,8 +51,11 @@ class RolloutError(Exception):
 
 def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
            smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
-           lineage: dict[str, str] | None = None, load_timeout_s: float = 600.0) -> dict[str, Any]:
+           lineage: dict[str, str] | None = None, load_timeout_s: float = 600.0,
+           headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Roll `onnx_path` out as the next version of `model_name` on the Triton at `url`.
+
+    `headers` go with every call (the admin key of a server that restricts its repository API).
 
     Raises:
         ServingError: the server is unreachable, or the new version failed to load or its smoke
@@ -60,7 +64,7 @@ def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_nam
     started = time.monotonic()
     model_dir = Path(repository) / model_name
     with _deploy_lock(model_dir):
-        client = EmbeddingClient(url, model_name, timeout_s=60.0)
+        client = EmbeddingClient(url, model_name, timeout_s=60.0, headers=headers)
         config = read_config(model_dir)
         serving = ready_versions(client)
         missing = [v for v in serving if v not in version_folders(model_dir)]
@@ -107,7 +111,7 @@ def check_compatible(current: ModelContract, new: ModelContract) -> None:
 
 def with_contract(config: dict[str, Any], contract: ModelContract) -> dict[str, Any]:
     """The config with the contract and lineage parameters of `contract` (other parameters kept)."""
-    kept = {k: v for k, v in config.get("parameters", {}).items() if not k.startswith((PREFIX, LINEAGE_PREFIX))}
+    kept = {k: v for k, v in config.get("parameters", {}).items() if not k.startswith(PREFIX) and k not in LINEAGE_KEYS}
     return config | {"parameters": kept | {k: {"string_value": v} for k, v in contract.to_properties().items()}}
 
 
@@ -123,7 +127,7 @@ def run_candidate(client: EmbeddingClient, repository: Path, onnx_path: str | Pa
     shutil.rmtree(folder, ignore_errors=True)  # a leftover of an interrupted deploy
     write_version(onnx_path, folder, 1, flavour=flavour)
     write_config(folder, config | {"name": name, "version_policy": {"latest": {"num_versions": 1}}})
-    candidate = EmbeddingClient(client.url, name, timeout_s=client.timeout_s)
+    candidate = EmbeddingClient(client.url, name, timeout_s=client.timeout_s, headers=client.headers)
     try:
         _load(client, name, load_timeout_s=load_timeout_s)
         reference = _reference(onnx_path, images)
@@ -185,7 +189,8 @@ def _load(client: EmbeddingClient, name: str, *, config: dict[str, Any] | None =
     from tritonclient.utils import InferenceServerException
 
     try:
-        client.raw.load_model(name, config=json.dumps(config) if config else None, client_timeout=load_timeout_s)
+        client.raw.load_model(name, config=json.dumps(config) if config else None, headers=client.headers,
+                              client_timeout=load_timeout_s)
     except InferenceServerException as exc:
         message = str(exc.message()).split("\n\nAt:")[0].strip()  # drop the Python backend's traceback
         raise RolloutError(f"it failed to load ({message})") from None
@@ -193,12 +198,15 @@ def _load(client: EmbeddingClient, name: str, *, config: dict[str, Any] | None =
 
 @contextlib.contextmanager
 def _deploy_lock(model_dir: Path) -> Iterator[None]:
-    """One deploy per model folder at a time (an advisory lock file beside config.pbtxt)."""
+    """One deploy per model folder at a time: an advisory lock on the folder itself (no file left behind)."""
     if not model_dir.is_dir():
         raise ConfigError(f"{model_dir} does not exist; write the repository with `dino-mlops triton-repo` first")
-    with (model_dir / ".deploy.lock").open("w") as fh:
+    fd = os.open(model_dir, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ServingError(f"another deploy of {model_dir} is running; wait for it to finish") from None
         yield
+    finally:
+        os.close(fd)

@@ -10,7 +10,9 @@ fixtures, shares the same run.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +71,18 @@ def tiny_onnx(tiny_export: dict[str, Any]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx_fp16(tiny_export: dict[str, Any]) -> Path:
     return Path(tiny_export["details"]["files"]["fp16"]["path"])
+
+
+@pytest.fixture
+def run_cli() -> Iterator[Callable[[list[str]], int]]:
+    """dino_model.cli.main.main, with the root logger's handlers restored afterwards.
+
+    The CLI installs a handler on the stderr of the moment, which pytest's capture closes after the test.
+    """
+    from dino_model.cli.main import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield main
+    root.handlers[:] = handlers
+    root.setLevel(level)

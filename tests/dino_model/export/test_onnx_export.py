@@ -133,9 +133,7 @@ def test_lineage_reads_git_and_metric_reports(tmp_path: Path, monkeypatch: pytes
         read_metrics([tmp_path / "c.json"])
 
 
-def test_cli_export_error_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from dino_model.cli.main import main
-
-    code = main(["export", "--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "m.onnx")])
+def test_cli_export_error_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, run_cli) -> None:
+    code = run_cli(["export", "--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "missing.pth does not exist" in err[0]

@@ -42,10 +42,10 @@ def test_gpu_repository(tmp_path: Path, tiny_onnx: Path) -> None:
     assert [(w["batch_size"], w["inputs"]["images"]["zero_data"]) for w in config["model_warmup"]] == [(1, True),
                                                                                                       (16, True)]
     params = config_parameters(config)
-    assert params["lineage.data_version"] == read_contract(tiny_onnx).lineage["data_version"] != ""
-    assert params["lineage.code_revision"] == code_revision()
-    assert json.loads(params["lineage.metrics"]) == {"linear_top1": 71.5}
-    assert params["lineage.onnx_sha256"] == file_sha256(tiny_onnx)
+    assert params["data_version"] == read_contract(tiny_onnx).lineage["data_version"] != ""
+    assert params["code_revision"] == code_revision()
+    assert json.loads(params["metrics"]) == {"linear_top1": 71.5}
+    assert params["onnx_sha256"] == file_sha256(tiny_onnx)
     assert (params["dino.image_size"], params["dino.mean"]) == ("32", "[0.485, 0.456, 0.406]")
 
 
@@ -93,12 +93,10 @@ def test_bad_options_are_refused(tmp_path: Path, tiny_onnx: Path, options: dict,
     assert not (tmp_path / "dino").exists()
 
 
-def test_cli_triton_repo(tmp_path: Path, tiny_onnx: Path, capsys: pytest.CaptureFixture) -> None:
-    from dino_model.cli.main import main
-
-    code = main(["triton-repo", "--onnx", str(tiny_onnx), "--repository", str(tmp_path), "--flavour", "cpu",
+def test_cli_triton_repo(tmp_path: Path, tiny_onnx: Path, capsys: pytest.CaptureFixture, run_cli) -> None:
+    code = run_cli(["triton-repo", "--onnx", str(tiny_onnx), "--repository", str(tmp_path), "--flavour", "cpu",
                  "--model-name", "digits", "--data-version", "override.dir"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["model"] == "digits" and result["version"] == 1
     config = read_config(tmp_path / "digits")
-    assert config["name"] == "digits" and config_parameters(config)["lineage.data_version"] == "override.dir"
+    assert config["name"] == "digits" and config_parameters(config)["data_version"] == "override.dir"

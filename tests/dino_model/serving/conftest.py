@@ -11,6 +11,7 @@ import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,6 +29,7 @@ tiny_checkpoint = _export.tiny_checkpoint
 tiny_export = _export.tiny_export
 tiny_onnx = _export.tiny_onnx
 tiny_onnx_fp16 = _export.tiny_onnx_fp16
+run_cli = _export.run_cli
 
 
 def require_triton() -> None:
@@ -87,3 +89,9 @@ def start_server() -> Iterator[Callable]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_tools() -> SimpleNamespace:
+    """start(repository) and write_cpu_repository(onnx, root), for fixtures that manage their own server."""
+    return SimpleNamespace(start=start_triton, write_cpu_repository=write_cpu_repository)

@@ -94,17 +94,15 @@ def test_wrong_requests_get_clear_errors_and_the_server_stays_up(served) -> None
     assert client.infer(images)["embedding"].shape == (2, 64) and served.running
 
 
-def test_cli_infer(served, val_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from dino_model.cli.main import main
-
+def test_cli_infer(served, val_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, run_cli) -> None:
     index = tmp_path / "index.npz"
-    assert main(["infer", str(val_subset), "--url", served.grpc_url, "--output", str(index)]) == 0
+    assert run_cli(["infer", str(val_subset), "--url", served.grpc_url, "--output", str(index)]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 50
     query = sorted(val_subset.glob("7/*.png"))[:2]
     out = tmp_path / "q.json"
-    assert main(["infer", *map(str, query), "--url", served.grpc_url, "--output", str(out),
+    assert run_cli(["infer", *map(str, query), "--url", served.grpc_url, "--output", str(out),
                  "--knn-index", str(index), "--k", "1"]) == 0
     assert set(json.loads(capsys.readouterr().out)["predictions"].values()) == {"7"}
     (port,) = free_ports(1)
-    assert main(["infer", str(query[0]), "--url", f"127.0.0.1:{port}", "--output", str(out)]) == 2
+    assert run_cli(["infer", str(query[0]), "--url", f"127.0.0.1:{port}", "--output", str(out)]) == 2
     assert "cannot reach Triton" in capsys.readouterr().err

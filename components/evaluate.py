@@ -1,0 +1,57 @@
+"""Evaluation components: k-NN, linear probe, DAVIS label propagation, attention maps.
+
+Each wraps one dino_model evaluation; scores go to Metrics (flat name -> number, what the KFP UI
+and the quality gate read), class confusion to ClassificationMetrics, reports to Markdown/HTML.
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components._image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config_yaml: str,
+             metrics: Output[Metrics], confusion: Output[ClassificationMetrics], report: Output[Markdown]) -> float:
+    """Weighted k-NN (DINO protocol) on frozen teacher features; returns top-1 (%) at k = 20."""
+    from pathlib import Path
+
+    from dino_model.config import load_config_text
+    from dino_model.eval.knn_eval import run_knn_eval
+
+    cfg = load_config_text(config_yaml)
+    result = run_knn_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
+                          val_dir=f"{data.path}/{val_subdir}", output=f"{model.path}/eval/knn.json")
+    for name, value in result["metrics"].items():
+        metrics.log_metric(name, value)
+    confusion.log_confusion_matrix(result["details"]["classes"], result["details"]["confusion_matrix"])
+    Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
+    return float(result["metrics"]["knn_top1"])
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def eval_linear(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config_yaml: str,
+                epochs: int, metrics: Output[Metrics], report: Output[Markdown]) -> float:
+    """Linear probe on frozen features (cached once per run); returns the best top-1 (%)."""
+    from pathlib import Path
+
+    from dino_model.config import load_config_text
+    from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
+
+    cfg = load_config_text(config_yaml)
+    result = run_linear_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
+                             val_dir=f"{data.path}/{val_subdir}", probe=LinearProbeConfig(epochs=epochs),
+                             output=f"{model.path}/eval/linear.json")
+    for name, value in result["metrics"].items():
+        metrics.log_metric(name, value)
+    Path(report.path).write_text(Path(f"{model.path}/eval/linear.md").read_text())
+    return float(result["metrics"]["linear_top1"])
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def attention_maps(model: Input[Model], data: Input[Dataset], image_subdir: str, n_images: int,
+                   maps: Output[HTML]) -> None:
+    """Last-layer CLS attention per head (60% mass masks) on a few images, as an HTML page."""
+    from dino_model.eval.attention_page import attention_html
+
+    attention_html(f"{model.path}/checkpoint.pth", f"{data.path}/{image_subdir}", maps.path, n_images=n_images)

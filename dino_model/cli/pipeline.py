@@ -1,0 +1,81 @@
+"""`dino-mlops pipeline compile|submit|run --local|stop-local`: the KFP pipeline from the command line.
+
+kfp and the pipelines package are imported inside the commands, so the library never needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dino_model.cli.options import print_result
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("pipeline", help="compile, submit or run the training pipeline")
+    cmds = group.add_subparsers(dest="pipeline_command", required=True)
+
+    p = cmds.add_parser("compile", help="write the pipeline IR YAML to upload in the KFP UI")
+    p.add_argument("--output", default="dino_training_pipeline.yaml")
+    p.set_defaults(func=run_compile)
+
+    p = cmds.add_parser("submit", help="create a run (or with --schedule a recurring run) on a KFP host")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888")
+    p.add_argument("--experiment", default="dino-mlops")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--schedule", default=None, help="six-field cron with seconds first, e.g. '0 0 2 * * *'")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
+    p.set_defaults(func=run_submit)
+
+    p = cmds.add_parser("run", help="run the pipeline; --local runs it on this machine through kfp.local")
+    p.add_argument("--local", action="store_true", required=True)
+    p.add_argument("--config", default="digits_vit_tiny", help="training config (path or packaged name)")
+    p.add_argument("--min-knn-top1", type=float, default=30.0, help="quality gate threshold (%%)")
+    p.add_argument("--allow-worse", action="store_true", help="deploy even if worse than the serving model")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--output-dir", default=None, help="default: runs/local")
+    p.add_argument("overrides", nargs="*", help="training config overrides such as train.epochs=2")
+    p.set_defaults(func=run_local_cmd)
+
+    p = cmds.add_parser("stop-local", help="stop the local tritonserver started by `pipeline run --local`")
+    p.add_argument("--output-dir", default=None)
+    p.set_defaults(func=run_stop_local)
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    from pipelines.submit import compile_pipeline
+
+    print_result({"pipeline": str(compile_pipeline(args.output))})
+    return 0
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from pipelines.submit import parse_params, submit
+
+    print_result(submit(args.host, params=parse_params(args.param), experiment=args.experiment,
+                        run_name=args.run_name, schedule=args.schedule))
+    return 0
+
+
+def run_local_cmd(args: argparse.Namespace) -> int:
+    from dino_model.versioning.repo import find_repo_root
+    from pipelines.local import run_local
+
+    result = run_local(find_repo_root(), config=args.config, overrides=args.overrides,
+                       min_knn_top1=args.min_knn_top1, require_not_worse=not args.allow_worse,
+                       grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
+                       output_dir=args.output_dir)
+    print_result(result)
+    return 0
+
+
+def run_stop_local(args: argparse.Namespace) -> int:
+    from dino_model.serving.local_server import stop_local_server
+    from dino_model.versioning.repo import find_repo_root
+    from pipelines.local import LOCAL_DIR
+
+    out = Path(args.output_dir) if args.output_dir else find_repo_root() / LOCAL_DIR
+    print_result({"stopped": stop_local_server(out / "triton")})
+    return 0

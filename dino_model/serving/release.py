@@ -1,0 +1,65 @@
+"""Releasing an exported model to a live Triton: the first version, or a rollout over the serving one.
+
+`deploy.deploy` rolls N+1 out over a loaded model N; a server that serves nothing yet gets version 1
+written, loaded and smoke-tested instead (and unloaded again if the smoke test fails). Either way a
+successful release is recorded for Prometheus (deployed version, time, data version).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from dino_model.errors import ServingError
+from dino_model.export.triton import write_model_repository
+from dino_model.export.triton_config import RepositoryOptions
+from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.deploy import deploy, ready_versions
+from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
+
+logger = logging.getLogger(__name__)
+
+
+def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
+            flavour: str = "gpu", load_timeout_s: float = 600.0) -> dict[str, Any]:
+    """Deploy `onnx_path` as the next version of `model_name`; returns the deployment record."""
+    client = EmbeddingClient(url, model_name, timeout_s=60.0)
+    if ready_versions(client):
+        result = deploy(onnx_path, repository, url=url, model_name=model_name, load_timeout_s=load_timeout_s)
+    else:
+        result = _first_release(client, onnx_path, Path(repository), flavour=flavour, load_timeout_s=load_timeout_s)
+    from dino_model.monitoring.metrics import record_deployment
+
+    record_deployment(model_name, result["version"], data_version=result.get("lineage", {}).get("data_version", ""))
+    return result
+
+
+def _first_release(client: EmbeddingClient, onnx_path: str | Path, repository: Path, *, flavour: str,
+                   load_timeout_s: float) -> dict[str, Any]:
+    from tritonclient.utils import InferenceServerException
+
+    model_dir = repository / client.model_name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)  # nothing of it serves: a leftover of an earlier failed release
+    written = write_model_repository(onnx_path, repository, RepositoryOptions(flavour=flavour,
+                                                                              model_name=client.model_name))
+    try:
+        client.raw.load_model(client.model_name, client_timeout=load_timeout_s)
+    except InferenceServerException as exc:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise ServingError(f"version 1 of {client.model_name!r} failed to load on {client.url}: "
+                           f"{str(exc.message()).split(chr(10))[0]}") from None
+    contract = client.served.contract
+    images = smoke_images(contract)
+    smoke = smoke_test(client, "1", images, reference_embeddings(onnx_path, images),
+                       tolerance=default_tolerance(client.served.config, contract))
+    if not smoke.passed:
+        client.raw.unload_model(client.model_name)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        raise ServingError(f"version 1 of {client.model_name!r} failed its smoke test: {smoke.reason}")
+    logger.info("released %s version 1 on %s", client.model_name, client.url)
+    return {"model": client.model_name, "url": client.url, "status": "deployed", "version": written["version"],
+            "previous_versions": [], "serving_versions": ready_versions(client), "smoke": smoke.to_dict(),
+            "lineage": contract.lineage}
