@@ -32,16 +32,16 @@ def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_s
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def eval_linear(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config_yaml: str,
                 epochs: int, metrics: Output[Metrics], report: Output[Markdown]) -> float:
-    """Linear probe on frozen features (cached once per run); returns the best top-1 (%)."""
+    """Linear probe on frozen centre-crop features (extracted once); returns the best top-1 (%)."""
     from pathlib import Path
 
     from dino_model.config import load_config_text
     from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
 
     cfg = load_config_text(config_yaml)
+    probe = LinearProbeConfig(epochs=epochs, augment=False)
     result = run_linear_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
-                             val_dir=f"{data.path}/{val_subdir}", probe=LinearProbeConfig(epochs=epochs),
-                             output=f"{model.path}/eval/linear.json")
+                             val_dir=f"{data.path}/{val_subdir}", probe=probe, output=f"{model.path}/eval/linear.json")
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     Path(report.path).write_text(Path(f"{model.path}/eval/linear.md").read_text())

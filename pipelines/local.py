@@ -22,7 +22,7 @@ DEFAULT_CONFIG = "digits_vit_tiny"
 
 
 def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
-              min_knn_top1: float = 30.0, require_not_worse: bool = True, linear_epochs: int = 10,
+              min_knn_top1: float = 30.0, require_not_worse: bool = True, linear_epochs: int = 100,
               grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
               output_dir: str | Path | None = None) -> dict[str, Any]:
     """Run the whole pipeline locally; returns where each artifact is, the scores and the endpoint."""

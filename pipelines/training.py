@@ -24,7 +24,7 @@ def dino_training_pipeline(
     train_subdir: str = "digits/train",
     val_subdir: str = "digits/val",
     gpus: int = 1,
-    linear_epochs: int = 20,
+    linear_epochs: int = 100,
     min_knn_top1: float = 50.0,
     require_not_worse: bool = True,
     triton_url: str = "triton.dino-mlops.svc:8001",

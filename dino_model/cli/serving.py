@@ -50,6 +50,8 @@ def _register_repo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batching max_queue_delay_microseconds")
     p.add_argument("--no-dynamic-batching", action="store_true")
     p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count)")
+    p.add_argument("--instance-kind", choices=("gpu", "cpu"), default="",
+                   help="override the flavour's instance kind (gpu flavour on CPUs: NVIDIA's image without GPUs)")
     p.add_argument("--keep-versions", type=int, default=1, help="version_policy latest { num_versions }")
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--tensorrt", action="store_true", help="gpu: TensorRT execution accelerator")
@@ -87,7 +89,7 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, help="max |served - onnxruntime| (default from the config)")
     p.add_argument("--load-timeout", type=float, default=600.0, help="seconds allowed per model load")
     p.add_argument("--admin-header", default="admin-key",
-                   help="gRPC header with the key of a restricted repository API (--grpc-restricted-protocol)")
+                   help="key name of the server's --grpc-restricted-protocol=model-repository:<name>=<key>")
     p.add_argument("--admin-key-env", default="TRITON_ADMIN_KEY", help="environment variable holding that key")
     _add_lineage_args(p)
     p.set_defaults(func=run_deploy)
@@ -139,7 +141,8 @@ def run_repo(args: argparse.Namespace) -> int:
     opts = RepositoryOptions(
         flavour=args.flavour, model_name=args.model_name, max_batch_size=args.max_batch_size,
         dynamic_batching=not args.no_dynamic_batching, preferred_batch_sizes=args.preferred_batch_sizes,
-        max_queue_delay_us=args.queue_delay_us, instance_count=args.instances, keep_versions=args.keep_versions,
+        max_queue_delay_us=args.queue_delay_us, instance_count=args.instances, instance_kind=args.instance_kind,
+        keep_versions=args.keep_versions,
         warmup=not args.no_warmup, tensorrt=args.tensorrt, tensorrt_precision=args.tensorrt_precision,
         tensorrt_cache_path=args.tensorrt_cache, intra_op_threads=args.intra_op_threads,
     )
@@ -175,7 +178,12 @@ def run_deploy(args: argparse.Namespace) -> int:
     key = os.environ.get(args.admin_key_env)
     print_result(deploy(args.onnx, args.repository, url=args.url, model_name=args.model_name,
                         smoke_image_dir=args.smoke_images, tolerance=args.tolerance, lineage=_lineage(args),
-                        load_timeout_s=args.load_timeout, headers={args.admin_header: key} if key else None))
+                        load_timeout_s=args.load_timeout, headers=_admin_headers(args.admin_header, key)))
+
+
+def _admin_headers(name: str, key: str | None) -> dict[str, str] | None:
+    """gRPC metadata for a restricted Triton API: the header name carries Triton's gRPC prefix."""
+    return {f"triton-grpc-protocol-{name}": key} if key else None
     return 0
 
 

@@ -1,7 +1,8 @@
 """Triton model configurations for the exported embedding model: one contract, two flavours.
 
 `gpu` is for the cluster's official Triton image (onnxruntime backend, KIND_GPU instances, optional
-TensorRT execution accelerator with an engine cache and explicit shape profiles); `cpu` is for a
+TensorRT execution accelerator with an engine cache and explicit shape profiles; `instance_kind=cpu`
+runs the same backend on CPUs, for NVIDIA's image on a cluster without GPUs); `cpu` is for a
 Triton without the onnxruntime backend, such as the binary in nvidia-pytriton: the Python backend
 runs the same ONNX file with onnxruntime (python_backend/model.py). Both take `images` FP32
 [-1, 3, S, S] and answer `embedding` FP32 [-1, D]. Configurations are built as dicts and validated
@@ -11,7 +12,6 @@ misspelt field fails here rather than at load time (MLOPS_REFERENCE §2.2).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ class RepositoryOptions:
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
     max_queue_delay_us: int = 100
     instance_count: int = 1
+    instance_kind: str = ""  # gpu | cpu; default: the flavour's. gpu flavour + cpu = onnxruntime backend on CPUs
     keep_versions: int = 1  # version_policy latest { num_versions }
     warmup: bool = True
     tensorrt: bool = False  # gpu only: ORT's TensorRT execution provider
@@ -48,14 +49,22 @@ class RepositoryOptions:
         if self.keep_versions < 1 or self.instance_count < 1:
             raise ConfigError(
                 f"keep_versions={self.keep_versions} and instance_count={self.instance_count} must be >= 1")
-        if self.tensorrt and self.flavour != "gpu":
-            raise ConfigError("the TensorRT accelerator needs the gpu flavour (onnxruntime backend on a GPU)")
+        if self.instance_kind not in ("", "gpu", "cpu"):
+            raise ConfigError(f"instance_kind={self.instance_kind!r} is not one of gpu, cpu")
+        if self.flavour == "cpu" and self.instance_kind == "gpu":
+            raise ConfigError("the cpu flavour (Python backend) runs on CPUs only; use the gpu flavour for GPUs")
+        if self.tensorrt and self.kind != "KIND_GPU":
+            raise ConfigError("the TensorRT accelerator needs the gpu flavour (onnxruntime backend) on a GPU")
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision={self.tensorrt_precision!r} is not one of FP16, FP32")
 
+    @property
+    def kind(self) -> str:
+        """Triton's instance kind: the flavour's own unless instance_kind overrides it."""
+        return f"KIND_{(self.instance_kind or self.flavour).upper()}"
 
-def build_model_config(contract: ModelContract, opts: RepositoryOptions, *, parameters: dict[str, str] | None = None,
-                       version_policy: dict[str, Any] | None = None) -> dict[str, Any]:
+
+def build_model_config(contract: ModelContract, opts: RepositoryOptions) -> dict[str, Any]:
     """The model configuration as a dict in Triton's JSON form (what `load_model(config=...)` takes)."""
     opts.validate()
     dims = list(contract.input_shape)
@@ -65,8 +74,8 @@ def build_model_config(contract: ModelContract, opts: RepositoryOptions, *, para
         "max_batch_size": opts.max_batch_size,
         "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": dims}],
         "output": outputs,
-        "version_policy": version_policy or {"latest": {"num_versions": opts.keep_versions}},
-        "parameters": {k: {"string_value": v} for k, v in (contract.to_properties() | (parameters or {})).items()},
+        "version_policy": {"latest": {"num_versions": opts.keep_versions}},
+        "parameters": {k: {"string_value": v} for k, v in contract.to_properties().items()},
     }
     if opts.dynamic_batching:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": opts.max_queue_delay_us}
@@ -74,13 +83,13 @@ def build_model_config(contract: ModelContract, opts: RepositoryOptions, *, para
             config["dynamic_batching"]["preferred_batch_size"] = sorted(opts.preferred_batch_sizes)
     if opts.flavour == "gpu":
         config["platform"] = "onnxruntime_onnx"
-        config["instance_group"] = [{"kind": "KIND_GPU", "count": opts.instance_count}]
+        config["instance_group"] = [{"kind": opts.kind, "count": opts.instance_count}]
         if opts.tensorrt:
             accelerators = {"gpu_execution_accelerator": [_tensorrt(contract, opts)]}
             config["optimization"] = {"execution_accelerators": accelerators}
     else:
         config["backend"] = "python"
-        config["instance_group"] = [{"kind": "KIND_CPU", "count": opts.instance_count}]
+        config["instance_group"] = [{"kind": opts.kind, "count": opts.instance_count}]
         config["parameters"]["intra_op_threads"] = {"string_value": str(opts.intra_op_threads)}
     if opts.warmup:
         sizes = [1] if opts.flavour == "cpu" else sorted({1, max(opts.preferred_batch_sizes, default=1)})
@@ -124,11 +133,6 @@ def config_to_text(config: dict[str, Any]) -> str:
     from google.protobuf import text_format
 
     return text_format.MessageToString(to_proto(config))
-
-
-def config_to_json(config: dict[str, Any]) -> str:
-    """The JSON that Triton's repository API accepts as a load-time configuration override."""
-    return json.dumps(config)
 
 
 def parse_config_text(text: str, *, source: str = "config.pbtxt") -> dict[str, Any]:

@@ -40,8 +40,9 @@ class EmbeddingClient:
         model_name: the model to query.
         model_version: "" lets Triton pick its latest ready version (what clients should normally do).
         timeout_s: per-request deadline.
-        headers: gRPC metadata sent with every call, e.g. {"admin-key": ...} for a server whose
-            model-repository protocol is restricted (--grpc-restricted-protocol).
+        headers: gRPC metadata sent with every call, e.g. {"triton-grpc-protocol-admin-key": key} for a
+            server started with --grpc-restricted-protocol=model-repository:admin-key=<key> (Triton
+            expects gRPC header names with the `triton-grpc-protocol-` prefix).
     """
 
     def __init__(self, url: str = "localhost:8001", model_name: str = "dino", *, model_version: str = "",
@@ -70,7 +71,10 @@ class EmbeddingClient:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
-            status = str(exc.status() or "")
+            status, message = str(exc.status() or ""), str(exc.message())
+            if "restricted" in message:
+                raise ServingError(f"{what} was refused by Triton at {self.url}: {message} (send the key: "
+                                   f"`dino-mlops deploy` reads it from $TRITON_ADMIN_KEY)") from None
             if "UNAVAILABLE" in status:
                 raise ServingError(f"cannot reach Triton at {self.url} over gRPC ({exc.message()}); start it with "
                                    "`dino-mlops serve` or pass the right --url host:port") from None

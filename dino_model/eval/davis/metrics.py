@@ -75,11 +75,27 @@ def boundary_precision_recall(gt: np.ndarray, pred: np.ndarray, *, bound_th: flo
         return 0.0, 1.0
     if n_pred == 0 and n_gt == 0:
         return 1.0, 1.0
-    gt_dil = ndimage.binary_dilation(gt_b, structure=structure)
-    pred_dil = ndimage.binary_dilation(pred_b, structure=structure)
+    gt_dil, pred_dil = dilate(gt_b, structure), dilate(pred_b, structure)
     precision = float((pred_b & gt_dil).sum()) / n_pred
     recall = float((gt_b & pred_dil).sum()) / n_gt
     return precision, recall
+
+
+def dilate(boundary: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Binary dilation, computed only over the boundary's bounding box grown by the disk's radius.
+
+    Pixels further away cannot be reached, so the result equals dilating the whole image (with
+    zero padding, as OpenCV's default border does), at a fraction of the cost for small objects.
+    """
+    out = np.zeros_like(boundary)
+    rows, cols = np.flatnonzero(boundary.any(axis=1)), np.flatnonzero(boundary.any(axis=0))
+    if not len(rows):
+        return out
+    pad = structure.shape[0] // 2
+    r0, r1 = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, boundary.shape[0])
+    c0, c1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, boundary.shape[1])
+    out[r0:r1, c0:c1] = ndimage.binary_dilation(boundary[r0:r1, c0:c1], structure=structure)
+    return out
 
 
 def contour_accuracy(gt: np.ndarray, pred: np.ndarray, *, bound_th: float = BOUND_TH) -> np.ndarray | float:

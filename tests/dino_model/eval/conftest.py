@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+
+def _require_shared(sub: str) -> Path:
+    """tests/conftest.py's require_shared, loaded by path (test folders are not packages)."""
+    path = Path(__file__).resolve().parents[2] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("dino_root_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.require_shared(sub)
+
+
+@pytest.fixture(scope="session")
+def davis2016() -> Path:
+    """../shared/datasets/davis2016_subset: skipped when absent, failed when DINO_REQUIRE_SHARED_DATA=1."""
+    return _require_shared("davis2016_subset")
 
 
 @pytest.fixture(scope="session")

@@ -128,3 +128,18 @@ def test_f_matches_distance_reference_on_random_blobs(size: tuple[int, int], rad
     gt = ndimage.gaussian_filter(rng.random(size), 4) > 0.5
     pred = ndimage.gaussian_filter(rng.random(size), 4) > 0.5
     assert contour_accuracy(gt, pred, bound_th=radius) == pytest.approx(reference_f(gt, pred, radius), abs=1e-12)
+
+
+@pytest.mark.parametrize("radius", [1, 4, 8])
+def test_cropped_dilation_equals_whole_image_dilation(radius: int) -> None:
+    from skimage.morphology import disk
+
+    from dino_model.eval.davis.metrics import dilate
+
+    rng = np.random.default_rng(radius)
+    boundary = np.zeros((50, 70), bool)
+    boundary[rng.integers(0, 50, 6), rng.integers(0, 70, 6)] = True
+    boundary[0, 5] = boundary[49, 69] = True  # on the image border
+    structure = disk(radius).astype(bool)
+    np.testing.assert_array_equal(dilate(boundary, structure), ndimage.binary_dilation(boundary, structure=structure))
+    assert not dilate(np.zeros((5, 5), bool), structure).any()

@@ -60,6 +60,13 @@ def test_cpu_repository_runs_the_same_file_in_the_python_backend(tmp_path: Path,
     assert (model_dir / "1" / "model.py").read_text() == PYTHON_MODEL.read_text()
 
 
+def test_gpu_flavour_can_run_on_cpus(tmp_path: Path, tiny_onnx: Path) -> None:
+    """NVIDIA's image on a cluster without GPUs: the onnxruntime backend with KIND_CPU instances."""
+    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="gpu", instance_kind="cpu", instance_count=2))
+    config = read_config(tmp_path / "dino")
+    assert config["platform"] == "onnxruntime_onnx" and config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+
+
 def test_python_backend_model_is_self_contained() -> None:
     """The Triton stub imports model.py in its own process: numpy, onnxruntime and the stdlib only."""
     tree = ast.parse(PYTHON_MODEL.read_text())
@@ -86,6 +93,8 @@ def test_versions_are_added_never_overwritten(tmp_path: Path, tiny_onnx: Path) -
     ({"flavour": "cpu", "tensorrt": True}, "TensorRT accelerator needs the gpu flavour"),
     ({"flavour": "tpu"}, "flavour 'tpu' is not one of gpu, cpu"),
     ({"max_batch_size": 0}, "max_batch_size=0 must be >= 1"),
+    ({"flavour": "cpu", "instance_kind": "gpu"}, "runs on CPUs only"),
+    ({"instance_kind": "cpu", "tensorrt": True}, "TensorRT accelerator needs the gpu flavour"),
 ])
 def test_bad_options_are_refused(tmp_path: Path, tiny_onnx: Path, options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

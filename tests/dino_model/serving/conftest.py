@@ -50,13 +50,13 @@ def write_cpu_repository(onnx_path: Path, root: Path) -> Path:
     return root
 
 
-def start_triton(repository: Path):
-    """A started TritonServer on free loopback ports (the caller stops it)."""
+def start_triton(repository: Path, **options):
+    """A started TritonServer on free loopback ports (the caller stops it); options go to TritonServer."""
     from dino_model.serving.server import TritonServer, free_ports
 
     require_triton()
     http, grpc, metrics = free_ports(3)
-    return TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics).start()
+    return TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics, **options).start()
 
 
 @pytest.fixture(scope="session")
@@ -79,11 +79,11 @@ def cpu_repository(tmp_path: Path, tiny_onnx: Path) -> Path:
 
 @pytest.fixture
 def start_server() -> Iterator[Callable]:
-    """start_server(repository) -> a started TritonServer, stopped at the end of the test."""
+    """start_server(repository, **options) -> a started TritonServer, stopped at the end of the test."""
     started = []
 
-    def start(repository: Path):
-        started.append(start_triton(repository))
+    def start(repository: Path, **options):
+        started.append(start_triton(repository, **options))
         return started[-1]
 
     yield start

@@ -136,3 +136,16 @@ def test_a_good_version_replaces_n_with_zero_failed_requests(live, tiny_onnx_fp1
     expected = ort.InferenceSession(str(tiny_onnx_fp16), providers=["CPUExecutionProvider"]).run(
         ["embedding"], {"images": images})[0]
     np.testing.assert_allclose(client.infer(images)["embedding"], expected, atol=1e-5, rtol=0)
+
+
+def test_deploy_sends_the_admin_key_of_a_restricted_repository_api(start_server, cpu_repository: Path,
+                                                                    tiny_onnx: Path, run_cli, capsys,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster's Triton restricts the repository API to callers with a key header (k8s/base/triton)."""
+    server = start_server(cpu_repository,
+                          extra_args=["--grpc-restricted-protocol=model-repository:admin-key=s3cret"])
+    with pytest.raises(ServingError, match="reading the repository index was refused .*restricted.*admin-key"):
+        deploy(tiny_onnx, cpu_repository, url=server.grpc_url)
+    monkeypatch.setenv("TRITON_ADMIN_KEY", "s3cret")
+    code = run_cli(["deploy", "--onnx", str(tiny_onnx), "--repository", str(cpu_repository), "--url", server.grpc_url])
+    assert code == 0 and json.loads(capsys.readouterr().out)["serving_versions"] == [2]
