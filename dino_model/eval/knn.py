@@ -59,12 +59,12 @@ def _ranked_chunks(train_features: Tensor, train_labels: Tensor, test_features: 
         sims, idx = (test[start : start + chunk_size] @ train.T).topk(k_max, dim=1)
         neighbour_labels = train_labels[idx]
         yield start, {
-            k: _vote(sims[:, :k], neighbour_labels[:, :k], n_classes, temperature).argsort(dim=1, descending=True)
+            k: weighted_vote(sims[:, :k], neighbour_labels[:, :k], n_classes, temperature).argsort(dim=1, descending=True)
             for k in ks
         }
 
 
-def _vote(sims: Tensor, labels: Tensor, n_classes: int, temperature: float) -> Tensor:
+def weighted_vote(sims: Tensor, labels: Tensor, n_classes: int, temperature: float) -> Tensor:
     """Per test row, the summed weights exp(sim / T) of the neighbours of each class: (n, C)."""
     weights = (sims / temperature).exp()
     scores = torch.zeros(sims.shape[0], n_classes, dtype=weights.dtype)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dino_model.errors import DataError
-from dino_model.eval.knn import _vote
+from dino_model.eval.knn import weighted_vote
 from dino_model.export.contract import EMBEDDING
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.images import ImageItem, collect_images, load_batch, transform_for
@@ -72,7 +72,7 @@ def knn_predict(result: EmbeddingResult, index_path: str | Path, *, k: int = 20,
     queries = torch.from_numpy(result.embeddings).float()
     sims, idx = (queries @ bank.T).topk(min(k, len(bank)), dim=1)
     labels = torch.from_numpy(index["labels"]).long()[idx]
-    votes = _vote(sims, labels, len(index["classes"]), temperature)
+    votes = weighted_vote(sims, labels, len(index["classes"]), temperature)
     return [str(index["classes"][i]) for i in votes.argmax(dim=1).tolist()]
 
 
