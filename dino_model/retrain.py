@@ -61,7 +61,8 @@ def exclusive(path: Path, *, timeout_s: float = 600.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise PipelineError(f"another retraining check holds {path}.lock for over {timeout_s:.0f} s") from None
+                    raise PipelineError(
+                        f"another retraining check holds {path}.lock for over {timeout_s:.0f} s") from None
                 time.sleep(0.1)
         try:
             yield

@@ -58,10 +58,8 @@ def _ranked_chunks(train_features: Tensor, train_labels: Tensor, test_features: 
     for start in range(0, len(test), chunk_size):
         sims, idx = (test[start : start + chunk_size] @ train.T).topk(k_max, dim=1)
         neighbour_labels = train_labels[idx]
-        yield start, {
-            k: weighted_vote(sims[:, :k], neighbour_labels[:, :k], n_classes, temperature).argsort(dim=1, descending=True)
-            for k in ks
-        }
+        votes = {k: weighted_vote(sims[:, :k], neighbour_labels[:, :k], n_classes, temperature) for k in ks}
+        yield start, {k: v.argsort(dim=1, descending=True) for k, v in votes.items()}
 
 
 def weighted_vote(sims: Tensor, labels: Tensor, n_classes: int, temperature: float) -> Tensor:
