@@ -98,7 +98,7 @@ class TritonServer:
     def command(self, backend_dir: Path | None) -> list[str]:
         args = [str(self.binary), f"--model-repository={self.repository}", "--model-control-mode=explicit",
                 *(f"--load-model={m}" for m in self.models), "--strict-readiness=true", "--exit-timeout-secs=10",
-                "--allow-metrics=true"]
+                "--allow-metrics=true", "--metrics-config=summary_latencies=true"]
         for kind, port in self.ports.items():
             args += [f"--{kind}-port={port}", f"--{kind}-address={self.address}"]
         if backend_dir is not None:

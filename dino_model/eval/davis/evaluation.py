@@ -43,7 +43,9 @@ def score_sequence(gt: np.ndarray, result: np.ndarray, *, n_objects: int,
         raise DataError(f"result masks {result.shape} do not match the ground truth {gt.shape} (T, H, W)")
     extra = int(result.max()) if result.size else 0
     if extra > n_objects:
-        raise DataError(f"a result mask holds object id {extra}, but the ground truth has {n_objects} object(s)")
+        hint = " (DAVIS 2016 masks hold 0/255: read them with mask_format 'auto' or '2016')" if not n_objects else ""
+        raise DataError(f"a result mask holds object id {extra}, but the ground truth has {n_objects} object(s)"
+                        + hint)
     j = np.zeros((n_objects, len(gt)))
     f = np.zeros((n_objects, len(gt)))
     for k in range(1, n_objects + 1):
