@@ -30,9 +30,8 @@ def export_onnx(model: Input[Model], onnx: Output[Model], parity: Output[Metrics
     Path(onnx.path).mkdir(parents=True, exist_ok=True)
     report = export_checkpoint(f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx")
     onnx.metadata.update({"framework": "onnx", "data_version": model.metadata.get("data_version", "")})
-    for name, value in report["parity"].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            parity.log_metric(f"parity_{name}", value)
+    for name, value in report["metrics"].items():
+        parity.log_metric(name, value)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
