@@ -1,7 +1,7 @@
 """Release components: the quality gate, ONNX export, and deployment to Triton with rollback."""
 
 from kfp import dsl
-from kfp.dsl import Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
 from components._image import IMAGE
 
@@ -21,14 +21,19 @@ def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, trit
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def export_onnx(model: Input[Model], onnx: Output[Model], parity: Output[Metrics]) -> None:
-    """Teacher backbone -> one self-contained .onnx with the preprocessing contract; PyTorch parity checked."""
+def export_onnx(model: Input[Model], knn_report: Input[Artifact], linear_report: Input[Artifact],
+                onnx: Output[Model], parity: Output[Metrics]) -> None:
+    """Teacher backbone -> one self-contained .onnx with the preprocessing contract; PyTorch parity checked.
+
+    The evaluation reports become the model's lineage metrics (read by the quality gate of later runs).
+    """
     from pathlib import Path
 
-    from dino_model.export.export_run import export_checkpoint
+    from dino_model.export.export_run import ExportOptions, export_checkpoint
 
     Path(onnx.path).mkdir(parents=True, exist_ok=True)
-    report = export_checkpoint(f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx")
+    options = ExportOptions(metrics_reports=[knn_report.path, linear_report.path])
+    report = export_checkpoint(f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx", options)
     onnx.metadata.update({"framework": "onnx", "data_version": model.metadata.get("data_version", "")})
     for name, value in report["metrics"].items():
         parity.log_metric(name, value)

@@ -5,14 +5,15 @@ and the quality gate read), class confusion to ClassificationMetrics, reports to
 """
 
 from kfp import dsl
-from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config_yaml: str,
-             metrics: Output[Metrics], confusion: Output[ClassificationMetrics], report: Output[Markdown]) -> float:
+             metrics: Output[Metrics], confusion: Output[ClassificationMetrics], report: Output[Markdown],
+             report_json: Output[Artifact]) -> float:
     """Weighted k-NN (DINO protocol) on frozen teacher features; returns top-1 (%) at k = 20."""
     from pathlib import Path
 
@@ -21,7 +22,7 @@ def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_s
 
     cfg = load_config_text(config_yaml)
     result = run_knn_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
-                          val_dir=f"{data.path}/{val_subdir}", output=f"{model.path}/eval/knn.json")
+                          val_dir=f"{data.path}/{val_subdir}", output=report_json.path)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     confusion.log_confusion_matrix(result["details"]["classes"], result["details"]["confusion_matrix"])
@@ -31,7 +32,8 @@ def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_s
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def eval_linear(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config_yaml: str,
-                epochs: int, metrics: Output[Metrics], report: Output[Markdown]) -> float:
+                epochs: int, metrics: Output[Metrics], report: Output[Markdown],
+                report_json: Output[Artifact]) -> float:
     """Linear probe on frozen centre-crop features (extracted once); returns the best top-1 (%)."""
     from pathlib import Path
 
@@ -41,10 +43,10 @@ def eval_linear(model: Input[Model], data: Input[Dataset], train_subdir: str, va
     cfg = load_config_text(config_yaml)
     probe = LinearProbeConfig(epochs=epochs, augment=False)
     result = run_linear_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
-                             val_dir=f"{data.path}/{val_subdir}", probe=probe, output=f"{model.path}/eval/linear.json")
+                             val_dir=f"{data.path}/{val_subdir}", probe=probe, output=report_json.path)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
-    Path(report.path).write_text(Path(f"{model.path}/eval/linear.md").read_text())
+    Path(report.path).write_text(Path(report_json.path).with_suffix(".md").read_text())
     return float(result["metrics"]["linear_top1"])
 
 

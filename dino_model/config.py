@@ -21,6 +21,7 @@ ARCHS = ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "lars")
 POS_INTERPOLATIONS = ("dino", "timm")
+GLOBAL_POOLS = ("token", "avg")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ModelConfig:
     num_heads: Optional[int] = None
     drop_path_rate: float = 0.1  # student only; the teacher has none
     pos_interpolation: str = "dino"  # dino: scale_factor (n+0.1)/sqrt(N), no antialias | timm
+    global_pool: str = "token"  # ViT feature: token (the CLS token, as officially) | avg (mean patch token)
     out_dim: int = 65536
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
@@ -130,6 +132,7 @@ class TrainConfig:
         _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("optim.name", self.optim.name, OPTIMIZERS)
         _choice("model.pos_interpolation", self.model.pos_interpolation, POS_INTERPOLATIONS)
+        _choice("model.global_pool", self.model.global_pool, GLOBAL_POOLS)
         if self.crops.local_crops_number > 0 and self.crops.local_size > self.crops.global_size:
             raise ConfigError(
                 f"crops.local_size={self.crops.local_size} must not exceed "

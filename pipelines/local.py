@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dino_model.config import resolve_config_path
+from dino_model.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,15 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
     pipeline_root = out / "pipeline_root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     started = time.time()
-    dino_training_pipeline(
-        repo_root=str(repo_root), data_version=version.md5, config_yaml=resolve_config_path(config).read_text(),
-        overrides=list(overrides or []), gpus=0, linear_epochs=linear_epochs, min_knn_top1=min_knn_top1,
-        require_not_worse=require_not_worse, triton_url=server.grpc_url, triton_repository=server.repository,
-        triton_flavour="cpu",
-    )
+    try:
+        dino_training_pipeline(
+            repo_root=str(repo_root), data_version=version.md5, config_yaml=resolve_config_path(config).read_text(),
+            overrides=list(overrides or []), gpus=0, linear_epochs=linear_epochs, min_knn_top1=min_knn_top1,
+            require_not_worse=require_not_worse, triton_url=server.grpc_url, triton_repository=server.repository,
+            triton_flavour="cpu",
+        )
+    except RuntimeError as exc:  # kfp.local reports a failed task this way; its log is above
+        raise PipelineError(f"{exc} (task logs above; artifacts under {pipeline_root})") from None
     return summarize(pipeline_root, started, server=server, data_version=version.to_dict())
 
 
@@ -58,8 +62,10 @@ def summarize(pipeline_root: Path, started: float, *, server, data_version: dict
     run_dirs = sorted((d for d in pipeline_root.iterdir() if d.is_dir() and d.stat().st_mtime >= started - 1),
                       key=lambda d: d.stat().st_mtime)
     run_dir = run_dirs[-1] if run_dirs else pipeline_root
-    artifacts = {p.name: str(p) for p in sorted(run_dir.rglob("*"))
-                 if p.name in {"checkpoint.pth", "model.onnx", "knn.json", "linear.json", "metrics.jsonl"}}
+    wanted = {"checkpoint.pth": "checkpoint.pth", "metrics.jsonl": "metrics.jsonl", "model.onnx": "model.onnx",
+              "eval-knn/report_json": "knn.json", "eval-linear/report_json": "linear.json", "maps": "attention.html"}
+    artifacts = {name: str(p) for p in sorted(run_dir.rglob("*")) for key, name in wanted.items()
+                 if p.is_file() and str(p).endswith(key)}
     scores = {}
     for name in ("knn.json", "linear.json"):
         if name in artifacts:

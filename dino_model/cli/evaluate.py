@@ -76,7 +76,9 @@ def _register_attention(ev: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="ViT checkpoint or official DINO weights")
     p.add_argument("--image", nargs="+", required=True, help="input image(s)")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--image-size", type=int, nargs=2, default=(480, 480), metavar=("H", "W"))
+    p.add_argument("--image-size", type=int, nargs=2, default=(480, 480), metavar=("H", "W"),
+                   help="resize to H x W before the model (official 480 480)")
+    p.add_argument("--native-size", action="store_true", help="keep each image's own size instead")
     p.add_argument("--threshold", type=_optional_float, default=0.6,
                    help="keep this fraction of each head's attention mass as a mask, or 'none'")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -132,7 +134,8 @@ def run_attention(args: argparse.Namespace) -> int:
     from dino_model.eval.attention import run_attention_maps
 
     result = run_attention_maps(args.checkpoint, args.image, output_dir=args.output_dir,
-                                image_size=tuple(args.image_size), threshold=args.threshold,
+                                image_size=None if args.native_size else tuple(args.image_size),
+                                threshold=args.threshold,
                                 device=_device(args.device))
     print_result(_summary(result))
     return 0

@@ -80,9 +80,10 @@ def mass_threshold(maps: Tensor, keep: float = 0.6) -> Tensor:
     return kept.reshape(maps.shape)
 
 
-def preprocess(image: Image.Image, *, image_size: tuple[int, int], patch_size: int) -> Tensor:
-    """Resize to exactly image_size (H, W), normalise, crop H and W down to multiples of the patch."""
-    x = T.Compose([T.Resize(image_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(image)
+def preprocess(image: Image.Image, *, image_size: tuple[int, int] | None, patch_size: int) -> Tensor:
+    """Resize to exactly image_size (H, W) unless None, normalise, crop H and W down to multiples of the patch."""
+    resize = [T.Resize(image_size)] if image_size else []
+    x = T.Compose([*resize, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(image)
     h, w = x.shape[1] - x.shape[1] % patch_size, x.shape[2] - x.shape[2] % patch_size
     return x[:, :h, :w][None]
 
@@ -126,9 +127,12 @@ def head_grid(tiles: list[np.ndarray], columns: int) -> np.ndarray:
 
 
 def attention_maps_for_image(model: nn.Module, image_path: str | Path, out_dir: str | Path, *, patch_size: int,
-                             image_size: tuple[int, int] = (480, 480), threshold: float | None = 0.6,
+                             image_size: tuple[int, int] | None = (480, 480), threshold: float | None = 0.6,
                              device: str = "cpu") -> dict[str, Any]:
-    """Write the per-head overlays, masks and grid of one image; returns its statistics."""
+    """Write the per-head overlays, masks and grid of one image; returns its statistics.
+
+    image_size (H, W) is the official 480 x 480 by default; None keeps the image's own size.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     x = preprocess(load_rgb(Path(image_path)), image_size=image_size, patch_size=patch_size)
@@ -142,7 +146,8 @@ def attention_maps_for_image(model: nn.Module, image_path: str | Path, out_dir: 
         Image.fromarray(tile).save(out_dir / f"attn-head{j}.png")
     probs = maps.flatten(1) / maps.flatten(1).sum(dim=1, keepdim=True)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1) / math.log(probs.shape[1])
-    stats: dict[str, Any] = {"image": str(image_path), "heads": len(maps), "patch_grid": list(maps.shape[1:]),
+    stats: dict[str, Any] = {"image": str(image_path), "folder": str(out_dir), "heads": len(maps),
+                             "patch_grid": list(maps.shape[1:]),
                              "normalised_entropy": entropy.tolist()}
     if threshold is not None:
         masks = upsample(mass_threshold(maps, threshold), patch_size).astype(bool)
@@ -156,9 +161,12 @@ def attention_maps_for_image(model: nn.Module, image_path: str | Path, out_dir: 
 
 
 def run_attention_maps(checkpoint: str | Path, images: Sequence[str | Path], *, output_dir: str | Path,
-                       image_size: tuple[int, int] = (480, 480), threshold: float | None = 0.6,
+                       image_size: tuple[int, int] | None = (480, 480), threshold: float | None = 0.6,
                        device: str = "cpu") -> dict[str, Any]:
-    """Attention maps of the teacher backbone for each image, under output_dir/<image stem>/."""
+    """Attention maps of the teacher backbone for each image, under output_dir/<image stem>/.
+
+    A stem seen before gets a numbered folder (`<stem>-1`, ...); details.images[i].folder names it.
+    """
     from dino_model.models.backbone import is_vit
     from dino_model.models.loading import load_backbone
 
@@ -169,17 +177,29 @@ def run_attention_maps(checkpoint: str | Path, images: Sequence[str | Path], *, 
         raise ConfigError(f"attention maps need a ViT; {checkpoint} holds a {model_cfg.arch}")
     backbone = backbone.to(device)
     output_dir = Path(output_dir)
-    per_image = [attention_maps_for_image(backbone, p, output_dir / Path(p).stem, patch_size=model_cfg.patch_size,
-                                          image_size=image_size, threshold=threshold, device=device) for p in images]
+    per_image = [attention_maps_for_image(backbone, p, output_dir / folder, patch_size=model_cfg.patch_size,
+                                          image_size=image_size, threshold=threshold, device=device)
+                 for p, folder in zip(images, _folder_names(images), strict=True)]
     metrics = {"attention_entropy_mean": float(np.mean([np.mean(s["normalised_entropy"]) for s in per_image]))}
     if threshold is not None:
         metrics["attention_kept_fraction_mean"] = float(np.mean([np.mean(s["kept_fraction"]) for s in per_image]))
-    details = {"threshold": threshold, "image_size": list(image_size), "patch_size": model_cfg.patch_size,
+    details = {"threshold": threshold, "image_size": list(image_size) if image_size else None,
+               "patch_size": model_cfg.patch_size,
                "images": per_image}
     report = build_report("attention", checkpoint, metrics, details)
     md = (f"# Attention maps\n\n{checkpoint}: {len(per_image)} image(s), last block, CLS query, "
           f"threshold {threshold}\n\n" + metrics_table(metrics)
-          + "".join(f"\n![{Path(s['image']).stem}]({Path(s['image']).stem}/grid.png)\n" for s in per_image))
+          + "".join(f"\n![{Path(s['image']).name}]({Path(s['folder']).name}/grid.png)\n" for s in per_image))
     path = write_report(report, output_dir / "attention.json", md)
     logger.info("attention maps of %d image(s) written under %s", len(per_image), output_dir)
     return report | {"report_path": str(path)}
+
+
+def _folder_names(images: Sequence[str | Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for path in images:
+        stem = Path(path).stem
+        names.append(f"{stem}-{seen[stem]}" if stem in seen else stem)
+        seen[stem] = seen.get(stem, 0) + 1
+    return names

@@ -66,7 +66,8 @@ def build_backbone(cfg: ModelConfig, *, drop_path_rate: float | None = None) -> 
     rate = cfg.drop_path_rate if drop_path_rate is None else drop_path_rate
     kwargs: dict = {"pretrained": False, "num_classes": 0, "drop_path_rate": rate}
     if is_vit(cfg):
-        kwargs |= {"patch_size": cfg.patch_size, "img_size": cfg.img_size, "dynamic_img_size": True}
+        kwargs |= {"patch_size": cfg.patch_size, "img_size": cfg.img_size, "dynamic_img_size": True,
+                   "global_pool": cfg.global_pool}
         overrides = {"depth": cfg.depth, "embed_dim": cfg.embed_dim, "num_heads": cfg.num_heads}
         kwargs |= {k: v for k, v in overrides.items() if v is not None}
     model = timm.create_model(TIMM_NAMES[cfg.arch], **kwargs)

@@ -89,3 +89,20 @@ def test_run_writes_overlays_grid_and_report(random_checkpoint: Path, tmp_path: 
     kept = saved["details"]["images"][0]["kept_fraction"]
     assert all(0 < f < 1 for f in kept)
     assert 0 < saved["metrics"]["attention_entropy_mean"] <= 1
+
+
+def test_native_size_and_repeated_stems(random_checkpoint: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    paths = []
+    for folder in ("a", "b"):
+        path = tmp_path / folder / "same.png"
+        path.parent.mkdir()
+        Image.fromarray(rng.integers(0, 255, (21, 30, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    report = run_attention_maps(random_checkpoint, paths, output_dir=tmp_path / "out", image_size=None,
+                                threshold=None)
+    folders = [Path(s["folder"]).name for s in report["details"]["images"]]
+    assert folders == ["same", "same-1"]
+    assert report["details"]["images"][0]["patch_grid"] == [5, 7]  # 21 x 30 cropped to 20 x 28
+    with Image.open(tmp_path / "out" / "same-1" / "grid.png") as grid:
+        assert grid.size == (2 * 28 + 2, 20)  # heat maps only: no threshold, no mask row
