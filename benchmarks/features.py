@@ -2,13 +2,15 @@
 
 Extraction holds one batch of images at a time and k-NN one chunk of test rows against the whole
 bank, so peak memory should grow only with the N x D feature matrix (4 D bytes per image), not
-with N images or an N x N similarity matrix. Every row runs in a fresh process, so its peak RSS
-(ru_maxrss) is its own; `base` is the RSS once imports, model and inputs are ready, and `added`
-is what the measured work put on top. Images are generated in memory (no disk reads), labelled
-with 10 classes; the backbone is randomly initialised (speed does not depend on the weights).
+with N images or an N x N similarity matrix. `extract` is the linear probe's extraction on images
+generated in memory; `extract_features` (with --folder) is the k-NN extraction on written PNGs,
+disk reads included. Every row runs in a fresh process, so its peak RSS (ru_maxrss) is its own;
+`base` is the RSS once imports, model and inputs are ready, and `added` is what the measured work
+put on top. Images are random pixels in 10 classes; the backbone is
+randomly initialised (speed does not depend on the weights).
 
     .venv/bin/python benchmarks/features.py                            # tiny model, 2000 and 8000 images
-    .venv/bin/python benchmarks/features.py --sizes 1000 4000 16000 --chunk 256 4096
+    .venv/bin/python benchmarks/features.py --sizes 2000 32000 --chunk 256 8192 --folder
     .venv/bin/python benchmarks/features.py --model vit_small --sizes 256 1024
 """
 
@@ -72,6 +74,39 @@ def extraction_job(model: str, size: int, threads: int) -> dict[str, Any]:
             "per_s": size / seconds, "base": base, "peak": _rss_mib(), "matrix": feats.numel() * 4 / 2**20}
 
 
+def folder_job(model: str, size: int, threads: int) -> dict[str, Any]:
+    """dino_model.eval.features.extract_features (what k-NN uses) on a folder of generated PNGs."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dino_model.config import load_config
+    from dino_model.eval.features import extract_features
+    from dino_model.models.backbone import build_backbone
+
+    torch.set_num_threads(threads)
+    name, overrides = MODELS[model]
+    cfg = load_config(name, overrides=overrides)
+    backbone, dim = build_backbone(cfg.model, drop_path_rate=0.0)
+    side = cfg.eval.resize_size
+    with tempfile.TemporaryDirectory(prefix="dino-bench-") as root:
+        for i in range(size):
+            folder = Path(root) / str(i % 10)
+            folder.mkdir(exist_ok=True)
+            pixels = np.random.default_rng(i).integers(0, 255, (side, side, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:06d}.png")
+        base = _current_rss_mib()
+        start = time.perf_counter()
+        feats, _ = extract_features(backbone, root, cfg.eval)
+        seconds = time.perf_counter() - start
+    return {"phase": "extract_features", "n": size, "dim": dim, "batch/chunk": cfg.eval.batch_size,
+            "seconds": seconds, "per_s": size / seconds, "base": base, "peak": _rss_mib(),
+            "matrix": feats.numel() * 4 / 2**20}
+
+
 def knn_job(size: int, dim: int, chunk: int, threads: int) -> dict[str, Any]:
     import torch
 
@@ -101,10 +136,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000], help="images in the set")
     parser.add_argument("--chunk", type=int, nargs="+", default=[1024], help="k-NN test rows per block")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--folder", action="store_true",
+                        help="also time dino_model.eval.features.extract_features on written PNGs (disk reads)")
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
         rows.append(run_isolated(extraction_job, args.model, size, args.threads))
+        if args.folder:
+            rows.append(run_isolated(folder_job, args.model, size, args.threads))
         rows += [run_isolated(knn_job, size, rows[-1]["dim"], chunk, args.threads) for chunk in args.chunk]
     print(f"# {args.model}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"{mp.cpu_count()} CPUs; per_s = images (extract) or test queries (knn) per second; MiB")

@@ -38,8 +38,12 @@ MASK_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (24
 
 
 @torch.inference_mode()
-def last_self_attention(model: nn.Module, images: Tensor) -> Tensor:
-    """Softmaxed attention of the last block, (B, heads, T, T) with T = prefix tokens + patches."""
+def last_self_attention(model: nn.Module, images: Tensor, *, cls_only: bool = False) -> Tensor:
+    """Softmaxed attention of the last block, (B, heads, T, T) with T = prefix tokens + patches.
+
+    cls_only=True returns only the CLS query's row, (B, heads, 1, T): the same values in O(T)
+    memory instead of O(T²), which matters for large inputs (120 x 120 patches at 480 px, patch 4).
+    """
     if not hasattr(model, "blocks"):
         raise ConfigError("attention maps need a ViT backbone (model.arch=vit_*)")
     block = model.blocks[-1]
@@ -54,12 +58,14 @@ def last_self_attention(model: nn.Module, images: Tensor) -> Tensor:
     b, n, _ = x.shape
     q, k, _ = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    if cls_only:
+        q = q[:, :, :1]
     return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
 def cls_attention_maps(model: nn.Module, image: Tensor) -> Tensor:
     """CLS-to-patch attention of one (1, 3, H, W) image, (heads, h, w)."""
-    attn = last_self_attention(model, image)[0]
+    attn = last_self_attention(model, image, cls_only=True)[0]
     h, w = patch_grid(model, *image.shape[-2:])
     prefix = getattr(model, "num_prefix_tokens", 1)
     return attn[:, 0, prefix : prefix + h * w].reshape(-1, h, w)

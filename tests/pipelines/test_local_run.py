@@ -14,6 +14,7 @@ import pytest
 
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.local_server import stop_local_server
+from dino_model.serving.server import free_ports
 from dino_model.train.checkpoint import load_checkpoint
 from pipelines.local import run_local
 
@@ -37,10 +38,9 @@ def data_repo(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.triton
-def test_local_pipeline_end_to_end_then_a_failing_gate_deploys_nothing(data_repo, tmp_path, free_port):
-    from conftest import find_free_port  # tests/conftest.py
-
-    ports = {"grpc_port": free_port, "http_port": find_free_port(), "metrics_port": find_free_port()}
+def test_local_pipeline_end_to_end_then_a_failing_gate_deploys_nothing(data_repo, tmp_path):
+    grpc, http, metrics = free_ports(3)
+    ports = {"grpc_port": grpc, "http_port": http, "metrics_port": metrics}
     out = tmp_path / "local"
     try:
         result = run_local(data_repo, config="tiny", overrides=TINY, min_knn_top1=0.0, linear_epochs=20,

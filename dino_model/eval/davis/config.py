@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from dino_model.errors import ConfigError
+
 FEATURE_SOURCES = ("vit", "colour")
+MASK_FORMATS = ("auto", "2017", "2016")
 
 
 @dataclass
@@ -40,3 +43,22 @@ class DavisConfig:
     oracle_patch_size: int = 8  # patch size of the colour oracle
     bound_th: float = 0.008  # F tolerance: fraction of the image diagonal (< 1) or pixels (>= 1)
     propagation: PropagationParams = field(default_factory=PropagationParams)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting out of range."""
+        p = self.propagation
+        checks = {
+            "features": (self.features in FEATURE_SOURCES, f"one of {', '.join(FEATURE_SOURCES)}"),
+            "mask_format": (self.mask_format in MASK_FORMATS, f"one of {', '.join(MASK_FORMATS)}"),
+            "propagation.topk": (p.topk >= 1, "at least 1"),
+            "propagation.temperature": (p.temperature > 0, "positive"),
+            "propagation.n_last_frames": (p.n_last_frames >= 0, "0 (first frame only) or more"),
+            "propagation.neighbourhood": (p.neighbourhood >= 0, "0 (no restriction) or more"),
+            "propagation.chunk_size": (p.chunk_size >= 1, "at least 1"),
+            "frames_per_batch": (self.frames_per_batch >= 1, "at least 1"),
+            "max_frames": (self.max_frames is None or self.max_frames >= 2, "None or at least 2"),
+        }
+        for key, (ok, expected) in checks.items():
+            if not ok:
+                value = getattr(p, key.split(".")[1]) if key.startswith("propagation.") else getattr(self, key)
+                raise ConfigError(f"DAVIS setting {key}={value!r} must be {expected}")

@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image
 
 from dino_model.errors import DataError
+from dino_model.eval.davis.config import MASK_FORMATS
 
 logger = logging.getLogger(__name__)
 
 VOID_ID = 255
-MASK_FORMATS = ("auto", "2017", "2016")
 
 
 def davis_palette() -> list[int]:

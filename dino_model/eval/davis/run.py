@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dino_model.errors import ConfigError
-from dino_model.eval.davis.config import FEATURE_SOURCES, DavisConfig
+from dino_model.eval.davis.config import DavisConfig
 from dino_model.eval.davis.evaluation import evaluate_sequence
 from dino_model.eval.davis.features import FeatureFn, colour_features, stream_features, vit_patch_features
 from dino_model.eval.davis.frames import first_labels, frame_tensor, labels_to_mask, target_size
@@ -81,6 +81,7 @@ def run_davis_eval(checkpoint: str | Path | None, cfg: DavisConfig, *, davis_roo
 
     checkpoint: the model whose patch features propagate labels; unused with cfg.features="colour".
     """
+    cfg.validate()
     output_dir = Path(output_dir)
     results_dir = output_dir / "results"
     sequences = list(cfg.sequences) or list_sequences(davis_root, split=cfg.split, year=cfg.year)
@@ -114,8 +115,6 @@ def _source_name(checkpoint: str | Path | None, cfg: DavisConfig) -> str:
 
 
 def _feature_source(checkpoint: str | Path | None, cfg: DavisConfig, device: str) -> tuple[FeatureFn, int]:
-    if cfg.features not in FEATURE_SOURCES:
-        raise ConfigError(f"features={cfg.features!r} is not one of {', '.join(FEATURE_SOURCES)}")
     if cfg.features == "colour":
         return colour_features(cfg.oracle_patch_size), cfg.oracle_patch_size
     if not checkpoint:

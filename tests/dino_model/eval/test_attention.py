@@ -38,6 +38,7 @@ def test_recomputed_attention_matches_timm_unfused(random_checkpoint: Path) -> N
     torch.testing.assert_close(ours, timm_attention(model, images), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours.sum(dim=-1), torch.ones(2, 2, 97))
     assert model.blocks[-1].attn.fused_attn == model.blocks[0].attn.fused_attn  # the model is left as it was
+    torch.testing.assert_close(last_self_attention(model, images, cls_only=True), ours[:, :, :1])
 
 
 def test_cls_maps_have_one_map_per_head(random_checkpoint: Path) -> None:

@@ -105,3 +105,18 @@ def test_max_frames_limits_propagation_and_scoring(synthetic_davis: Path, tmp_pa
 def test_vit_features_need_a_checkpoint(synthetic_davis: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a checkpoint"):
         run_davis_eval(None, DavisConfig(**SMALL_FRAMES), davis_root=synthetic_davis, output_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"features": "dino"}, "features"), ({"mask_format": "2018"}, "mask_format"), ({"max_frames": 1}, "max_frames")])
+def test_bad_settings_are_refused(change: dict, key: str, synthetic_davis: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=key):
+        run_davis_eval(None, DavisConfig(**change), davis_root=synthetic_davis, output_dir=tmp_path)
+
+
+def test_bad_propagation_settings_are_refused(synthetic_davis: Path, tmp_path: Path) -> None:
+    from dino_model.eval.davis.config import PropagationParams
+
+    cfg = DavisConfig(features="colour", propagation=PropagationParams(topk=0))
+    with pytest.raises(ConfigError, match="propagation.topk=0"):
+        run_davis_eval(None, cfg, davis_root=synthetic_davis, output_dir=tmp_path)
