@@ -32,16 +32,19 @@ def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_s
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def eval_linear(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config_yaml: str,
-                epochs: int, metrics: Output[Metrics], report: Output[Markdown],
+                epochs: int, lr: float, metrics: Output[Metrics], report: Output[Markdown],
                 report_json: Output[Artifact]) -> float:
-    """Linear probe on frozen centre-crop features (extracted once); returns the best top-1 (%)."""
+    """Linear probe on frozen centre-crop features (extracted once); returns the best top-1 (%).
+
+    `lr` is per 256 images (official: 0.001 for ImageNet; small sets with cached features need ~1.0).
+    """
     from pathlib import Path
 
     from dino_model.config import load_config_text
     from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
 
     cfg = load_config_text(config_yaml)
-    probe = LinearProbeConfig(epochs=epochs, augment=False)
+    probe = LinearProbeConfig(epochs=epochs, lr=lr, augment=False)
     result = run_linear_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
                              val_dir=f"{data.path}/{val_subdir}", probe=probe, output=report_json.path)
     for name, value in result["metrics"].items():
@@ -57,3 +60,23 @@ def attention_maps(model: Input[Model], data: Input[Dataset], image_subdir: str,
     from dino_model.eval.attention_page import attention_html
 
     attention_html(f"{model.path}/checkpoint.pth", f"{data.path}/{image_subdir}", maps.path, n_images=n_images)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def eval_davis(model: Input[Model], davis_root: str, short_side: int, max_frames: int, metrics: Output[Metrics],
+               results: Output[Artifact], report: Output[Markdown]) -> float:
+    """DAVIS 2017 semi-supervised label propagation, scored as the official evaluation; returns J&F-Mean.
+
+    `short_side`/`max_frames` of 0 keep the official full resolution and every frame.
+    """
+    from pathlib import Path
+
+    from dino_model.eval.davis.config import DavisConfig
+    from dino_model.eval.davis.run import run_davis_eval
+
+    cfg = DavisConfig(short_side=short_side or 480, max_frames=max_frames or None)
+    result = run_davis_eval(f"{model.path}/checkpoint.pth", cfg, davis_root=davis_root, output_dir=results.path)
+    for name, value in result["metrics"].items():
+        metrics.log_metric(name, value)
+    Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
+    return float(result["metrics"]["davis_jf_mean"])

@@ -44,7 +44,8 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
     try:
         dino_training_pipeline(
             repo_root=str(repo_root), data_version=version.md5, config_yaml=resolve_config_path(config).read_text(),
-            overrides=list(overrides or []), gpus=0, linear_epochs=linear_epochs, min_knn_top1=min_knn_top1,
+            overrides=list(overrides or []), gpus=0, linear_epochs=linear_epochs, linear_lr=1.0,
+            min_knn_top1=min_knn_top1,
             require_not_worse=require_not_worse, triton_url=server.grpc_url, triton_repository=server.repository,
             triton_flavour="cpu",
         )

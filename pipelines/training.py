@@ -9,7 +9,7 @@ from kfp import dsl
 
 from components.data import resolve_data_version
 from components.deploy import deploy_to_triton, export_onnx, quality_gate
-from components.evaluate import attention_maps, eval_knn, eval_linear
+from components.evaluate import attention_maps, eval_davis, eval_knn, eval_linear
 from components.train import pretrain
 from pipelines.resources import request_gpus, request_resources, use_dvc_credentials
 
@@ -25,6 +25,9 @@ def dino_training_pipeline(
     val_subdir: str = "digits/val",
     gpus: int = 1,
     linear_epochs: int = 100,
+    linear_lr: float = 0.001,
+    davis_root: str = "",
+    davis_short_side: int = 480,
     min_knn_top1: float = 50.0,
     require_not_worse: bool = True,
     triton_url: str = "triton.dino-mlops.svc:8001",
@@ -44,10 +47,15 @@ def dino_training_pipeline(
     knn = eval_knn(model=train.outputs["model"], data=data.outputs["dataset"], train_subdir=train_subdir,
                    val_subdir=val_subdir, config_yaml=config_yaml)
     linear = eval_linear(model=train.outputs["model"], data=data.outputs["dataset"], train_subdir=train_subdir,
-                         val_subdir=val_subdir, config_yaml=config_yaml, epochs=linear_epochs)
+                         val_subdir=val_subdir, config_yaml=config_yaml, epochs=linear_epochs,
+                         lr=linear_lr)
     attention_maps(model=train.outputs["model"], data=data.outputs["dataset"], image_subdir=val_subdir, n_images=4)
     for task in (knn, linear):
         request_resources(task, cpu="4", memory="16Gi")
+    with dsl.If(davis_root != "", name="davis-set-given"):
+        davis = eval_davis(model=train.outputs["model"], davis_root=davis_root, short_side=davis_short_side,
+                           max_frames=0)
+        request_resources(davis, cpu="8", memory="32Gi")
 
     gate = quality_gate(knn_top1=knn.outputs["Output"], min_top1=min_knn_top1, require_not_worse=require_not_worse,
                         triton_url=triton_url, model_name=model_name)

@@ -32,12 +32,15 @@ def pick_images(root: str | Path, n_images: int) -> list[Path]:
 
 def attention_html(checkpoint: str | Path, image_root: str | Path, output: str | Path, *, n_images: int = 4,
                    image_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Write the page to `output`; returns the attention report (metrics JSON envelope)."""
+    """Write the page to `output`; returns the attention report (metrics JSON envelope).
+
+    image_size None keeps each image's own size (small images stay small: one map per patch).
+    """
     images = pick_images(image_root, n_images)
     with tempfile.TemporaryDirectory(prefix="dino-attention-") as scratch:
-        kwargs = {"image_size": image_size} if image_size else {}
-        report = run_attention_maps(checkpoint, images, output_dir=scratch, **kwargs)
-        figures = "".join(_figure(Path(scratch) / p.stem / "grid.png", p) for p in images)
+        report = run_attention_maps(checkpoint, images, output_dir=scratch, image_size=image_size)
+        figures = "".join(_figure(Path(s["folder"]) / "grid.png", Path(s["image"]))
+                          for s in report["details"]["images"])
     metrics = "".join(f"<li>{html.escape(k)}: {v:.4g}</li>" for k, v in report["metrics"].items())
     page = (f"<html><body><h2>Attention maps (last block, CLS query)</h2><p>{html.escape(str(checkpoint))}</p>"
             f"<ul>{metrics}</ul>{figures}</body></html>")

@@ -40,12 +40,22 @@ def test_caching_and_data_md5_flow(ir):
     assert md5_input == {"outputParameterKey": "Output", "producerTask": "resolve-data-version"}
 
 
+def _condition(spec: dict, needle: str) -> str:
+    (name,) = [n for n, t in spec["root"]["dag"]["tasks"].items()
+               if needle in t.get("triggerPolicy", {}).get("condition", "")]
+    return name
+
+
 def test_gate_guards_export_and_deploy(ir):
     spec, _, _ = ir
-    condition = spec["root"]["dag"]["tasks"]["condition-1"]
-    assert "'deploy'" in condition["triggerPolicy"]["condition"]
-    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    inner = spec["components"][f"comp-{_condition(spec, 'deploy')}"]["dag"]["tasks"]
     assert {"export-onnx", "deploy-to-triton"} <= set(inner)
+
+
+def test_davis_runs_only_when_a_davis_set_is_given(ir):
+    spec, _, _ = ir
+    inner = spec["components"][f"comp-{_condition(spec, 'davis_root')}"]["dag"]["tasks"]
+    assert set(inner) == {"eval-davis"}
 
 
 def test_gpu_request_toleration_and_node_selector(ir):
