@@ -43,13 +43,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--out", default="runs/cifar10")
+    parser.add_argument("--eval-only", action="store_true", help="score the checkpoint already in --out")
     args = parser.parse_args()
     setup_logging(logging.WARNING)
     root, out = SHARED / "cifar10_jpg", Path(args.out)
     cfg = load_config("digits_vit_tiny", overrides=[f"data.root={root / 'train'}", f"train.output_dir={out}",
                                                    f"train.epochs={args.epochs}", "train.batch_size=64"])
     start = time.perf_counter()
-    fit(cfg)
+    if not args.eval_only:
+        fit(cfg)
     train_s = time.perf_counter() - start
     random_backbone, _ = build_backbone(cfg.model, drop_path_rate=0.0)
     random_ckpt = out / "random-init.pth"
@@ -68,7 +70,8 @@ def main() -> None:
                                davis_root=SHARED / "davis2016_subset", output_dir=out / f"davis-{name[:6]}")
         rows[name] = {"knn_top1": knn_top1(backbone, cfg, root), "linear_top1": lin["metrics"]["linear_top1"],
                       "davis_jf_mean": davis["metrics"]["davis_jf_mean"]}
-    print(f"pretraining: {args.epochs} epochs on 10,000 images in {train_s / 60:.1f} min "
+    epochs_done = torch.load(out / "checkpoint.pth", weights_only=True)["epoch"]
+    print(f"pretraining: {epochs_done} epochs on 10,000 images ({train_s / 60:.1f} min in this call) "
           f"({torch.get_num_threads()} threads)")
     print("| backbone | k-NN top-1 (k=20) | linear top-1 | DAVIS 2016 J&F (4 seq., 20 frames, 96 px) |")
     print("|---|---|---|---|")
