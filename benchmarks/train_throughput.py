@@ -33,6 +33,14 @@ CONFIGS = {
     ),
     "tiny test model (depth 2, width 64)": ([], 32),
 }
+GPU_CONFIGS = {  # the paper's ViT-S/16 multi-crop setting, per GPU; measured by default only when CUDA is present
+    "vit_small/16 2x224px+10x96px K=65536": (
+        ["model.arch=vit_small", "model.patch_size=16", "model.img_size=224", "model.depth=12", "model.embed_dim=384",
+         "model.num_heads=6", "crops.global_size=224",
+         "crops.local_size=96", "crops.local_crops_number=10"],
+        64,
+    ),
+}
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 10) -> float:
@@ -89,16 +97,20 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--config", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--config", nargs="*", default=None, help="names from CONFIGS and GPU_CONFIGS")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16, device) for p in args.precision}
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    configs = {**CONFIGS, **GPU_CONFIGS}
+    args.config = args.config or list(configs if device.type == "cuda" else CONFIGS)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    peaks = {p: matmul_peak(dtypes[p], device) for p in args.precision}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device {device} ({where}), torch {torch.__version__}")
     print("matmul peak: " + ", ".join(f"{p} {v / 1e9:.1f} GFLOP/s" for p, v in peaks.items()))
     print("| configuration | precision | batch | step (s) | images/s | GFLOP/image | GFLOP/s | % of peak |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.config:
-        overrides, batch = CONFIGS[name]
+        overrides, batch = configs[name]
         for p in args.precision:
             r = measure(name, overrides, batch, p, args.steps, args.compile, device)
             frac = r["achieved_tflops"] * 1e12 / peaks[p]

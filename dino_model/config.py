@@ -60,6 +60,9 @@ class CropConfig:
     global_scale: List[float] = field(default_factory=lambda: [0.4, 1.0])
     local_scale: List[float] = field(default_factory=lambda: [0.05, 0.4])
     blur_radius: List[float] = field(default_factory=lambda: [0.1, 2.0])  # PIL radius range, for 224 px crops
+    flip_p: float = 0.5  # horizontal flip; 0 for data whose mirror image is another class (digits, text)
+    color_jitter_p: float = 0.8
+    solarize_p: float = 0.2  # on the second global crop
 
 
 @dataclass
@@ -141,6 +144,9 @@ class TrainConfig:
         blur_lo, blur_hi = _pair("crops.blur_radius", self.crops.blur_radius)
         if not 0 <= blur_lo <= blur_hi:
             raise ConfigError(f"crops.blur_radius={[blur_lo, blur_hi]} must satisfy 0 <= min <= max")
+        for key in ("flip_p", "color_jitter_p", "solarize_p"):
+            if not 0 <= getattr(self.crops, key) <= 1:
+                raise ConfigError(f"crops.{key}={getattr(self.crops, key)} must be a probability in [0, 1]")
         for key in ("global_scale", "local_scale"):
             lo, hi = _pair(f"crops.{key}", getattr(self.crops, key))
             if not 0 < lo <= hi <= 1:

@@ -44,12 +44,12 @@ class RandomSolarize:
 
 
 def view(size: int, scale: Sequence[float], *, blur_p: float, solarize_p: float = 0.0,
-         blur_radius: Sequence[float] = (0.1, 2.0)) -> T.Compose:
+         blur_radius: Sequence[float] = (0.1, 2.0), flip_p: float = 0.5, color_jitter_p: float = 0.8) -> T.Compose:
     """One augmented view: random resized crop, flip and colour, blur, solarise, normalise."""
     steps = [
         T.RandomResizedCrop(size, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(p=0.5),
-        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+        T.RandomHorizontalFlip(p=flip_p),
+        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=color_jitter_p),
         T.RandomGrayscale(p=0.2),
         RandomGaussianBlur(blur_p, *blur_radius),
     ]
@@ -63,10 +63,10 @@ class MultiCropTransform:
     """Image -> [global 1, global 2, local 1, ..., local N] tensors."""
 
     def __init__(self, cfg: CropConfig) -> None:
-        blur = tuple(cfg.blur_radius)
-        self.global1 = view(cfg.global_size, cfg.global_scale, blur_p=1.0, blur_radius=blur)
-        self.global2 = view(cfg.global_size, cfg.global_scale, blur_p=0.1, solarize_p=0.2, blur_radius=blur)
-        self.local = view(cfg.local_size, cfg.local_scale, blur_p=0.5, blur_radius=blur)
+        common = dict(blur_radius=tuple(cfg.blur_radius), flip_p=cfg.flip_p, color_jitter_p=cfg.color_jitter_p)
+        self.global1 = view(cfg.global_size, cfg.global_scale, blur_p=1.0, **common)
+        self.global2 = view(cfg.global_size, cfg.global_scale, blur_p=0.1, solarize_p=cfg.solarize_p, **common)
+        self.local = view(cfg.local_size, cfg.local_scale, blur_p=0.5, **common)
         self.n_local = cfg.local_crops_number
 
     @property

@@ -30,6 +30,7 @@ def test_paper_config_has_teacher_temperature_warmup():
         ("model.arch=vit_huge", "model.arch"),
         ("train.precision=fp8", "train.precision"),
         ("crops.local_size=64", "crops.local_size"),
+        ("crops.flip_p=1.5", "crops.flip_p"),
     ],
 )
 def test_bad_overrides_name_the_key(override, match):

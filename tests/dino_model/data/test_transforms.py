@@ -27,3 +27,17 @@ def test_solarize_inverts_bright_pixels():
     img = Image.fromarray(torch.tensor([[[10, 200, 128]]], dtype=torch.uint8).numpy())
     out = RandomSolarize(1.0)(img)
     assert list(out.getpixel((0, 0))) == [10, 55, 127]
+
+
+def test_augmentation_probabilities_switch_steps_off():
+    """flip/jitter/solarise at p=0, blur radius 0, full-scale crops: every global view is the plain resized image."""
+    ramp = torch.arange(32, dtype=torch.uint8).repeat(32, 1) * 8  # left-to-right ramp: a flip would change it
+    img = Image.fromarray(ramp.numpy()).convert("RGB")  # grey, so random grayscale is the identity too
+    off = CropConfig(global_size=32, local_size=16, local_crops_number=0, global_scale=[1.0, 1.0],
+                     blur_radius=[0.0, 0.0], flip_p=0.0, color_jitter_p=0.0, solarize_p=0.0)
+    on = CropConfig(**{**off.__dict__, "flip_p": 1.0})
+    torch.manual_seed(0)
+    plain = [MultiCropTransform(off)(img) for _ in range(5)]
+    assert all(torch.equal(v, plain[0][0]) for views in plain for v in views)
+    flipped = MultiCropTransform(on)(img)[0]
+    assert torch.allclose(flipped, plain[0][0].flip(-1), atol=1e-6)
