@@ -68,11 +68,11 @@ class DINOLoss(nn.Module):
         log_p_s = (student_output.float() / self.student_temp).log_softmax(dim=-1)
         log_p_s = log_p_s.view(self.ncrops, batch, -1)
         p_t = self.teacher_probs(teacher_output, epoch)
-        # Each student view v is taught by every teacher view a != v: sum the teachers once,
-        # then remove view v's own teacher from the global views.
-        weights = p_t.sum(dim=0, keepdim=True).expand(self.ncrops, -1, -1).clone()
-        weights[: self.n_global] -= p_t
-        loss = -(weights * log_p_s).sum(dim=-1).mean(dim=-1).sum() / self.n_pairs()
+        # Each student view v is taught by every teacher view a != v: sum over all (a, v), then remove
+        # the a == v terms. No (ncrops, B, K) weight tensor: at K = 65536 that pass is memory-bound.
+        all_pairs = (p_t.sum(dim=0) * log_p_s.sum(dim=0)).sum()
+        same_view = (p_t * log_p_s[: self.n_global]).sum()
+        loss = -(all_pairs - same_view) / (batch * self.n_pairs())
         with torch.no_grad():
             self.last_teacher_entropy = -(p_t * p_t.clamp_min(1e-12).log()).sum(-1).mean()
         self.update_center(teacher_output)

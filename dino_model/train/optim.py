@@ -27,7 +27,7 @@ def param_groups(model: nn.Module) -> list[dict]:
 def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (default), SGD (momentum 0.9) or LARS; lr and wd are set by the schedules each step."""
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups)
+        return torch.optim.AdamW(groups, fused=True)  # one kernel per step (CPU and CUDA); measured faster
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=0.9)
     if cfg.name == "lars":
@@ -76,9 +76,9 @@ def clip_gradients(model: nn.Module, clip: float) -> None:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return
-    norms = torch._foreach_norm(grads)
-    coefs = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, coefs)
+    norms = torch.stack(torch._foreach_norm(grads))
+    coefs = (clip / (norms + 1e-6)).clamp_(max=1.0)
+    torch._foreach_mul_(grads, list(coefs.unbind()))
 
 
 def cancel_last_layer_gradients(model: nn.Module, epoch: int, freeze_epochs: int) -> None:
