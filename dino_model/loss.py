@@ -52,10 +52,10 @@ class DINOLoss(nn.Module):
     def teacher_temp(self, epoch: int) -> float:
         return float(self.teacher_temps[min(epoch, len(self.teacher_temps) - 1)])
 
-    def teacher_probs(self, teacher_output: Tensor, epoch: int) -> Tensor:
-        """softmax((t - c) / tau_t), shape (n_global, B, K)."""
+    def teacher_log_probs(self, teacher_output: Tensor, epoch: int) -> Tensor:
+        """log softmax((t - c) / tau_t), shape (n_global, B, K); log-space gives the entropy without a log pass."""
         t = (teacher_output.float() - self.center) / self.teacher_temp(epoch)
-        return t.softmax(dim=-1).detach().view(self.n_global, -1, t.shape[-1])
+        return t.log_softmax(dim=-1).detach().view(self.n_global, -1, t.shape[-1])
 
     def forward(self, student_output: Tensor, teacher_output: Tensor, epoch: int) -> Tensor:
         """Loss for student logits ((ncrops)*B, K) and teacher logits (n_global*B, K); updates the centre."""
@@ -67,14 +67,15 @@ class DINOLoss(nn.Module):
             )
         log_p_s = (student_output.float() / self.student_temp).log_softmax(dim=-1)
         log_p_s = log_p_s.view(self.ncrops, batch, -1)
-        p_t = self.teacher_probs(teacher_output, epoch)
+        log_p_t = self.teacher_log_probs(teacher_output, epoch)
+        p_t = log_p_t.exp()
         # Each student view v is taught by every teacher view a != v: sum over all (a, v), then remove
         # the a == v terms. No (ncrops, B, K) weight tensor: at K = 65536 that pass is memory-bound.
         all_pairs = (p_t.sum(dim=0) * log_p_s.sum(dim=0)).sum()
         same_view = (p_t * log_p_s[: self.n_global]).sum()
         loss = -(all_pairs - same_view) / (batch * self.n_pairs())
         with torch.no_grad():
-            self.last_teacher_entropy = -(p_t * p_t.clamp_min(1e-12).log()).sum(-1).mean()
+            self.last_teacher_entropy = -(p_t * log_p_t).sum(-1).mean()
         self.update_center(teacher_output)
         return loss
 
