@@ -1,6 +1,7 @@
 """CIFAR-10 subset under a stated CPU budget: k-NN and linear top-1, trained vs random init, and DAVIS J&F.
 
-Pretrains the demo-sized ViT (digits_vit_tiny settings) on the 10,000-image CIFAR-10 training subset
+Pretrains the demo-sized ViT (digits_vit_tiny settings, with the paper's flips, colour jitter and
+solarisation back on, since these are natural colour images) on the 10,000-image CIFAR-10 training subset
 of ../shared/datasets for a fixed number of epochs, then scores the teacher backbone and the same
 backbone at random initialisation with the weighted k-NN (k = 20) and a linear probe (cached
 features) on the 10,000 test images, and propagates labels on the DAVIS 2016 sequences with it.
@@ -47,8 +48,10 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging(logging.WARNING)
     root, out = SHARED / "cifar10_jpg", Path(args.out)
+    natural_images = ["crops.flip_p=0.5", "crops.color_jitter_p=0.8", "crops.solarize_p=0.2"]
     cfg = load_config("digits_vit_tiny", overrides=[f"data.root={root / 'train'}", f"train.output_dir={out}",
-                                                   f"train.epochs={args.epochs}", "train.batch_size=64"])
+                                                   f"train.epochs={args.epochs}", "train.batch_size=64",
+                                                   *natural_images])
     start = time.perf_counter()
     if not args.eval_only:
         fit(cfg)
