@@ -34,6 +34,7 @@ CONFIGS = {
     ),
     "tiny test model (depth 2, width 64)": ([], 32),
 }
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GPU_CONFIGS = {  # the paper's ViT-S/16 multi-crop setting, per GPU; measured by default only when CUDA is present
     "vit_small/16 2x224px+10x96px K=65536": (
         ["model.arch=vit_small", "model.patch_size=16", "model.img_size=224", "model.depth=12", "model.embed_dim=384",
@@ -78,7 +79,7 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(name: str, overrides: list[str], batch: int, precision: str, steps: int, compile_: bool,
-            device: torch.device, peak: MatmulPeak, warmup: int = 2) -> dict:
+            device: torch.device, warmup: int = 2) -> dict:
     cfg = load_config("tiny", overrides=[*overrides, f"train.batch_size={batch}", "model.out_dim=65536",
                                          "model.hidden_dim=2048", "model.bottleneck_dim=256",
                                          f"train.precision={precision}", f"train.compile={compile_}",
@@ -89,6 +90,7 @@ def measure(name: str, overrides: list[str], batch: int, precision: str, steps: 
     crops = [torch.randn(batch, 3, g, g) for _ in range(2)] + [
         torch.randn(batch, 3, lc, lc) for _ in range(cfg.crops.local_crops_number)]
     ckpt = Path("/dev/null")
+    peak = MatmulPeak(DTYPES[precision], device)
     for i in range(warmup):  # warm-up (and compilation)
         train_step(trainer, crops, 1, i, ckpt)
     with FlopCounterMode(display=False) as counter:
@@ -118,8 +120,6 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     configs = {**CONFIGS, **GPU_CONFIGS}
     args.config = args.config or list(configs if device.type == "cuda" else CONFIGS)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    peaks = {p: MatmulPeak(dtypes[p], device) for p in args.precision}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device {device} ({where}), torch {torch.__version__}")
     print("| configuration | precision | batch | step (s) | images/s | GFLOP/image | GFLOP/s | peak GFLOP/s "
@@ -128,7 +128,7 @@ def main() -> None:
     for name in args.config:
         overrides, batch = configs[name]
         for p in args.precision:
-            r = measure(name, overrides, batch, p, args.steps, args.compile, device, peaks[p], args.warmup)
+            r = measure(name, overrides, batch, p, args.steps, args.compile, device, args.warmup)
             print(f"| {name} | {p} | {batch} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | "
                   f"{r['gflop_per_image']:.3f} | {r['achieved_flops'] / 1e9:.1f} | {r['peak_flops'] / 1e9:.1f} | "
                   f"{100 * r['achieved_flops'] / r['peak_flops']:.0f}% |", flush=True)

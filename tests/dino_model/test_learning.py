@@ -1,7 +1,7 @@
 """It learns: a short CPU run on digits beats the same backbone at random initialisation, without collapse.
 
 One pretraining run (the demo config, `digits_vit_tiny`) is shared by the k-NN and the linear-probe
-checks; both compare against the backbone of the same architecture with its initial weights.
+checks; both compare against a backbone of the same architecture initialised from the run's seed.
 """
 
 import math
