@@ -100,14 +100,18 @@ def _record(md5: str) -> None:
     record_data_version(md5)
 
 
-def kfp_submitter(host: str, *, params: dict[str, Any], experiment: str = "dino-mlops") -> Submitter:
-    """Submit the training pipeline to KFP, with the data version as a parameter and in the run name."""
+def kfp_submitter(host: str, *, params: dict[str, Any], experiment: str = "dino-mlops",
+                  timeout_s: float = 120.0) -> Submitter:
+    """Submit the training pipeline to KFP, with the data version as a parameter and in the run name.
+
+    Each submission is bounded by `timeout_s`: the lock a check holds is never held longer.
+    """
 
     def submit(md5: str) -> str:
         from pipelines.submit import submit as kfp_submit
 
         result = kfp_submit(host, params={**params, "data_version": md5}, experiment=experiment,
-                            run_name=f"dino-retrain-{md5[:12]}")
+                            run_name=f"dino-retrain-{md5[:12]}", timeout_s=timeout_s)
         return result["run_id"]
 
     return submit

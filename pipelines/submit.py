@@ -1,12 +1,16 @@
 """Compiling the pipeline to IR YAML and submitting runs or recurring runs to a KFP host.
 
-Recurring runs use KFP's six-field cron (seconds first) and never catch up on missed runs.
+Recurring runs use KFP's six-field cron (seconds first) and never catch up on missed runs. The KFP
+client has no request timeout (its constructor already calls the host), so a submission runs in a
+child process that is killed at a deadline: a host that accepts and never answers cannot hang a
+retraining check that holds its lock.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,29 +52,73 @@ def check_cron(schedule: str) -> str:
 
 
 def submit(host: str, *, params: dict[str, Any], experiment: str = "dino-mlops", run_name: str | None = None,
-           schedule: str | None = None, package: str | Path | None = None, client=None) -> dict[str, Any]:
-    """Create a run (or a recurring run when `schedule` is given); returns its ids."""
+           schedule: str | None = None, package: str | Path | None = None, client=None,
+           timeout_s: float = 120.0) -> dict[str, Any]:
+    """Create a run (or a recurring run when `schedule` is given); returns its ids.
+
+    Without an injected `client` the call runs in a child process that is killed after `timeout_s`.
+    """
+    if schedule:
+        check_cron(schedule)
+    kwargs = {"params": params, "experiment": experiment, "run_name": run_name, "schedule": schedule,
+              "package": str(package) if package else None}
+    if client is not None:
+        return _submit(host, client=client, **kwargs)
+    return _bounded(host, kwargs, timeout_s)
+
+
+def _bounded(host: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_submit_in_child, args=(send, host, kwargs), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(timeout_s):
+            raise PipelineError(f"the KFP API at {host} did not answer within {timeout_s:.0f} s")
+        ok, value = receive.recv()
+    except EOFError:
+        raise PipelineError(f"submitting to the KFP API at {host} died (exit code {child.exitcode})") from None
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+    if not ok:
+        raise PipelineError(value)
+    return value
+
+
+def _submit_in_child(send, host: str, kwargs: dict[str, Any]) -> None:
+    try:
+        result = (True, _submit(host, **kwargs))
+    except Exception as exc:  # noqa: BLE001 - every failure travels back as one message
+        result = (False, str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}")
+    send.send(result)
+    send.close()
+
+
+def _submit(host: str, *, params: dict[str, Any], experiment: str, run_name: str | None, schedule: str | None,
+            package: str | None, client=None) -> dict[str, Any]:
     import tempfile
 
     import kfp
 
-    if schedule:
-        check_cron(schedule)
     try:
         client = client or kfp.Client(host=host)
         with tempfile.TemporaryDirectory() as tmp:
-            package = Path(package) if package else compile_pipeline(Path(tmp) / "pipeline.yaml")
+            package = package or str(compile_pipeline(Path(tmp) / "pipeline.yaml"))
             if schedule:
                 exp = client.create_experiment(name=experiment)
                 job = client.create_recurring_run(
                     experiment_id=exp.experiment_id, job_name=run_name or "dino-training-schedule",
-                    cron_expression=schedule, params=params, pipeline_package_path=str(package),
+                    cron_expression=schedule, params=params, pipeline_package_path=package,
                     max_concurrency=1, no_catchup=True, enabled=True,
                 )
                 return {"recurring_run_id": job.recurring_run_id, "experiment_id": exp.experiment_id,
                         "schedule": schedule, "host": host}
             run = client.create_run_from_pipeline_package(
-                str(package), arguments=params, run_name=run_name, experiment_name=experiment)
+                package, arguments=params, run_name=run_name, experiment_name=experiment)
             return {"run_id": run.run_id, "experiment": experiment, "host": host}
     except (OSError, ConnectionError) as exc:
         raise PipelineError(f"cannot reach the KFP API at {host}: {exc}") from exc

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--triton-url", default=os.environ.get("DINO_TRITON_URL", ""),
                        help="serving Triton (gRPC host:port), whose model lineage names the deployed data version")
         p.add_argument("--state", default=os.environ.get("DINO_RETRAIN_STATE", "runs/retrain/state.json"))
+        p.add_argument("--timeout", type=float, default=float(os.environ.get("DINO_KFP_TIMEOUT", "120")),
+                       help="seconds a KFP submission may take before the check gives up (the trigger stays pending)")
         p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
         if name == "watch":
             p.add_argument("--interval", type=float, default=60.0)
@@ -70,7 +72,10 @@ def _check_once(args: argparse.Namespace) -> dict:
     current = current_version(repo) if args.rev == "workspace" else version_at(repo, args.rev)
     deployed = deployed_data_version(args.triton_url) if args.triton_url else None
     params = parse_params(args.param)
-    submit = _local_submitter(repo, params) if args.local else kfp_submitter(args.host, params=params)
+    if args.local:
+        submit = _local_submitter(repo, params)
+    else:
+        submit = kfp_submitter(args.host, params=params, timeout_s=args.timeout)
     return check(current.md5, state_path=args.state, submit=submit, deployed_md5=deployed)
 
 

@@ -83,3 +83,44 @@ def test_cli_exits_non_zero_with_one_error_line(versioned, tmp_path, free_port, 
     assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dino-mlops: error:")]
     assert len(errors) == 1 and "stays pending" in errors[0] and "Traceback" not in errors[0]
+
+
+@pytest.fixture
+def silent_host():
+    """A TCP server that accepts connections and never answers: a hung KFP API."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_a_kfp_host_that_never_answers_times_out_and_releases_the_lock(versioned, tmp_path, silent_host):
+    md5 = version_at(versioned, "HEAD").md5
+    state = tmp_path / "s.json"
+    start = time.monotonic()
+    with pytest.raises(PipelineError, match="did not answer within 2 s"):
+        check(md5, state_path=state, submit=kfp_submitter(silent_host, params={}, timeout_s=2))
+    assert time.monotonic() - start < 30
+    assert read_state(state).pending_md5 == md5
+    submit = CountingSubmitter()  # the lock was released: the next check proceeds at once
+    assert check(md5, state_path=state, submit=submit)["action"] == "submitted"
