@@ -7,7 +7,10 @@
 # Base: NVIDIA's CUDA 13.0 runtime on Ubuntu 24.04, pinned. PyTorch's wheels (torch 2.14, CUDA 13.0)
 # bring their own cuDNN, NCCL and cuBLAS, so the plain runtime flavour is enough; the node needs
 # an NVIDIA driver that supports CUDA 13.0 (R580 or newer). Triton runs from NVIDIA's own image.
-FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
+# Any Debian/Ubuntu base with Python >= 3.11 works: scripts/image.sh builds on a Debian bookworm
+# base made with mmdebstrap, with no registry involved (BASE_IMAGE=dino-mlops-base:bookworm).
+ARG BASE_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 LABEL org.opencontainers.image.title="dino-mlops" \
       org.opencontainers.image.version="0.1.0" \
@@ -15,20 +18,24 @@ LABEL org.opencontainers.image.title="dino-mlops" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 ARG DEBIAN_FRONTEND=noninteractive
-# Ubuntu 24.04's Python 3.12 with venv, and git for DVC repositories
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+# An imported base has no ENV at all: PATH is spelled out.
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# The distribution's Python with venv, and git for DVC repositories (skipped when the base has them)
+RUN if ! command -v git >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 ENV VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DVC_NO_ANALYTICS=1 \
     DVC_SITE_CACHE_DIR=/tmp/dvc-site-cache
-RUN python3 -m venv "$VIRTUAL_ENV"
+RUN python3 -m venv "$VIRTUAL_ENV" && pip install --quiet --upgrade pip
 
 WORKDIR /opt/dino-mlops
 # Dependencies first (a layer that changes only with pyproject.toml), then the code.

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The project image, built on this machine without any registry; idempotent and cached.
+#
+#   bash scripts/image.sh build    # daemon up, base image (once), project image (cached layers)
+#   bash scripts/image.sh env      # prints DOCKER_HOST=... for the project's Docker daemon
+#   bash scripts/image.sh stop     # stops the daemon this script started
+#
+# The daemon, its images and the Debian base live under DINO_IMAGE_CACHE (default
+# /var/cache/dino-mlops, or ~/.cache/dino-mlops when not root), so a fresh clone rebuilds only the
+# code layer: the dependency layer changes only with pyproject.toml. On a cluster the image is built
+# from NVIDIA's CUDA runtime instead (the Dockerfile's default BASE_IMAGE) and pushed to a registry;
+# see docs/operations.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ]; then default_cache=/var/cache/dino-mlops; else default_cache=$HOME/.cache/dino-mlops; fi
+CACHE=${DINO_IMAGE_CACHE:-$default_cache}
+SOCK=$CACHE/docker/docker.sock
+export DOCKER_HOST=unix://$SOCK
+BASE=dino-mlops-base:bookworm
+IMAGE=$(python3 -c 'import os; print(os.environ.get("DINO_IMAGE", "ghcr.io/dino-mlops/dino-mlops:0.1.0"))')
+
+log() { echo "image: $*" >&2; }
+
+need_packages() {
+  local missing=""
+  for cmd in "$@"; do command -v "${cmd%%:*}" >/dev/null || missing="$missing ${cmd##*:}"; done
+  [ -z "$missing" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing$missing"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  else
+    log "missing$missing: install them (Debian/Ubuntu: apt-get install$missing)"; exit 1
+  fi
+}
+
+daemon_up() {
+  need_packages dockerd:docker.io
+  docker info >/dev/null 2>&1 && return 0
+  mkdir -p "$CACHE/docker"
+  log "starting the Docker daemon ($SOCK)"
+  nohup dockerd --iptables=false --bridge=none --host="$DOCKER_HOST" --data-root="$CACHE/docker/data" \
+    --exec-root="$CACHE/docker/exec" --pidfile="$CACHE/docker/dockerd.pid" >"$CACHE/docker/dockerd.log" 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  log "the Docker daemon did not come up; see $CACHE/docker/dockerd.log"; tail -5 "$CACHE/docker/dockerd.log" >&2
+  exit 1
+}
+
+daemon_stop() {
+  local pidfile=$CACHE/docker/dockerd.pid
+  [ -f "$pidfile" ] || { log "no daemon of ours is running"; return 0; }
+  local pid; pid=$(cat "$pidfile")
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+    kill "$pid"
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  fi
+  rm -f "$pidfile"
+}
+
+base_image() {
+  docker image inspect "$BASE" >/dev/null 2>&1 && return 0
+  need_packages mmdebstrap:mmdebstrap
+  local tar=$CACHE/base-bookworm.tar
+  if [ ! -s "$tar" ]; then
+    # Debian with Python, venv and git; the machine's CA bundle so pip reaches PyPI through the same trust.
+    log "making a Debian bookworm base with mmdebstrap (a few minutes, once)"
+    mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,git,ca-certificates \
+      --customize-hook='upload /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt' \
+      bookworm "$tar.part"
+    mv "$tar.part" "$tar"
+  fi
+  docker import "$tar" "$BASE" >/dev/null
+}
+
+build() {
+  daemon_up
+  base_image
+  log "building $IMAGE on $BASE"
+  DOCKER_BUILDKIT=0 docker build --quiet --network=host --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" . >/dev/null
+  docker image inspect --format '{{.Id}}' "$IMAGE"
+}
+
+case "${1:-build}" in
+  build) build ;;
+  env) echo "DOCKER_HOST=$DOCKER_HOST" ;;
+  daemon) daemon_up; echo "DOCKER_HOST=$DOCKER_HOST" ;;
+  stop) daemon_stop ;;
+  *) echo "usage: scripts/image.sh [build|daemon|env|stop]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,54 @@
+"""The project image run as the cluster runs it: non-root, read-only root filesystem, host network.
+
+These start real containers from the image built by scripts/image.sh; a Kubernetes API server is the
+one thing not here (pods are played from the manifests elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+POD_LIKE = ["run", "--rm", "--network=host", "--read-only", "--tmpfs", "/tmp", "--user", "10001:10001",
+            "-e", "HOME=/tmp"]
+
+
+def test_the_command_runs_from_the_installed_package(image: str, docker) -> None:
+    out = docker(*POD_LIKE, image, "python", "-c",
+                 "import dino_model, sys; from dino_model.cli.main import main; print(dino_model.__file__); "
+                 "sys.argv = ['dino-mlops', '--help']; main()")
+    assert out.returncode == 0, out.stderr
+    assert "/opt/venv/lib/" in out.stdout and "usage: dino-mlops" in out.stdout
+    out = docker(*POD_LIKE, image, "dino-mlops", "pretrain", "--help")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_training_runs_inside_the_image_as_the_pod_user(image: str, docker) -> None:
+    script = ("set -e; dino-mlops data materialize digits /tmp/digits; "
+              "dino-mlops pretrain --config tiny data.root=/tmp/digits/train train.epochs=1 "
+              "--output-dir /tmp/run; python -c \"import torch; "
+              "c = torch.load('/tmp/run/checkpoint.pth', weights_only=False); print('epoch', c['epoch'])\"")
+    out = docker(*POD_LIKE, image, "bash", "-c", script, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "epoch 1" in out.stdout
+
+
+def test_a_pipeline_component_runs_in_the_image_through_kfp_docker_runner(
+        image: str, docker_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfp import local
+
+    from components.deploy import quality_gate
+
+    monkeypatch.setenv("DOCKER_HOST", docker_env["DOCKER_HOST"])
+    root = tmp_path / "pipeline-root"
+    root.mkdir()
+    os.chown(root, 10001, 10001)  # the image's user writes the step's outputs
+    local.init(runner=local.DockerRunner(network_mode="host"), pipeline_root=str(root))
+    task = quality_gate(knn_top1=61.5, min_top1=50.0, require_not_worse=False, triton_url="", model_name="dino")
+    assert task.output == "deploy"
+    task = quality_gate(knn_top1=41.5, min_top1=50.0, require_not_worse=False, triton_url="", model_name="dino")
+    assert task.output == "hold"
