@@ -91,10 +91,10 @@ def diff(root: str | Path, a: str | DataVersion | None = None, b: str | DataVers
 def status(root: str | Path, *, remote: str | None = None, limit: int = 20) -> dict[str, Any]:
     """The recorded version, whether data/ matches it, what changed, and whether the remote holds it."""
     root = Path(root).resolve()
-    version = recorded_version(root)
-    result: dict[str, Any] = {"version": version.to_dict() if version else None,
-                              "committed": bool(version and version.rev)}
-    with open_repo(root) as repo:
+    with open_repo(root) as repo:  # first completes a data switch that a killed pull left half-done
+        version = recorded_version(root)
+        result: dict[str, Any] = {"version": version.to_dict() if version else None,
+                                  "committed": bool(version and version.rev)}
         ws = workspace_tree(repo, root / DATA_DIR)
         if version is None:
             result["workspace"] = "untracked" if ws is not None else "missing"

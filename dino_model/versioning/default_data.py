@@ -20,7 +20,7 @@ from pathlib import Path
 from dino_model.errors import DataError
 from dino_model.versioning.remotes import add_remote, get_remote
 from dino_model.versioning.repo import DATA_DIR, DEFAULT_REMOTE, DEFAULT_REMOTE_DIR, init_repo, open_repo
-from dino_model.versioning.store import missing_objects, workspace_tree
+from dino_model.versioning.store import cache_workspace, missing_objects, workspace_tree
 from dino_model.versioning.sync import checkout_version, snapshot
 from dino_model.versioning.versions import DataVersion, recorded_version
 
@@ -91,7 +91,7 @@ def _ensure_some_remote(root: Path, remote: str | None) -> None:
 def _cache_and_push(repo, version: DataVersion, *, remote: str | None) -> None:
     workspace = workspace_tree(repo, Path(repo.root_dir) / DATA_DIR)
     if workspace is not None and missing_objects(repo, workspace):
-        repo.commit(str(Path(repo.root_dir) / "data.dvc"), force=True)
+        cache_workspace(repo, Path(repo.root_dir) / DATA_DIR)
     dvc_remote = get_remote(repo, remote)
     if dvc_remote.odb.exists(version.md5):  # DVC uploads a .dir listing only after all its files
         return

@@ -4,7 +4,9 @@ The committed `.dvc/config` names a local directory (`.dvc-remote/`, beside the 
 by git) as the default remote, so the platform works with no storage service. S3-compatible stores
 (AWS, MinIO, Ceph) go through the optional dvc-s3 plugin and `endpointurl` (MLOPS_REFERENCE §4.3).
 Secrets never enter `.dvc/config`, which is committed: they come from the standard AWS_* environment
-variables, or are copied from them into the git-ignored `.dvc/config.local` on request.
+variables, or are copied from them into the git-ignored `.dvc/config.local` on request. DVC writes its
+config files with the process umask (usually world-readable), so `.dvc/config.local` is created, or
+tightened, to mode 0600 before every write made here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import importlib.util
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,12 +100,12 @@ def add_remote(root: str | Path, name: str, url: str, *, endpoint_url: str | Non
     secrets = _credentials_from_env(name) if store_credentials else {}
     with open_repo(root) as repo:
         level = "local" if local else "repo"
-        with repo.config.edit(level) as conf:
+        with edit_config(repo, level) as conf:
             conf["remote"][name] = section
             if default:
                 conf["core"]["remote"] = name
         if secrets:
-            with repo.config.edit("local") as conf:
+            with edit_config(repo, "local") as conf:
                 conf["remote"].setdefault(name, {}).update(secrets)
     where = ".dvc/config.local" if local else ".dvc/config"
     logger.info("remote %r -> %s written to %s%s%s", name, url, where, " (default)" if default else "",
@@ -163,5 +167,21 @@ def set_default_remote(root: str | Path, name: str, *, local: bool = False) -> N
     with open_repo(root) as repo:
         if name not in repo.config["remote"]:
             raise DataError(f"DVC remote {name!r} is not configured (configured: {', '.join(repo.config['remote'])})")
-        with repo.config.edit("local" if local else "repo") as conf:
+        with edit_config(repo, "local" if local else "repo") as conf:
             conf["core"]["remote"] = name
+
+
+@contextmanager
+def edit_config(repo: Repo, level: str) -> Iterator[dict[str, Any]]:
+    """`repo.config.edit(level)`, with `.dvc/config.local` (which may hold credentials) kept at mode 0600."""
+    if level == "local":
+        private_file(Path(repo.config.files["local"]))
+    with repo.config.edit(level) as conf:
+        yield conf
+
+
+def private_file(path: Path) -> None:
+    """Create `path` if needed and make it readable and writable by its owner only (DVC rewrites it in place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)

@@ -2,7 +2,9 @@
 
 Every other versioning module reaches DVC through `open_repo`, so the same rules hold everywhere:
 usage analytics stay off (`DVC_NO_ANALYTICS`, MLOPS_REFERENCE §4.4); the site cache can be moved off
-`/var/tmp/dvc`, which is not writable in read-only containers (iterative/dvc #9184); DVC's own console
+`/var/tmp/dvc`, which is not writable in read-only containers (iterative/dvc #9184); a switch of data/
+that a killed process left half-done is completed before anything reads data/ or data.dvc (switch.py),
+so every command sees one consistent version; DVC's own console
 handlers, which write to stdout, are removed so that the CLI's stdout carries only its result; and DVC's
 exceptions become `DataError` messages saying what to do. DVC's `Repo` API is used in-process rather
 than the `dvc` command, whose messages are meant for a terminal.
@@ -102,9 +104,33 @@ def open_repo(root: str | Path, *, site_cache_dir: str | Path | None = None) -> 
     except DvcException as exc:
         raise DataError(f"cannot open the DVC repository {root}: {exc}") from exc
     try:
+        _finish_interrupted_switch(repo, root)
         yield repo
     finally:
         repo.close()
+
+
+@contextmanager
+def repo_lock(repo: Repo) -> Iterator[None]:
+    """Hold DVC's repository lock (re-entrant within `repo`); DataError when another process holds it."""
+    from dvc.lock import LockError
+    from dvc.repo import lock_repo
+
+    try:
+        with lock_repo(repo):
+            yield
+    except LockError as exc:
+        raise DataError(f"another process is working on the DVC repository {repo.root_dir} (it holds "
+                        f"{repo.lock.lockfile}); wait for it to finish and run the command again") from exc
+
+
+def _finish_interrupted_switch(repo: Repo, root: Path) -> None:
+    """Complete (or clean up after) a data switch that a killed process left half-done (see switch.py)."""
+    from dino_model.versioning.switch import finish, switch_dir
+
+    if switch_dir(root).exists():
+        with repo_lock(repo):
+            finish(root)
 
 
 def resolve_site_cache_dir(root: Path, explicit: str | Path | None = None) -> Path | None:

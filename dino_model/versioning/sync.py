@@ -2,8 +2,10 @@
 
 Both are transactions over `data/` and `data.dvc`. A snapshot checks the remote first, then adds and
 pushes; if anything fails, data.dvc is put back. A checkout refuses to discard changes that no version
-records, fetches every object of the target version into the local cache (store.fetch) before the
-workspace is touched, and rolls data.dvc and data/ back if applying it fails.
+records, fetches (and verifies) every object of the target version into the local cache (store.fetch)
+before the workspace is touched, then switches data/ and data.dvc together through a staging folder and
+a journal (switch.py), so that even a killed process leaves one version or the other. Where data/ cannot
+be renamed (a mount point), DVC checks it out in place and data.dvc and data/ are rolled back on failure.
 """
 
 from __future__ import annotations
@@ -14,8 +16,25 @@ from pathlib import Path
 
 from dino_model.errors import DataError
 from dino_model.versioning.remotes import get_remote
-from dino_model.versioning.repo import DATA_DIR, DVC_FILE, git, has_git, open_repo, restore_text, write_atomic
-from dino_model.versioning.store import UNCHANGED, fetch, missing_objects, version_of_tree, workspace_tree
+from dino_model.versioning.repo import (
+    DATA_DIR,
+    DVC_FILE,
+    git,
+    has_git,
+    open_repo,
+    repo_lock,
+    restore_text,
+    write_atomic,
+)
+from dino_model.versioning.store import (
+    UNCHANGED,
+    cache_workspace,
+    fetch,
+    missing_objects,
+    version_of_tree,
+    workspace_tree,
+)
+from dino_model.versioning.switch import can_swap, pause_point, switch
 from dino_model.versioning.versions import DataVersion, parse_dvc_file, recorded_version, resolve_version
 
 logger = logging.getLogger(__name__)
@@ -47,8 +66,8 @@ def snapshot(root: str | Path, message: str | None = None, *, remote: str | None
     if not data_dir.is_dir() or not any(data_dir.iterdir()):
         raise DataError(f"{data_dir} is missing or empty: there is nothing to snapshot; put the image folders "
                         "there, or run `dino-mlops data ensure` for the default data set")
-    before, ignore_before = _read(dvc_file), _read(gitignore)
     with open_repo(root, site_cache_dir=site_cache_dir) as repo:
+        before, ignore_before = _read(dvc_file), _read(gitignore)
         dvc_remote = get_remote(repo, remote)  # fail before anything changes
         try:
             repo.add(str(data_dir))
@@ -104,10 +123,10 @@ def checkout_version(root: str | Path, version: str | DataVersion | None = None,
     """
     root = Path(root).resolve()
     data_dir, dvc_file = root / DATA_DIR, root / DVC_FILE
-    target = resolve_version(root, version)
-    before = _read(dvc_file)
-    recorded = parse_dvc_file(before, source=str(dvc_file)) if before else None
-    with open_repo(root, site_cache_dir=site_cache_dir) as repo:
+    with open_repo(root, site_cache_dir=site_cache_dir) as repo, repo_lock(repo):
+        target = resolve_version(root, version)  # after open_repo finished any interrupted switch
+        before = _read(dvc_file)
+        recorded = parse_dvc_file(before, source=str(dvc_file)) if before else None
         workspace = workspace_tree(repo, data_dir)
         ws_md5 = workspace.hash_info.value if workspace is not None else None
         if ws_md5 and not force and ws_md5 not in {target.md5, recorded.md5 if recorded else None}:
@@ -121,11 +140,18 @@ def checkout_version(root: str | Path, version: str | DataVersion | None = None,
             logger.info("data/ already holds version %s", target.short)
             return target
         tree = fetch(repo, target, remote=remote)
+        pause_point("fetched")
         target = version_of_tree(repo, tree, rev=target.rev, path=target.path)
         if workspace is not None and ws_md5 == (recorded.md5 if recorded else None) and missing_objects(
                 repo, workspace):
-            repo.commit(str(dvc_file), force=True)  # keep the current version in the cache, for rollback
-    _apply(root, _dvc_text(root, target), before, had_data=workspace is not None, site_cache_dir=site_cache_dir)
+            cache_workspace(repo, data_dir)  # keep the current version in the cache, to switch back offline
+        swap = can_swap(root)
+        if swap:
+            switch(repo, root, tree, _dvc_text(root, target), workspace)
+    if not swap:
+        logger.warning("%s is a mount point or a symbolic link: checking the version out in place, which a killed "
+                       "process can leave half-done", data_dir)
+        _apply(root, _dvc_text(root, target), before, had_data=workspace is not None, site_cache_dir=site_cache_dir)
     logger.info("data/ now holds version %s (%d files)%s", target.md5, target.nfiles or 0,
                 f" from git revision {target.rev[:12]}" if target.rev else "")
     return target

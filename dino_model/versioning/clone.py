@@ -1,0 +1,89 @@
+"""A data version the way a cluster provides it: a git URL of the data repository and a DVC remote.
+
+A pipeline step runs in a pod whose image holds no repository. It clones the data repository
+(credentials from the environment, filled from a Kubernetes Secret, never written into the clone's
+config or a command line), points it at the remote the cluster provides (a mounted directory or an
+S3-compatible bucket) and pulls exactly the requested version. A missing repository, revision or
+remote object fails the step with one line: no fallback to any default data set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from dino_model.errors import DataError
+from dino_model.versioning.remotes import add_remote
+from dino_model.versioning.sync import checkout_version
+from dino_model.versioning.versions import DataVersion
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_REMOTE = "pipeline"  # the remote a step adds to its clone, in .dvc/config.local
+CLONE_TIMEOUT_S = 600.0
+# git asks this helper for credentials over HTTPS; it reads them from the environment at that moment
+_CREDENTIAL_HELPER = ('!f() { test "$1" = get || exit 0; echo "username=${DINO_GIT_USERNAME:-git}"; '
+                      'echo "password=${DINO_GIT_TOKEN}"; }; f')
+
+
+def public_url(url: str) -> str:
+    """`url` without any user:password part, for logs, errors and lineage."""
+    return re.sub(r"(?<=://)[^/@]*@", "", url)
+
+
+def git_environment() -> dict[str, str]:
+    """The process environment plus, when DINO_GIT_TOKEN is set, a credential helper that serves it."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    if os.environ.get("DINO_GIT_TOKEN"):
+        env |= {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "credential.helper",
+                "GIT_CONFIG_VALUE_0": _CREDENTIAL_HELPER}
+    return env
+
+
+def clone(url: str, dest: Path, *, timeout_s: float = CLONE_TIMEOUT_S) -> Path:
+    """`git clone` of the data repository into `dest` (full history: versions are found by md5 in it)."""
+    if not url:
+        raise DataError("no data repository given: set the pipeline's data_repo to the git URL of the data repository")
+    try:
+        subprocess.run(["git", "clone", "--quiet", url, str(dest)], env=git_environment(), check=True,
+                       capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"cannot clone data repository {public_url(url)}: {detail}") from None
+    except subprocess.TimeoutExpired:
+        raise DataError(f"cloning data repository {public_url(url)} took over {timeout_s:.0f} s") from None
+    if not (dest / ".dvc").is_dir():
+        raise DataError(f"{public_url(url)} is not a DVC repository (no .dvc/ at its default branch)")
+    return dest
+
+
+def fetch_data_version(url: str, version: str, workdir: str | Path, *, remote_url: str = "",
+                       endpoint_url: str | None = None) -> tuple[Path, DataVersion]:
+    """Clone `url` under `workdir` and pull `version` (a git revision, a data md5, or "" for the default branch).
+
+    Args:
+        url: git URL of the data repository (https, ssh, file://, or a path).
+        version: what to check out; "" takes data.dvc at the default branch's head.
+        workdir: an empty, writable folder.
+        remote_url: the DVC remote to pull from, replacing the repository's default (a mounted path or s3://).
+        endpoint_url: S3-compatible endpoint for an s3:// remote (MinIO, Ceph).
+
+    Returns:
+        The clone's root and the version its data/ now holds, with the git revision that records it.
+    """
+    root = clone(url, Path(workdir) / "repo")
+    if remote_url:
+        add_remote(root, PIPELINE_REMOTE, remote_url, endpoint_url=endpoint_url, default=True, local=True)
+    resolved = checkout_version(root, version or None, remote=PIPELINE_REMOTE if remote_url else None)
+    rev = resolved.rev or ("" if version else _head(root))  # an md5 only the remote holds has no commit
+    logger.info("data version %s from %s at git revision %s", resolved.md5, public_url(url), rev[:12])
+    return root, DataVersion(md5=resolved.md5, nfiles=resolved.nfiles, size=resolved.size, rev=rev,
+                             path=resolved.path)
+
+
+def _head(root: Path) -> str:
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
