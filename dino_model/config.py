@@ -9,7 +9,8 @@ being ignored. This module imports no torch so that pipelines can build configs 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -22,6 +23,57 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "lars")
 POS_INTERPOLATIONS = ("dino", "timm")
 GLOBAL_POOLS = ("token", "avg")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Ranges of the values users set by hand; a value outside them fails at load time, naming the key,
+# instead of deep inside PyTorch or, worse, training silently with it.
+INT_MINIMUMS = {
+    "data.num_workers": 0,
+    "model.patch_size": 1,
+    "model.img_size": 1,
+    "model.out_dim": 2,  # the collapse rule compares the entropy with log(out_dim)
+    "model.hidden_dim": 1,
+    "model.bottleneck_dim": 1,
+    "model.head_layers": 1,
+    "crops.global_size": 1,
+    "crops.local_size": 1,
+    "crops.local_crops_number": 0,
+    "loss.warmup_teacher_temp_epochs": 0,
+    "optim.warmup_epochs": 0,
+    "optim.freeze_last_layer_epochs": 0,
+    "train.epochs": 1,
+    "train.batch_size": 1,
+    "train.seed": 0,  # numpy seeds must be non-negative
+    "train.log_every_steps": 1,
+    "train.saveckp_freq": 0,
+    "train.stop_after_epochs": 0,
+    "eval.image_size": 1,
+    "eval.resize_size": 1,
+    "eval.batch_size": 1,
+    "eval.knn_chunk_size": 1,
+}
+OPTIONAL_POSITIVE_INTS = ("model.depth", "model.embed_dim", "model.num_heads")
+FLOAT_MINIMUMS = {  # key: (minimum, strictly above it)
+    "loss.student_temp": (0.0, True),
+    "loss.teacher_temp": (0.0, True),
+    "loss.warmup_teacher_temp": (0.0, True),
+    "optim.base_lr": (0.0, True),
+    "optim.min_lr": (0.0, False),
+    "optim.weight_decay": (0.0, False),
+    "optim.weight_decay_end": (0.0, False),
+    "optim.clip_grad": (0.0, False),
+    "eval.knn_temperature": (0.0, True),
+}
+FRACTIONS = {  # key: whether 1 itself is excluded
+    "model.drop_path_rate": True,
+    "crops.flip_p": False,
+    "crops.color_jitter_p": False,
+    "crops.solarize_p": False,
+    "loss.center_momentum": False,
+    "optim.momentum_teacher": False,
+    "monitor.entropy_min_frac": False,
+    "monitor.entropy_max_frac": False,
+}
 
 
 @dataclass
@@ -31,6 +83,7 @@ class DataConfig:
     knn_val: str = ""  # labelled folder that k-NN is scored on
     num_workers: int = 0
     version: str = ""  # DVC md5 of the data set; recorded in checkpoints and lineage
+    revision: str = ""  # git commit of the data repository that records `version` ("" when unknown)
 
 
 @dataclass
@@ -100,6 +153,7 @@ class RunConfig:
     stop_after_epochs: int = 0  # stop early (schedules still span `epochs`); 0 = run all
     channels_last: bool = False
     compile: bool = False
+    allow_config_change: bool = False  # resume although optimisation settings differ from the checkpoint's
 
 
 @dataclass
@@ -130,12 +184,33 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
-        """Cross-field checks; raises ConfigError naming the keys."""
+        """Range and cross-field checks; raises ConfigError naming the key and what is allowed."""
         _choice("model.arch", self.model.arch, ARCHS)
         _choice("train.precision", self.train.precision, PRECISIONS)
+        _choice("train.device", self.train.device, DEVICES)
         _choice("optim.name", self.optim.name, OPTIMIZERS)
         _choice("model.pos_interpolation", self.model.pos_interpolation, POS_INTERPOLATIONS)
         _choice("model.global_pool", self.model.global_pool, GLOBAL_POOLS)
+        for key, minimum in INT_MINIMUMS.items():
+            _at_least(key, self.get(key), minimum)
+        for key in OPTIONAL_POSITIVE_INTS:
+            if self.get(key) is not None:
+                _at_least(key, self.get(key), 1)
+        for key, (minimum, strict) in FLOAT_MINIMUMS.items():
+            _above(key, self.get(key), minimum, strict=strict)
+        for key, upper_open in FRACTIONS.items():
+            _fraction(key, self.get(key), upper_open=upper_open)
+        if any(not isinstance(k, int) or k < 1 for k in self.eval.knn_k) or not self.eval.knn_k:
+            raise ConfigError(f"eval.knn_k={list(self.eval.knn_k)} must hold integers >= 1")
+        self._check_consistency()
+
+    def _check_consistency(self) -> None:
+        m = self.model
+        if m.embed_dim is not None and m.num_heads is not None and m.embed_dim % m.num_heads:
+            raise ConfigError(f"model.embed_dim={m.embed_dim} is not divisible by model.num_heads={m.num_heads}")
+        if self.monitor.entropy_min_frac > self.monitor.entropy_max_frac:
+            raise ConfigError(f"monitor.entropy_min_frac={self.monitor.entropy_min_frac} exceeds "
+                              f"monitor.entropy_max_frac={self.monitor.entropy_max_frac}")
         if self.crops.local_crops_number > 0 and self.crops.local_size > self.crops.global_size:
             raise ConfigError(
                 f"crops.local_size={self.crops.local_size} must not exceed "
@@ -144,9 +219,6 @@ class TrainConfig:
         blur_lo, blur_hi = _pair("crops.blur_radius", self.crops.blur_radius)
         if not 0 <= blur_lo <= blur_hi:
             raise ConfigError(f"crops.blur_radius={[blur_lo, blur_hi]} must satisfy 0 <= min <= max")
-        for key in ("flip_p", "color_jitter_p", "solarize_p"):
-            if not 0 <= getattr(self.crops, key) <= 1:
-                raise ConfigError(f"crops.{key}={getattr(self.crops, key)} must be a probability in [0, 1]")
         for key in ("global_scale", "local_scale"):
             lo, hi = _pair(f"crops.{key}", getattr(self.crops, key))
             if not 0 < lo <= hi <= 1:
@@ -156,16 +228,6 @@ class TrainConfig:
                 f"crops.global_size={self.crops.global_size} is not a multiple of "
                 f"model.patch_size={self.model.patch_size}"
             )
-        positive = {
-            "train.epochs": self.train.epochs,
-            "train.batch_size": self.train.batch_size,
-            "model.out_dim": self.model.out_dim,
-            "loss.teacher_temp": self.loss.teacher_temp,
-            "loss.student_temp": self.loss.student_temp,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key}={value} must be positive")
         if self.optim.warmup_epochs > self.train.epochs:
             raise ConfigError(
                 f"optim.warmup_epochs={self.optim.warmup_epochs} exceeds train.epochs={self.train.epochs}"
@@ -176,6 +238,11 @@ class TrainConfig:
                 f"exceeds train.epochs={self.train.epochs}"
             )
 
+    def get(self, key: str) -> Any:
+        """The value at a dotted key such as 'optim.base_lr'."""
+        section, name = key.split(".")
+        return getattr(getattr(self, section), name)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -185,10 +252,63 @@ def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
 
 
+def _at_least(key: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key}={value} must be an integer >= {minimum}")
+
+
+def _above(key: str, value: float, minimum: float, *, strict: bool) -> None:
+    ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        raise ConfigError(f"{key}={value} must be a finite number {'>' if strict else '>='} {minimum:g}")
+
+
+def _fraction(key: str, value: float, *, upper_open: bool) -> None:
+    if not (0 <= value < 1 if upper_open else 0 <= value <= 1):
+        raise ConfigError(f"{key}={value} must be in [0, 1{')' if upper_open else ']'}")
+
+
 def _pair(key: str, values: Sequence[float]) -> tuple[float, float]:
     if len(values) != 2:
         raise ConfigError(f"{key}={list(values)} must hold two numbers [min, max]")
     return float(values[0]), float(values[1])
+
+
+# Keys that may differ between a checkpoint and the run resuming it: where files go, how data is
+# read, how progress is logged and evaluated. Every other key shapes the optimisation itself.
+RESUME_MAY_CHANGE = (
+    "data.root", "data.knn_train", "data.knn_val", "data.num_workers", "data.revision",
+    "train.output_dir", "train.device", "train.log_every_steps", "train.saveckp_freq", "train.stop_after_epochs",
+    "train.channels_last", "train.compile", "train.allow_config_change",
+    "monitor.", "eval.",
+)
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_changes(saved: Mapping[str, Any], current: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{key: (checkpoint's value, current value)} for the settings a resumed run must keep.
+
+    `saved` is a checkpoint's `config` dict; keys it lacks (written by an older version) count as
+    their defaults.
+    """
+    old = {**flatten(TrainConfig().to_dict()), **flatten(saved)}
+    new = flatten(current.to_dict())
+    return {key: (old.get(key), value) for key, value in new.items()
+            if old.get(key) != value and not key.startswith(RESUME_MAY_CHANGE)}
+
+
+def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items()))
 
 
 def packaged_config(name: str) -> Path:
@@ -220,6 +340,11 @@ def load_config_text(yaml_text: str, overrides: Sequence[str] = ()) -> TrainConf
     from omegaconf import OmegaConf
 
     return _merge([yaml_text], overrides, OmegaConf)
+
+
+def pipeline_config(name: str, yaml_text: str = "", overrides: Sequence[str] = ()) -> TrainConfig:
+    """A pipeline run's config: `yaml_text` when given (pasted in the UI), else the packaged config `name`."""
+    return load_config_text(yaml_text, overrides) if yaml_text.strip() else load_config(name, overrides=overrides)
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

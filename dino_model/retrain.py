@@ -122,6 +122,8 @@ def deployed_data_version(url: str, model: str = "dino") -> str | None:
     from tritonclient.grpc import InferenceServerClient
     from tritonclient.utils import InferenceServerException
 
+    from dino_model.export.lineage import verified_lineage
+
     try:
         client = InferenceServerClient(url=url)
         if not client.is_model_ready(model, client_timeout=10):
@@ -130,4 +132,6 @@ def deployed_data_version(url: str, model: str = "dino") -> str | None:
     except InferenceServerException as exc:
         logger.warning("cannot read the serving model at %s (%s)", url, exc)
         return None
-    return params.get("data_version", {}).get("string_value") or None
+    strings = {k: v.get("string_value", "") for k, v in params.items()}
+    lineage = verified_lineage(strings)  # a file that merely claims a data version must not stop retraining
+    return (lineage or {}).get("data_version") or None

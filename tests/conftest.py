@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +75,18 @@ def tiny_cfg(tmp_path: Path, digits_root: Path):
             f"train.output_dir={tmp_path / 'run'}",
         ],
     )
+
+
+@pytest.fixture
+def run_cli() -> Iterator[Callable[[list[str]], int]]:
+    """dino_model.cli.main.main, with the root logger's handlers restored afterwards.
+
+    The CLI installs a handler on the stderr of the moment, which pytest's capture closes after the test.
+    """
+    from dino_model.cli.main import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield main
+    root.handlers[:] = handlers
+    root.setLevel(level)

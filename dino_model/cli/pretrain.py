@@ -12,6 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--output-dir", help="shortcut for train.output_dir=...")
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.pth")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although optimisation settings (lr, epochs, ...) differ from the checkpoint's "
+                        "(shortcut for train.allow_config_change=true)")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes on this node (torchrun; one per GPU, or gloo on CPU)")
     p.set_defaults(func=run)
@@ -19,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     extra = [f"train.output_dir={args.output_dir}"] if args.output_dir else []
+    if args.allow_config_change:
+        extra.append("train.allow_config_change=true")
     cfg = config_from_args(args, *extra)
     from dino_model.train.worker import launch_training
 

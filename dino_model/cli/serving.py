@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import threading
 
@@ -77,11 +76,17 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", help="model to load at start (repeatable; default: all)")
     p.add_argument("--tritonserver", help="tritonserver binary (default: the one in nvidia-pytriton)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    p.add_argument("--admin-key-file",
+                   help="file (mode 0600) holding the key that opens the repository API (model load/unload); "
+                        "default: $TRITON_ADMIN_KEY, else a fresh key written to <repository>.admin-key. "
+                        "A non-loopback --address needs one of the two")
 
 
 def _register_deploy(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("deploy", help="roll a new version out on a live Triton, keeping the old one on failure")
-    p.add_argument("--onnx", required=True, help="file written by `dino-mlops export`")
+    p.add_argument("--onnx", help="file written by `dino-mlops export` (its <stem>.export.json is the export record)")
+    p.add_argument("--recover", action="store_true",
+                   help="only finish a deploy that was killed (roll forward or back per its journal) and clean up")
     p.add_argument("--repository", required=True, help="the live server's model repository")
     p.add_argument("--url", default="localhost:8001", help="Triton gRPC host:port")
     p.add_argument("--model-name", default="dino")
@@ -91,6 +96,8 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admin-header", default="admin-key",
                    help="key name of the server's --grpc-restricted-protocol=model-repository:<name>=<key>")
     p.add_argument("--admin-key-env", default="TRITON_ADMIN_KEY", help="environment variable holding that key")
+    p.add_argument("--admin-key-file", help="file holding that key (default: <repository>.admin-key, written by "
+                                            "`dino-mlops serve`, else the variable of --admin-key-env)")
     _add_lineage_args(p)
     p.set_defaults(func=run_deploy)
 
@@ -111,8 +118,10 @@ def _register_infer(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_lineage_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-version", default="", help="DVC md5 of the training data (default: recorded one)")
-    p.add_argument("--metrics", action="append", default=[], help="metrics-JSON report(s) (repeatable)")
+    after_export = p.prog.split()[-1] != "export"
+    note = "; overrides the export record, so the lineage is served unverified" if after_export else ""
+    p.add_argument("--data-version", default="", help=f"DVC md5 of the training data (default: recorded one){note}")
+    p.add_argument("--metrics", action="append", default=[], help=f"metrics-JSON report(s) (repeatable){note}")
 
 
 def _lineage(args: argparse.Namespace) -> dict[str, str]:
@@ -153,17 +162,22 @@ def run_repo(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from dino_model.errors import ServingError
-    from dino_model.serving.server import TritonServer
+    from dino_model.export.triton_config import check_model_name
+    from dino_model.serving.server import ADMIN_KEY_ENV, TritonServer, key_from_env, read_admin_key
 
+    for name in args.model or ():
+        check_model_name(name)
+    key = read_admin_key(args.admin_key_file) if args.admin_key_file else key_from_env()
     server = TritonServer(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, address=args.address, models=args.model or ("*",),
-                          binary=args.tritonserver, startup_timeout_s=args.startup_timeout)
+                          binary=args.tritonserver, startup_timeout_s=args.startup_timeout, admin_key=key)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with server:
         print_result({"grpc": server.grpc_url, "http": server.http_url, "metrics": server.metrics_url,
-                      "repository": str(server.repository), "pid": server.process.pid})
+                      "repository": str(server.repository), "pid": server.process.pid,
+                      "admin_key_from": str(server.key_file or args.admin_key_file or f"${ADMIN_KEY_ENV}")})
         while not stop.wait(1.0):
             if not server.running:
                 raise ServingError(f"tritonserver exited with code {server.process.returncode}:\n"
@@ -173,24 +187,34 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    from dino_model.serving.deploy import deploy
+    from dino_model.errors import ConfigError
+    from dino_model.serving.deploy import deploy, recover
+    from dino_model.serving.server import admin_headers_for
 
-    key = os.environ.get(args.admin_key_env)
+    headers = admin_headers_for(args.repository, args.admin_key_file, env=args.admin_key_env, header=args.admin_header)
+    if args.recover:
+        if args.onnx:
+            raise ConfigError("--recover only finishes an interrupted deploy; run the deploy of --onnx afterwards "
+                              "(a deploy recovers by itself first)")
+        print_result(recover(args.repository, url=args.url, model_name=args.model_name,
+                             load_timeout_s=args.load_timeout, headers=headers))
+        return 0
+    if not args.onnx:
+        raise ConfigError("deploy needs --onnx FILE (or --recover to finish an interrupted deploy)")
     print_result(deploy(args.onnx, args.repository, url=args.url, model_name=args.model_name,
                         smoke_image_dir=args.smoke_images, tolerance=args.tolerance, lineage=_lineage(args),
-                        load_timeout_s=args.load_timeout, headers=_admin_headers(args.admin_header, key)))
-
-
-def _admin_headers(name: str, key: str | None) -> dict[str, str] | None:
-    """gRPC metadata for a restricted Triton API: the header name carries Triton's gRPC prefix."""
-    return {f"triton-grpc-protocol-{name}": key} if key else None
+                        load_timeout_s=args.load_timeout, headers=headers))
     return 0
 
 
 def run_infer(args: argparse.Namespace) -> int:
+    from dino_model.export.triton_config import check_model_name, check_version
     from dino_model.serving.client import EmbeddingClient
     from dino_model.serving.inference import embed_images, knn_predict, write_embeddings
 
+    check_model_name(args.model_name)
+    if args.model_version:
+        check_version(args.model_version)
     client = EmbeddingClient(args.url, args.model_name, model_version=args.model_version)
     result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency)
     if args.knn_index:

@@ -1,8 +1,10 @@
 """Image folders: class sub-folders when labels exist, flat when they do not.
 
 Unreadable or corrupt files are found when the folder is scanned, skipped, and counted in the log,
-so a bad file never stops a long run. Labels follow sorted class-folder names (torchvision's
-ImageFolder order); a flat folder has label -1 everywhere.
+so a bad file never stops a long run. That includes images PIL refuses to decode because their
+declared size makes them decompression bombs (a 48 KB PNG can declare 20000 x 20000 pixels), and
+files that vanish between the scan and their first read. Labels follow sorted class-folder names
+(torchvision's ImageFolder order); a flat folder has label -1 everywhere.
 """
 
 from __future__ import annotations
@@ -23,10 +25,23 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
+# What PIL raises for a file that is not a decodable image of a sane size; OSError covers missing
+# files and truncated data. Anything else is a bug and keeps its traceback.
+UNREADABLE_ERRORS: tuple[type[Exception], ...] = (
+    UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
+
+
 @dataclass(frozen=True)
 class Sample:
     path: Path
     label: int
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[tuple[Path, str]]  # (file, why it cannot be read)
 
 
 class ImageFolderDataset(Dataset):
@@ -35,10 +50,15 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str | Path, transform: Callable[[Image.Image], Any] | None = None) -> None:
         self.root = Path(root)
         self.transform = transform
-        self.classes, self.samples, self.n_skipped = scan_image_folder(self.root)
+        scan = scan_folder(self.root)
+        self.classes, self.samples, self.skipped = scan.classes, scan.samples, scan.skipped
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
 
     @property
     def labels(self) -> list[int]:
@@ -57,8 +77,23 @@ def load_rgb(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
+def unreadable_reason(exc: BaseException) -> str:
+    """Why an image file cannot be used, in words, for logs and skip lists."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"image too large to decode safely ({exc})"
+    if isinstance(exc, FileNotFoundError):
+        return "file no longer exists"
+    return f"not a readable image: {exc}"
+
+
 def scan_image_folder(root: Path) -> tuple[list[str], list[Sample], int]:
     """(class names, readable samples, number of skipped files) for an image folder."""
+    scan = scan_folder(root)
+    return scan.classes, scan.samples, len(scan.skipped)
+
+
+def scan_folder(root: Path) -> FolderScan:
+    """The folder's classes, its readable samples, and each skipped file with the reason."""
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -69,9 +104,10 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[Sample], int]:
         candidates = [(p, -1) for p in _image_files(root)]
     samples, bad = [], []
     for path, label in candidates:
-        (samples.append(Sample(path, label)) if _readable(path) else bad.append(path))
+        reason = _unreadable(path)
+        (bad.append((path, reason)) if reason else samples.append(Sample(path, label)))
     if bad:
-        shown = ", ".join(str(p) for p in bad[:5])
+        shown = ", ".join(f"{p} ({why})" for p, why in bad[:5])
         logger.warning("skipped %d unreadable image(s) in %s: %s%s", len(bad), root, shown,
                        " ..." if len(bad) > 5 else "")
     if not samples:
@@ -79,19 +115,20 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[Sample], int]:
             f"{root} holds no readable image ({len(bad)} file(s) skipped as unreadable; "
             f"looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return classes, samples, len(bad)
+    return FolderScan(classes, samples, bad)
 
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _readable(path: Path) -> bool:
+def _unreadable(path: Path) -> str | None:
+    """None when the whole file decodes; else why it does not."""
     try:
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return False
-    return True
+    except UNREADABLE_ERRORS as exc:
+        return unreadable_reason(exc)
+    return None

@@ -4,23 +4,34 @@ Each image's crops are drawn from generators seeded by its index, and the shuffl
 so the same image gets the same crops whichever process or worker loads it. That is what makes
 N processes with batch B equal one process with batch N*B, and a resumed run equal an
 uninterrupted one.
+
+A file that cannot be read any more (deleted, replaced or truncated under a running job) is
+skipped: the item is built from the next readable image instead, with the original index's seed,
+so batch shapes, step counts and the schedules stay as planned. Each item reports how many files
+it skipped, and the training loop sums them into the epoch's metrics.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.datasets import UNREADABLE_ERRORS, ImageFolderDataset, unreadable_reason
 from dino_model.data.transforms import MultiCropTransform
-from dino_model.errors import DataError
+from dino_model.errors import DataError, DinoError
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_UNREADABLE = 64  # more in a row means the data set itself is gone, not a few files
 
 
 class SeededMultiCropDataset(Dataset):
-    """Wraps an image folder; item = ([crop tensors], label), reproducible per (seed, epoch, index)."""
+    """Wraps an image folder; item = ([crop tensors], label, files skipped), reproducible per (seed, epoch, index)."""
 
     def __init__(self, images: ImageFolderDataset, transform: MultiCropTransform, seed: int) -> None:
         self.images, self.transform, self.seed = images, transform, seed
@@ -32,8 +43,8 @@ class SeededMultiCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
-        image, label = self.images[index]
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int, int]:
+        image, label, skipped = self._readable_item(index)
         item_seed = hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF
         py_state = random.getstate()
         try:
@@ -43,7 +54,23 @@ class SeededMultiCropDataset(Dataset):
                 crops = self.transform(image)
         finally:
             random.setstate(py_state)
-        return crops, label
+        return crops, label, skipped
+
+    def _readable_item(self, index: int) -> tuple[Any, int, int]:
+        """(image, label, files skipped): the image at `index`, else the next one that still reads."""
+        n = len(self.images)
+        for skipped in range(min(n, MAX_CONSECUTIVE_UNREADABLE)):
+            candidate = (index + skipped) % n
+            try:
+                image, label = self.images[candidate]
+            except UNREADABLE_ERRORS as exc:
+                logger.warning("skipped %s: %s", self.images.samples[candidate].path, unreadable_reason(exc))
+                continue
+            return image, label, skipped
+        raise DataError(
+            f"{min(n, MAX_CONSECUTIVE_UNREADABLE)} images in a row under {self.images.root} cannot be read any "
+            f"more (first: {self.images.samples[index].path}); was the data set removed during training?"
+        )
 
 
 def build_train_loader(
@@ -73,6 +100,19 @@ def build_train_loader(
         persistent_workers=False,
     )
     return loader, sampler
+
+
+def batches(loader: DataLoader) -> Iterator[Any]:
+    """Iterate a loader; a DinoError raised in a worker process comes back as its own one-line message."""
+    try:
+        yield from loader
+    except DinoError as exc:
+        message = str(exc)
+        if "Original Traceback" not in message:
+            raise
+        prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        last = [line for line in message.splitlines() if line.startswith(prefix)][-1:]
+        raise type(exc)(last[0].removeprefix(prefix) if last else message) from None
 
 
 def set_epoch(loader_parts: tuple[Any, ...], epoch: int) -> None:

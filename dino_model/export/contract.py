@@ -3,8 +3,8 @@
 One record travels with the model everywhere it goes: in the ONNX file's `metadata_props`, in the
 Triton `config.pbtxt` parameters, and back to clients, which preprocess images from it exactly as
 the evaluation does (resize, centre crop, ImageNet normalisation; Caron et al., ICCV 2021, App.).
-Lineage (data version, code revision, evaluation metrics as JSON, checkpoint, file hash) rides along
-under its own fixed keys.
+Lineage (data version, code revision, evaluation metrics as JSON, checkpoint, file hash, and which
+export record vouched for it: dino_model/export/lineage.py) rides along under its own fixed keys.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ INPUT_NAME = "images"
 EMBEDDING = "embedding"
 PATCH_TOKENS = "patch_tokens"
 PREFIX = "dino."
-# lineage keys, unprefixed in ONNX metadata and Triton parameters (dino_model/serving/gate.py reads "metrics")
-LINEAGE_KEYS = ("data_version", "code_revision", "metrics", "checkpoint", "onnx_sha256")
+# lineage keys, unprefixed in ONNX metadata and Triton parameters (dino_model/serving/gate.py reads "metrics"
+# when "lineage_verified" names the export record that vouched for it)
+LINEAGE_KEYS = ("data_version", "data_revision", "code_revision", "metrics", "checkpoint", "onnx_sha256",
+                "lineage_verified")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 The report uses the shared metrics-JSON envelope (dino_model/eval/report.py), so pipelines read the
 parity numbers the same way they read evaluation scores. A file that fails its parity check is
-removed, so nothing downstream can pick it up.
+removed, so nothing downstream can pick it up. The report is also the export record of each file
+(`details.files.<precision>.sha256` and `details.lineage`): serving checks a file against it before
+it serves the file's lineage as verified (dino_model/export/lineage.py).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
         files[precision] = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
     metrics = {f"parity_max_abs_diff_{p}": r["worst"] for p, r in parity.items()}
     details = {"files": files, "parity": parity, "opset": opts.opset, "parity_images": str(image_dir),
-               "contract": contract.to_properties()}
+               "contract": contract.to_properties(), "lineage": dict(contract.lineage)}
     report = build_report("export", checkpoint, metrics, details)
     report_path = write_report(report, output.with_suffix(".export.json"))
     return report | {"report_path": str(report_path)}
@@ -93,7 +95,9 @@ def build_contract(backbone, model_cfg, train_cfg: TrainConfig | None, opts: Exp
     if patch and size % patch:
         raise ExportError(f"image size {size} is not a multiple of the patch size {patch}")
     reports = opts.metrics_reports or default_metric_reports(checkpoint)
-    lineage = build_lineage(data_version=data_version, metrics=read_metrics(reports), checkpoint=checkpoint)
+    revision = train_cfg.data.revision if train_cfg is not None and train_cfg.data.version == data_version else ""
+    lineage = build_lineage(data_version=data_version, data_revision=revision, metrics=read_metrics(reports),
+                            checkpoint=checkpoint)
     return ModelContract(
         image_size=size, resize_size=resize, embed_dim=int(backbone.num_features),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, num_patches=(size // patch) ** 2 if opts.patch_tokens else 0,

@@ -5,6 +5,26 @@ served model answers "where did you come from" without access to the training ru
 the data (stored in every checkpoint), the code revision (`git rev-parse HEAD`, or
 DINO_CODE_REVISION in images built without .git), and the metrics of the evaluation reports
 (the `metrics` map of the shared metrics-JSON envelope, dino_model/eval/report.py).
+
+Metadata inside a file is whatever the file says, and the quality gate takes the served model's
+`metrics` as the bar a new model must reach, so lineage is only served as *verified* when it is
+bound to the exact model bytes by a record the pipeline itself wrote at export: the sha256 of each
+exported file and its lineage (`LineageRecord`). `dino-mlops export` writes that record into its
+report beside the file (`<stem>.export.json`); the pipeline's export step also puts it into the
+output artifact's metadata, which KFP keeps in its metadata store rather than in the artifact bucket
+where the file lives, and its deploy step checks the file against that copy. Every path that writes
+lineage into a Triton config (`triton-repo`, `deploy`, the pipeline's release) checks the file:
+
+- a record whose sha256 differs from the file's: refused, naming the file (edited after export);
+- no record (a file from elsewhere), or lineage overridden on the command line: served, but the
+  lineage carries no `lineage_verified` mark, and the gate does not read a bar from it;
+- a matching record: served with `lineage_verified` naming the record.
+
+Why a digest rather than a signature: a signature needs a key held by both export and deploy, and in
+the pipeline the record already lives where the artifact's writer cannot reach (KFP's metadata
+store), so the digest carries the same guarantee without a key to rotate. What this does not cover:
+someone able to rewrite both the file and the report beside it when `dino-mlops deploy` is run by
+hand; keep those folders writable only by the export.
 """
 
 from __future__ import annotations
@@ -14,7 +34,8 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dino_model.errors import ExportError
@@ -22,6 +43,93 @@ from dino_model.errors import ExportError
 logger = logging.getLogger(__name__)
 
 REVISION_ENV = "DINO_CODE_REVISION"
+VERIFIED_KEY = "lineage_verified"  # config parameter: the record that vouched for the lineage ("" = none)
+# what export binds to the bytes
+RECORDED_KEYS = ("data_version", "data_revision", "code_revision", "metrics", "checkpoint")
+
+
+@dataclass(frozen=True)
+class LineageRecord:
+    """What the export recorded about one file: its sha256, its lineage, and where the record is kept."""
+
+    sha256: str
+    lineage: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    def to_metadata(self) -> dict[str, object]:
+        """The record as KFP artifact metadata (kept in the pipeline's metadata store)."""
+        return {"sha256": self.sha256, "lineage": dict(self.lineage)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, object], *, source: str) -> LineageRecord | None:
+        """The record in an artifact's metadata, or None when the artifact carries none."""
+        sha256 = metadata.get("sha256")
+        lineage = metadata.get("lineage")
+        if not isinstance(sha256, str) or not sha256:
+            return None
+        lineage = {str(k): str(v) for k, v in lineage.items()} if isinstance(lineage, Mapping) else {}
+        return cls(sha256=sha256, lineage=lineage, source=source)
+
+
+def verified_lineage(params: Mapping[str, str]) -> dict[str, str] | None:
+    """The lineage in a served config's string parameters when serving verified it, else None.
+
+    What the quality gate and anything else that acts on a served model's lineage should read.
+    """
+    if not params.get(VERIFIED_KEY):
+        return None
+    return {k: params[k] for k in (*RECORDED_KEYS, "onnx_sha256", VERIFIED_KEY) if k in params}
+
+
+def report_path(onnx_path: str | Path) -> Path:
+    """Where `dino-mlops export` writes the report of a file: `<stem>.export.json` (also for `<stem>.fp16.onnx`)."""
+    path = Path(onnx_path)
+    stem = path.name.removesuffix(".onnx").removesuffix(".fp16")
+    return path.with_name(f"{stem}.export.json")
+
+
+def find_record(onnx_path: str | Path) -> LineageRecord | None:
+    """The export record of a file from the export report beside it, or None when there is none.
+
+    Raises:
+        ExportError: the report exists but cannot be read.
+    """
+    path, report = Path(onnx_path), report_path(onnx_path)
+    if not report.is_file():
+        return None
+    try:
+        details = json.loads(report.read_text()).get("details", {})
+        files = details.get("files", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ExportError(f"cannot read the export record {report} of {path}: {exc}") from exc
+    entry = next((f for f in files.values() if isinstance(f, dict) and Path(str(f.get("path", ""))).name == path.name),
+                 None)
+    if entry is None or not entry.get("sha256"):
+        return None
+    lineage = details.get("lineage")
+    if not isinstance(lineage, dict):  # reports written before the record had its own key
+        contract = details.get("contract", {})
+        lineage = {k: contract[k] for k in RECORDED_KEYS if k in contract}
+    return LineageRecord(sha256=str(entry["sha256"]), lineage={str(k): str(v) for k, v in lineage.items()},
+                         source=str(report))
+
+
+def verify_record(onnx_path: str | Path, record: LineageRecord, lineage: Mapping[str, str], *,
+                  sha256: str | None = None) -> None:
+    """ExportError unless the file's bytes and its recorded lineage are what the export wrote.
+
+    `lineage` is what the file's metadata says; the record must agree on every key it holds.
+    `sha256` is the file's digest when the caller has it already.
+    """
+    actual = sha256 or file_sha256(onnx_path)
+    if actual != record.sha256:
+        raise ExportError(f"{onnx_path} does not match its export record {record.source} (sha256 {actual[:16]}... "
+                          f"!= recorded {record.sha256[:16]}...): the file changed after export, so its lineage "
+                          "cannot be trusted; re-export it with `dino-mlops export`")
+    differ = sorted(k for k in RECORDED_KEYS if k in record.lineage and record.lineage[k] != lineage.get(k, ""))
+    if differ:
+        raise ExportError(f"{onnx_path} and its export record {record.source} disagree on {', '.join(differ)}; "
+                          "re-export it with `dino-mlops export`")
 
 
 def code_revision() -> str:
@@ -59,11 +167,13 @@ def default_metric_reports(checkpoint: str | Path) -> list[Path]:
 
 
 def build_lineage(
-    *, data_version: str = "", metrics: dict[str, float] | None = None, checkpoint: str | Path = ""
+    *, data_version: str = "", data_revision: str = "", metrics: dict[str, float] | None = None,
+    checkpoint: str | Path = ""
 ) -> dict[str, str]:
     """String-valued lineage record; metrics as one JSON object."""
     lineage = {
         "data_version": data_version,
+        "data_revision": data_revision,
         "code_revision": code_revision(),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
         "checkpoint": str(checkpoint),

@@ -3,7 +3,10 @@
 Each version folder holds the self-contained `model.onnx` (and, for the `cpu` flavour, the Python
 backend's `model.py`). Folders are written under a hidden name and renamed into place, so a server
 never sees half a version (Triton ignores names that are not positive integers; MLOPS_REFERENCE
-§2.1). The config's parameters carry the contract and the lineage of the model being written.
+§2.1). The config's parameters carry the contract and the lineage of the model being written; the
+lineage is marked verified only when the file matches its export record (dino_model/export/lineage.py),
+and a file that contradicts its record is refused. Model names and versions are checked before any
+path is built from them (triton_config.check_model_name / check_version).
 """
 
 from __future__ import annotations
@@ -12,14 +15,22 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from dino_model.errors import ConfigError
 from dino_model.export.contract import ModelContract
-from dino_model.export.lineage import file_sha256
+from dino_model.export.lineage import VERIFIED_KEY, LineageRecord, file_sha256, find_record, verify_record
 from dino_model.export.onnx import read_contract
-from dino_model.export.triton_config import RepositoryOptions, build_model_config, config_to_text, parse_config_text
+from dino_model.export.triton_config import (
+    RepositoryOptions,
+    build_model_config,
+    check_model_name,
+    check_version,
+    config_to_text,
+    parse_config_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +54,7 @@ def next_version(model_dir: str | Path) -> int:
 def write_version(onnx_path: str | Path, model_dir: str | Path, version: int, *, flavour: str) -> Path:
     """Copy the model files into `<model_dir>/<version>/`, atomically; refuses to overwrite."""
     model_dir, onnx_path = Path(model_dir), Path(onnx_path)
-    target = model_dir / str(version)
-    if version < 1:
-        raise ConfigError(f"version {version} must be a positive integer")
+    target = model_dir / str(check_version(version))
     if target.exists():
         raise ConfigError(f"{target} already exists; versions are immutable, so omit --version to add "
                           f"version {next_version(model_dir)}")
@@ -82,13 +91,36 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     return parse_config_text(path.read_text(), source=str(path))
 
 
-def served_contract(onnx_path: str | Path, **lineage: str) -> ModelContract:
-    """The ONNX file's contract with lineage overrides and the file's sha256 added."""
-    return read_contract(onnx_path).with_lineage(**lineage, onnx_sha256=file_sha256(onnx_path))
+def served_contract(onnx_path: str | Path, *, record: LineageRecord | None = None, **lineage: str) -> ModelContract:
+    """The ONNX file's contract with lineage overrides and the file's sha256 added.
+
+    The lineage is marked verified (`lineage_verified` names the record) only when the file matches
+    `record` (default: the export report beside the file) and no override changes it; whatever the
+    file's own metadata says about verification is dropped.
+
+    Raises:
+        ExportError: the file is not a readable export, or it contradicts its export record.
+    """
+    contract, digest = read_contract(onnx_path), file_sha256(onnx_path)
+    record = record if record is not None else find_record(onnx_path)
+    if record is not None:
+        verify_record(onnx_path, record, contract.lineage, sha256=digest)
+    overridden = sorted(k for k, v in lineage.items() if v and v != contract.lineage.get(k, ""))
+    verified = record.source if record is not None and not overridden else ""
+    if record is None:
+        logger.warning("%s has no export record: its lineage is served unverified, and the quality gate will not "
+                       "compare against it", onnx_path)
+    elif overridden:
+        logger.warning("lineage %s of %s overridden by hand: served unverified, and the quality gate will not "
+                       "compare against it", ", ".join(overridden), onnx_path)
+    contract = contract.with_lineage(**lineage, onnx_sha256=digest)
+    kept = {k: v for k, v in contract.lineage.items() if k != VERIFIED_KEY}
+    return replace(contract, lineage=kept | ({VERIFIED_KEY: verified} if verified else {}))
 
 
 def write_model_repository(onnx_path: str | Path, repository: str | Path, opts: RepositoryOptions, *,
-                           version: int | None = None, lineage: dict[str, str] | None = None) -> dict[str, Any]:
+                           version: int | None = None, lineage: dict[str, str] | None = None,
+                           record: LineageRecord | None = None) -> dict[str, Any]:
     """Add a version of the exported model to a repository and (re)write its config.pbtxt.
 
     Args:
@@ -96,21 +128,30 @@ def write_model_repository(onnx_path: str | Path, repository: str | Path, opts: 
         repository: the model repository root; created when missing.
         opts: flavour, batching, instances, accelerator, warm-up and version policy.
         version: the version folder to write (default: one above the highest present).
-        lineage: overrides of the recorded lineage (data_version, code_revision, metrics JSON).
+        lineage: overrides of the recorded lineage (data_version, code_revision, metrics JSON); an
+            override that changes it leaves the served lineage unverified.
+        record: the file's export record (default: the export report beside it).
 
     Returns:
-        {"repository", "model", "version", "flavour", "config"} with paths as strings.
+        {"repository", "model", "version", "flavour", "config", "version_dir", "lineage_verified"}.
+
+    Raises:
+        ConfigError: a bad model name, version or option. ExportError: the file contradicts its record.
     """
     onnx_path = Path(onnx_path)
-    contract = served_contract(onnx_path, **(lineage or {}))
+    opts.validate()
+    if version is not None:
+        version = check_version(version)
+    contract = served_contract(onnx_path, record=record, **(lineage or {}))
     if opts.flavour == "gpu" and contract.precision == "fp16":
         logger.info("%s computes in fp16 inside; inputs and outputs stay FP32", onnx_path)
     config = build_model_config(contract, opts)
-    model_dir = Path(repository) / opts.model_name
+    model_dir = Path(repository) / check_model_name(opts.model_name)
     version = version or next_version(model_dir)
     version_dir = write_version(onnx_path, model_dir, version, flavour=opts.flavour)
     config_path = write_config(model_dir, config)
     logger.info("wrote %s version %d (%s flavour) under %s", opts.model_name, version, opts.flavour, repository)
     return {"repository": str(repository), "model": opts.model_name, "version": version, "flavour": opts.flavour,
-            "config": str(config_path), "version_dir": str(version_dir)}
+            "config": str(config_path), "version_dir": str(version_dir),
+            "lineage_verified": contract.lineage.get(VERIFIED_KEY, "")}
 

@@ -8,10 +8,15 @@ runs the same ONNX file with onnxruntime (python_backend/model.py). Both take `i
 [-1, 3, S, S] and answer `embedding` FP32 [-1, D]. Configurations are built as dicts and validated
 against Triton's own `model_config.proto` (shipped in tritonclient) before they are written, so a
 misspelt field fails here rather than at load time (MLOPS_REFERENCE §2.2).
+
+A model name becomes a folder of the repository and a version a folder below it, so both are checked
+wherever they enter (`check_model_name`, `check_version`): a name such as `../x` or `/etc` would
+otherwise send a deploy's writes and deletions outside the repository.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +24,40 @@ from dino_model.errors import ConfigError
 from dino_model.export.contract import INPUT_NAME, ModelContract
 
 FLAVOURS = ("gpu", "cpu")
+CANDIDATE_SUFFIX = "_candidate"  # `dino-mlops deploy` tests a new file as the model `<name>_candidate`
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_VERSION = 2**31 - 1  # room for counters and epoch-second stamps; far below Triton's int64
+
+
+def check_model_name(name: object) -> str:
+    """`name` when it is a safe repository folder name; ConfigError naming the problem otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"model name {name!r} is empty; give a name such as dino")
+    if not MODEL_NAME.fullmatch(name):
+        raise ConfigError(f"model name {_shown(name)} is not allowed: use 1 to 64 letters, digits, '_', '-' or '.', "
+                          "starting with a letter or digit (it becomes a folder of the model repository)")
+    if name.endswith(CANDIDATE_SUFFIX):
+        raise ConfigError(f"model name {name!r} ends in {CANDIDATE_SUFFIX!r}, which `dino-mlops deploy` reserves "
+                          "for the copy of a model it tests; choose another name")
+    return name
+
+
+def check_version(version: object) -> int:
+    """`version` as an int when it is a whole number in 1..MAX_VERSION; ConfigError otherwise."""
+    text = str(version).strip()
+    if isinstance(version, bool) or not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ConfigError(f"model version {_shown(version)} is not a whole number; versions are 1, 2, 3, ...")
+    value = int(text) if len(text) <= 20 else MAX_VERSION + 1  # never int() a pasted blob of digits
+    if not 1 <= value <= MAX_VERSION:
+        raise ConfigError(f"model version {_shown(text)} is out of range: versions are whole numbers from 1 to "
+                          f"{MAX_VERSION}")
+    return value
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """repr of a value for a one-line message, cut when long."""
+    text = repr(value) if not isinstance(value, str) or not value.lstrip("+-").isdigit() else value
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass
@@ -39,6 +78,7 @@ class RepositoryOptions:
     intra_op_threads: int = 0  # cpu only: onnxruntime threads per instance; 0 = onnxruntime's default
 
     def validate(self) -> None:
+        check_model_name(self.model_name)
         if self.flavour not in FLAVOURS:
             raise ConfigError(f"flavour {self.flavour!r} is not one of {', '.join(FLAVOURS)}")
         if self.max_batch_size < 1:

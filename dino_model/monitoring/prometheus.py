@@ -102,10 +102,15 @@ def run_prometheus(config: str | Path, *, port: int, storage_dir: str | Path | N
 
 @contextlib.contextmanager
 def run_pushgateway(*, port: int, log_dir: str | Path | None = None, ready_timeout_s: float = 30.0) -> Iterator[str]:
-    """Run Debian's `prometheus-pushgateway` on 127.0.0.1:port (in memory); yields its base URL."""
+    """Run Debian's `prometheus-pushgateway` on 127.0.0.1:port (in memory); yields its base URL.
+
+    Debian's build persists to /var/lib/prometheus/pushgateway.data by default, which every gateway on
+    the machine would then share (and reload): persistence is switched off explicitly.
+    """
     with contextlib.ExitStack() as stack:
         logs = log_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="dino-pushgateway-"))
-        args = [find_binary(PUSHGATEWAY_BINARY), f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+        args = [find_binary(PUSHGATEWAY_BINARY), f"--web.listen-address=127.0.0.1:{port}", "--persistence.file=",
+                "--log.level=warn"]
         yield stack.enter_context(_server(args, port=port, log=Path(logs) / "pushgateway.log",
                                           ready_timeout_s=ready_timeout_s))
 

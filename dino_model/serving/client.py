@@ -1,9 +1,13 @@
 """gRPC client of the served embedding model, with the contract read from the server and typed errors.
 
-Requests are checked against the served contract before they leave (dtype, shape), so a caller's
-mistake is named locally; whatever the server still rejects comes back as a ServingError quoting
-Triton's message, and the server stays up. One tritonclient connection per thread, since batches
-are sent concurrently (MLOPS_REFERENCE §2.8: gRPC urls are host:port, without a scheme).
+Requests are checked against the served contract before they leave (dtype, shape, finite values),
+so a caller's mistake is named locally; whatever the server still rejects comes back as a ServingError
+quoting Triton's message, and the server stays up. Answers holding NaN or infinite values are refused
+too: a model fed pixels far out of range, or a broken model, produces them, and servers that do not
+check (Triton's onnxruntime backend) return them without an error. The admin key (`headers`) travels
+only with calls to Triton's restricted APIs (repository, shared memory, trace, logging), never with
+inference. One tritonclient connection per thread, since batches are sent concurrently
+(MLOPS_REFERENCE §2.8: gRPC urls are host:port, without a scheme).
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from dino_model.export.triton_config import config_parameters
 
 logger = logging.getLogger(__name__)
 
+# tritonclient.grpc methods in the API groups servers restrict to the admin key (server.RESTRICTED_APIS)
+RESTRICTED_CALLS = frozenset({
+    "get_model_repository_index", "load_model", "unload_model",
+    "get_system_shared_memory_status", "register_system_shared_memory", "unregister_system_shared_memory",
+    "get_cuda_shared_memory_status", "register_cuda_shared_memory", "unregister_cuda_shared_memory",
+    "get_trace_settings", "update_trace_settings", "get_log_settings", "update_log_settings",
+})
+
 
 @dataclass(frozen=True)
 class ServedModel:
@@ -40,9 +52,10 @@ class EmbeddingClient:
         model_name: the model to query.
         model_version: "" lets Triton pick its latest ready version (what clients should normally do).
         timeout_s: per-request deadline.
-        headers: gRPC metadata sent with every call, e.g. {"triton-grpc-protocol-admin-key": key} for a
-            server started with --grpc-restricted-protocol=model-repository:admin-key=<key> (Triton
-            expects gRPC header names with the `triton-grpc-protocol-` prefix).
+        headers: gRPC metadata sent with calls to the restricted APIs (RESTRICTED_CALLS) made through
+            `call`, e.g. {"triton-grpc-protocol-admin-key": key} for a server started with
+            --grpc-restricted-protocol=model-repository:admin-key=<key> (Triton expects gRPC header
+            names with the `triton-grpc-protocol-` prefix); server.admin_headers(key) builds it.
     """
 
     def __init__(self, url: str = "localhost:8001", model_name: str = "dino", *, model_version: str = "",
@@ -63,18 +76,22 @@ class EmbeddingClient:
         return self._local.client
 
     def call(self, what: str, fn, *args, **kwargs):
-        """Run a tritonclient call (with this client's headers); errors become ServingErrors saying what and where."""
+        """Run a tritonclient call; errors become ServingErrors saying what and where.
+
+        This client's headers go with the calls in RESTRICTED_CALLS only.
+        """
         from tritonclient.utils import InferenceServerException
 
-        if self.headers:
+        if self.headers and getattr(fn, "__name__", "") in RESTRICTED_CALLS:
             kwargs.setdefault("headers", self.headers)
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
             status, message = str(exc.status() or ""), str(exc.message())
             if "restricted" in message:
-                raise ServingError(f"{what} was refused by Triton at {self.url}: {message} (send the key: "
-                                   f"`dino-mlops deploy` reads it from $TRITON_ADMIN_KEY)") from None
+                raise ServingError(f"{what} was refused by Triton at {self.url}: {message} (send the admin key: "
+                                   "`dino-mlops deploy` reads it from --admin-key-file, $TRITON_ADMIN_KEY or "
+                                   "<repository>.admin-key)") from None
             if "UNAVAILABLE" in status:
                 raise ServingError(f"cannot reach Triton at {self.url} over gRPC ({exc.message()}); start it with "
                                    "`dino-mlops serve` or pass the right --url host:port") from None
@@ -93,7 +110,7 @@ class EmbeddingClient:
         return ServedModel(self.model_name, int(config.get("max_batch_size", 0)), contract, config)
 
     def check_images(self, images: np.ndarray) -> None:
-        """ServingError unless `images` is FP32 (B, 3, S, S) with 1 <= B <= max_batch_size."""
+        """ServingError unless `images` is finite FP32 (B, 3, S, S) with 1 <= B <= max_batch_size."""
         served = self.served
         shape = served.contract.input_shape
         if not isinstance(images, np.ndarray) or images.dtype != np.float32:
@@ -106,6 +123,10 @@ class EmbeddingClient:
         if not 1 <= len(images) <= served.max_batch_size:
             raise ServingError(f"batch of {len(images)} images; model {self.model_name!r} takes 1 to "
                                f"{served.max_batch_size} per request")
+        bad = int(np.count_nonzero(~np.isfinite(images)))
+        if bad:
+            raise ServingError(f"images hold {bad} NaN or infinite values; model {self.model_name!r} takes finite, "
+                               "normalised pixels")
 
     def infer(self, images: np.ndarray, *, outputs: Sequence[str] = (EMBEDDING,), model_version: str | None = None
               ) -> dict[str, np.ndarray]:
@@ -119,7 +140,10 @@ class EmbeddingClient:
         version = self.model_version if model_version is None else model_version
         result = self.call(f"inference on model {self.model_name!r}", self.raw.infer, self.model_name, [request],
                            model_version=version, outputs=wanted, client_timeout=self.timeout_s)
-        return {name: result.as_numpy(name) for name in outputs}
+        answers = {name: result.as_numpy(name) for name in outputs}
+        for name, array in answers.items():
+            check_finite(array, f"{name!r} of model {self.model_name!r} at {self.url}", images)
+        return answers
 
     def embed(self, images: np.ndarray, *, batch_size: int = 32, concurrency: int = 4) -> np.ndarray:
         """Embeddings (N, D) of N preprocessed images, sent as concurrent batches."""
@@ -128,3 +152,12 @@ class EmbeddingClient:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             parts = list(pool.map(lambda chunk: self.infer(chunk)[EMBEDDING], chunks))
         return np.concatenate(parts) if parts else np.zeros((0, self.served.contract.embed_dim), np.float32)
+
+
+def check_finite(array: np.ndarray, what: str, images: np.ndarray) -> None:
+    """ServingError when a model's answer holds NaN or infinite values (never passed on as embeddings)."""
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise ServingError(f"{what} answered {bad} non-finite values (NaN/Inf) for a batch of {len(images)} "
+                           f"images with |pixel| up to {float(np.abs(images).max()):.3g}: inputs out of the "
+                           "range the model handles, or a broken model")

@@ -16,6 +16,23 @@ ever becomes ready under the served name. The rollout therefore runs in two stag
 While the new version is being added, config.pbtxt on disk pins the versions being served, so a
 server restart in the middle cannot pick up an untested folder. tests/dino_model/serving proves the
 switch under concurrent clients with zero failed requests.
+
+Crash safety. A deploy that is stopped (an error, Ctrl-C, SIGTERM) rolls back before it exits. One
+that is killed outright cannot, so before promotion touches the served model it writes a journal,
+`<model>/.deploy-journal.json` (atomically: a temporary file renamed over the old one), holding the
+new version, the versions that served, the previous config.pbtxt and the final one, and the phase:
+`promoting` until N+1 has passed its pinned smoke test inside the served model, then `promoted`.
+The next deploy, or `dino-mlops deploy --recover`, takes the same lock and finishes the job:
+
+- phase `promoted` (N+1 passed every check; only retiring N was left) and N+1's folder still holds
+  the file that passed: roll forward, i.e. write the final config and load it, so N+1 alone serves;
+- any other phase: roll back to the versions that served before, exactly as a stopped deploy does.
+
+Either way the candidate model, half-written version folders and temporary config files are removed
+and the journal is deleted last, so a recovery that is itself killed is simply run again. Every step
+is a reload of a model that keeps serving, so clients see no failed request (tests/dino_model/serving/
+test_deploy_recovery.py kills real deploys at each named point below and recovers under load).
+`DINO_DEPLOY_PAUSE_AT=<point>` makes a deploy stop at one of `PAUSE_POINTS`, for exactly that test.
 """
 
 from __future__ import annotations
@@ -26,8 +43,10 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,43 +54,103 @@ import numpy as np
 
 from dino_model.errors import ConfigError, ServingError
 from dino_model.export.contract import LINEAGE_KEYS, PREFIX, ModelContract
-from dino_model.export.triton import read_config, served_contract, version_folders, write_config, write_version
-from dino_model.export.triton_config import config_parameters, flavour_of
+from dino_model.export.lineage import LineageRecord, file_sha256
+from dino_model.export.triton import (
+    CONFIG_FILE,
+    ONNX_FILE,
+    read_config,
+    served_contract,
+    version_folders,
+    write_config,
+    write_version,
+)
+from dino_model.export.triton_config import CANDIDATE_SUFFIX, check_model_name, config_parameters, flavour_of
 from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.server import admin_headers_for
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
 
 logger = logging.getLogger(__name__)
 
-CANDIDATE_SUFFIX = "_candidate"
+JOURNAL_FILE = ".deploy-journal.json"
+PAUSE_ENV = "DINO_DEPLOY_PAUSE_AT"
+# where DINO_DEPLOY_PAUSE_AT can stop a deploy, in the order a deploy passes them
+PAUSE_POINTS = ("candidate-loaded", "promoting", "version-written", "both-loaded", "promoted", "final-written")
+PROMOTING, PROMOTED, ROLLING_BACK = "promoting", "promoted", "rolling-back"
 
 
 class RolloutError(Exception):
     """Internal: the new version must not serve; carries the reason."""
 
 
+@dataclass
+class Journal:
+    """What an interrupted deploy needs to be finished: written before each step that touches the served model."""
+
+    model: str
+    version: int
+    serving: list[int]
+    original_config: str  # config.pbtxt text before the deploy
+    final_config: dict[str, Any]  # the config N+1 serves under once promoted
+    onnx_sha256: str  # of the file N+1's folder must hold to be rolled forward
+    phase: str = PROMOTING
+    pid: int = field(default_factory=os.getpid)
+
+    def save(self, model_dir: Path, phase: str) -> None:
+        """Record `phase` atomically (and durably: fsync of the file and of the folder)."""
+        self.phase = phase
+        fd, tmp = tempfile.mkstemp(prefix=f"{JOURNAL_FILE}.", dir=model_dir)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(self), fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(model_dir / JOURNAL_FILE)
+        _fsync_dir(model_dir)
+
+    @classmethod
+    def load(cls, model_dir: Path) -> Journal | None:
+        path = model_dir / JOURNAL_FILE
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise ServingError(f"deploy journal {path} is unreadable ({exc}); check {model_dir / CONFIG_FILE} and "
+                               "the version folders by hand, then delete the journal") from None
+
+    @staticmethod
+    def clear(model_dir: Path) -> None:
+        (model_dir / JOURNAL_FILE).unlink(missing_ok=True)
+        _fsync_dir(model_dir)
+
+
 def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
            smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
-           lineage: dict[str, str] | None = None, load_timeout_s: float = 600.0,
+           lineage: dict[str, str] | None = None, record: LineageRecord | None = None, load_timeout_s: float = 600.0,
            headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Roll `onnx_path` out as the next version of `model_name` on the Triton at `url`.
 
-    `headers` go with every call (the admin key of a server that restricts its repository API).
+    An interrupted earlier deploy of the model is finished first (see `recover`). `record` is the
+    file's export record (default: the export report beside it); `headers` (the admin key of a server
+    that restricts its repository API; default: the key found for `repository`) go with repository calls only.
 
     Raises:
+        ConfigError: a bad model name, or the file changes the serving contract.
+        ExportError: the file is unreadable or contradicts its export record.
         ServingError: the server is unreachable, or the new version failed to load or its smoke
             test, in which case the versions that served before still serve (the message says why).
     """
     started = time.monotonic()
-    model_dir = Path(repository) / model_name
+    model_dir = Path(repository) / check_model_name(model_name)
     with _deploy_lock(model_dir):
-        client = EmbeddingClient(url, model_name, timeout_s=60.0, headers=headers)
+        client = EmbeddingClient(url, model_name, timeout_s=60.0, headers=headers or admin_headers_for(repository))
+        recovered = _recover(client, Path(repository), load_timeout_s=load_timeout_s)
         config = read_config(model_dir)
         serving = ready_versions(client)
         missing = [v for v in serving if v not in version_folders(model_dir)]
         if not serving or missing:
             raise ServingError(f"model {model_name!r} on {url} serves versions {serving}, which {model_dir} does not "
                                "hold: deploy needs the live server's own repository and a loaded model")
-        contract = served_contract(onnx_path, **(lineage or {}))
+        contract = served_contract(onnx_path, record=record, **(lineage or {}))
         check_compatible(ModelContract.from_properties(config_parameters(config), source=str(model_dir)), contract)
         new_config = with_contract(config, contract)
         tolerance = tolerance or default_tolerance(new_config, contract)
@@ -89,8 +168,27 @@ def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_nam
                                f"version(s) {ready_versions(client)} keep serving") from None
     return {"model": model_name, "url": url, "repository": str(repository), "status": "deployed",
             "version": version, "previous_versions": serving, "serving_versions": ready_versions(client),
-            "candidate_smoke": candidate, "smoke": smoke, "lineage": contract.lineage,
+            "candidate_smoke": candidate, "smoke": smoke, "lineage": contract.lineage, "recovered": recovered,
             "seconds": round(time.monotonic() - started, 2)}
+
+
+def recover(repository: str | Path, *, url: str, model_name: str = "dino", load_timeout_s: float = 600.0,
+            headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Finish a deploy of `model_name` that was killed: roll it forward or back per its journal, clean up.
+
+    Returns what was done and the versions serving afterwards; a repository with nothing to finish is
+    left as it is ("status": "clean").
+
+    Raises:
+        ServingError: the server is unreachable, another deploy holds the lock, or the recovered
+            state could not be loaded (the journal is kept, so running it again retries).
+    """
+    model_dir = Path(repository) / check_model_name(model_name)
+    with _deploy_lock(model_dir):
+        client = EmbeddingClient(url, model_name, timeout_s=60.0, headers=headers or admin_headers_for(repository))
+        result = _recover(client, Path(repository), load_timeout_s=load_timeout_s)
+    return {"model": model_name, "url": url, "repository": str(repository), **result,
+            "serving_versions": ready_versions(client)}
 
 
 def ready_versions(client: EmbeddingClient) -> list[int]:
@@ -130,6 +228,7 @@ def run_candidate(client: EmbeddingClient, repository: Path, onnx_path: str | Pa
     candidate = EmbeddingClient(client.url, name, timeout_s=client.timeout_s, headers=client.headers)
     try:
         _load(client, name, load_timeout_s=load_timeout_s)
+        _pause_point("candidate-loaded")
         reference = _reference(onnx_path, images)
         report = smoke_test(candidate, "1", images, reference, tolerance=tolerance)
     finally:
@@ -151,38 +250,159 @@ def _reference(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
 def promote(client: EmbeddingClient, model_dir: Path, onnx_path: str | Path, config: dict[str, Any], *,
             version: int, serving: list[int], flavour: str, images: np.ndarray, reference: np.ndarray, tolerance: float,
             load_timeout_s: float) -> dict[str, Any]:
-    """Serve `version` beside `serving`, smoke-test it pinned, then retire per the policy; roll back on failure."""
-    config_path = model_dir / "config.pbtxt"
-    original = config_path.read_text()
-    pinned = {"specific": {"versions": serving}}
-    write_config(model_dir, read_config(model_dir) | {"version_policy": pinned})
-    write_version(onnx_path, model_dir, version, flavour=flavour)
+    """Serve `version` beside `serving`, smoke-test it pinned, then retire per the policy; roll back on failure.
+
+    Each step is preceded by the journal entry that lets `recover` finish the job if the process is killed.
+    """
+    config_path = model_dir / CONFIG_FILE
+    journal = Journal(model=client.model_name, version=version, serving=list(serving),
+                      original_config=config_path.read_text(), final_config=config,
+                      onnx_sha256=file_sha256(onnx_path))
+    journal.save(model_dir, PROMOTING)
+    _pause_point("promoting")
     try:
+        pinned = {"specific": {"versions": serving}}
+        write_config(model_dir, read_config(model_dir) | {"version_policy": pinned})
+        write_version(onnx_path, model_dir, version, flavour=flavour)
+        _pause_point("version-written")
         both = config | {"version_policy": {"specific": {"versions": [*serving, version]}}}
         _load(client, client.model_name, config=both, load_timeout_s=load_timeout_s)
+        _pause_point("both-loaded")
         report = smoke_test(client, str(version), images, reference, tolerance=tolerance)
         if not report.passed:
             raise RolloutError(f"its smoke test inside {client.model_name!r} failed ({report.reason})")
+        journal.save(model_dir, PROMOTED)
+        _pause_point("promoted")
         write_config(model_dir, config)
+        _pause_point("final-written")
         _load(client, client.model_name, load_timeout_s=load_timeout_s)
     except BaseException:
-        rollback(client, model_dir, version=version, original_config=original, serving=serving)
+        rollback(client, model_dir, journal)
         raise
+    Journal.clear(model_dir)
     logger.info("%s version %d is serving; retired %s", client.model_name, version,
                 [v for v in serving if v not in ready_versions(client)])
     return report.to_dict()
 
 
-def rollback(client: EmbeddingClient, model_dir: Path, *, version: int, original_config: str,
-             serving: list[int]) -> None:
-    """Remove `version`, restore and reload the previous config, and check `serving` is ready again."""
-    logger.warning("rolling back %s version %d", client.model_name, version)
-    shutil.rmtree(model_dir / str(version), ignore_errors=True)
-    (model_dir / "config.pbtxt").write_text(original_config)
+def rollback(client: EmbeddingClient, model_dir: Path, journal: Journal) -> None:
+    """Remove the new version, restore and reload the previous config, check the old versions serve.
+
+    The journal says `rolling-back` first, so a rollback that is itself killed is finished by `recover`.
+    """
+    logger.warning("rolling back %s version %d", client.model_name, journal.version)
+    journal.save(model_dir, ROLLING_BACK)
+    _roll_back(client, model_dir, journal)
+    Journal.clear(model_dir)
+
+
+def _roll_back(client: EmbeddingClient, model_dir: Path, journal: Journal) -> None:
+    shutil.rmtree(model_dir / str(journal.version), ignore_errors=True)
+    _write_text(model_dir / CONFIG_FILE, journal.original_config)
     client.call("reloading the previous versions", client.raw.load_model, client.model_name)
     back = ready_versions(client)
-    if not set(serving) <= set(back):
-        raise ServingError(f"rollback of {client.model_name!r} left versions {back} ready instead of {serving}")
+    if not set(journal.serving) <= set(back) or journal.version in back:
+        raise ServingError(f"rollback of {client.model_name!r} left versions {back} ready instead of "
+                           f"{journal.serving}")
+
+
+def _roll_forward(client: EmbeddingClient, model_dir: Path, journal: Journal, *, load_timeout_s: float) -> None:
+    write_config(model_dir, journal.final_config)
+    try:
+        _load(client, client.model_name, load_timeout_s=load_timeout_s)
+    except RolloutError as exc:
+        raise ServingError(f"finishing the promotion of {client.model_name!r} version {journal.version} failed: "
+                           f"{exc}; the journal is kept, run `dino-mlops deploy --recover` again") from None
+    back = ready_versions(client)
+    if journal.version not in back:
+        raise ServingError(f"finishing the promotion of {client.model_name!r} left versions {back} ready instead of "
+                           f"[{journal.version}]")
+
+
+def _recover(client: EmbeddingClient, repository: Path, *, load_timeout_s: float) -> dict[str, Any]:
+    """Finish what the journal records, then remove what an interrupted deploy left behind (lock held)."""
+    model_dir = repository / client.model_name
+    removed = _remove_candidate(client, repository)
+    journal = Journal.load(model_dir)
+    action = "nothing to recover"
+    if journal is not None:
+        forward = journal.phase == PROMOTED and _holds(model_dir / str(journal.version), journal.onnx_sha256)
+        logger.warning("finishing the deploy of %s version %d (pid %d) that stopped in phase %r: rolling %s",
+                       client.model_name, journal.version, journal.pid, journal.phase, "forward" if forward else "back")
+        if forward:
+            _roll_forward(client, model_dir, journal, load_timeout_s=load_timeout_s)
+            action = f"rolled forward to version {journal.version}"
+        else:
+            untested = model_dir / str(journal.version)
+            removed += [str(untested)] if untested.exists() else []
+            if journal.phase != ROLLING_BACK:
+                journal.save(model_dir, ROLLING_BACK)
+            _roll_back(client, model_dir, journal)
+            action = f"rolled back to version(s) {journal.serving}"
+        Journal.clear(model_dir)
+    removed += _remove_temporaries(model_dir)
+    status = "recovered" if journal is not None else ("cleaned" if removed else "clean")
+    return {"status": status, "action": action, "removed": removed}
+
+
+def _holds(folder: Path, sha256: str) -> bool:
+    """Whether a version folder holds the file with this sha256 (what passed the smoke tests)."""
+    path = folder / ONNX_FILE
+    return path.is_file() and file_sha256(path) == sha256
+
+
+def _remove_candidate(client: EmbeddingClient, repository: Path) -> list[str]:
+    """Unload and delete `<model>_candidate`, left by a deploy killed while testing its candidate."""
+    name = client.model_name + CANDIDATE_SUFFIX
+    folder = repository / name
+    index = client.call("reading the repository index", client.raw.get_model_repository_index, as_json=True)
+    if any(m.get("name") == name and m.get("state") in ("READY", "LOADING") for m in index.get("models", [])):
+        client.call("unloading the candidate", client.raw.unload_model, name)
+    if not folder.exists():
+        return []
+    shutil.rmtree(folder)
+    return [str(folder)]
+
+
+def _remove_temporaries(model_dir: Path) -> list[str]:
+    """Hidden half-written version folders and config/journal files (never seen by Triton) left by a kill."""
+    removed = []
+    for path in model_dir.iterdir():
+        name = path.name
+        if path.is_dir() and name.startswith(".") and name[1:].split(".")[0].isdigit():
+            shutil.rmtree(path)
+        elif path.is_file() and name.startswith((f".{CONFIG_FILE}.", f"{JOURNAL_FILE}.")):
+            path.unlink()
+        else:
+            continue
+        removed.append(str(path))
+    return removed
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace a file atomically with `text` (the previous config.pbtxt, as it was)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    Path(tmp).chmod(0o644)
+    Path(tmp).replace(path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pause_point(name: str) -> None:
+    """Stop for good at `name` when DINO_DEPLOY_PAUSE_AT says so: how tests kill a deploy at a known moment."""
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    logger.warning("deploy paused at %s (%s=%s); pid %d waits to be killed", name, PAUSE_ENV, name, os.getpid())
+    while True:
+        time.sleep(3600)
 
 
 def _load(client: EmbeddingClient, name: str, *, config: dict[str, Any] | None = None, load_timeout_s: float) -> None:

@@ -1,7 +1,10 @@
 """The quality gate: deploy a new model only when it is good enough and not worse than what serves.
 
 The rule lives here, not in a pipeline component, so that it is tested on the CPU and the same
-decision is made by the pipeline, the CLI and the retraining loop.
+decision is made by the pipeline, the CLI and the retraining loop. The serving model's score, the bar
+a candidate must not fall below, is read only from lineage that serving verified against the file's
+export record (the `lineage_verified` parameter, dino_model/export/lineage.py): metrics that a file
+merely claims in its own metadata never set the bar.
 """
 
 from __future__ import annotations
@@ -9,6 +12,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
+
+from dino_model.export.lineage import verified_lineage
+from dino_model.export.triton_config import check_model_name, config_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +47,16 @@ def decide(candidate: float, *, threshold: float, serving: float | None = None,
 
 
 def serving_score(url: str, model: str, metric: str, *, timeout_s: float = 10.0) -> float | None:
-    """The `metric` recorded in the lineage of the model Triton serves at `url` (gRPC), or None.
+    """The `metric` recorded in the verified lineage of the model Triton serves at `url` (gRPC), or None.
 
-    None when nothing is served yet or the served model carries no such metric; an unreachable server
-    also gives None (with a warning), since a first deployment has no server to compare with.
+    None when nothing is served yet, the served model carries no such metric, or its lineage is not
+    verified; an unreachable server also gives None (with a warning), since a first deployment has no
+    server to compare with.
     """
     from tritonclient.grpc import InferenceServerClient
     from tritonclient.utils import InferenceServerException
 
+    check_model_name(model)
     try:
         client = InferenceServerClient(url=url)
         if not client.is_model_ready(model, client_timeout=timeout_s):
@@ -56,9 +65,21 @@ def serving_score(url: str, model: str, metric: str, *, timeout_s: float = 10.0)
     except InferenceServerException as exc:
         logger.warning("cannot read the serving model %s at %s (%s): comparing with nothing", model, url, exc)
         return None
-    raw = config.get("parameters", {}).get("metrics", {}).get("string_value", "")
+    return verified_score(config, metric, source=f"model {model!r} at {url}")
+
+
+def verified_score(config: dict[str, Any], metric: str, *, source: str = "the serving model") -> float | None:
+    """`metric` from a served config's lineage, or None unless that lineage was verified at deploy."""
+    params = config_parameters(config)
+    lineage = verified_lineage(params)
+    if lineage is None:
+        if params.get("metrics"):
+            logger.warning("the lineage of %s was not verified against an export record: its metrics do not set "
+                           "the bar, comparing with nothing", source)
+        return None
+    raw = lineage.get("metrics", "")
     try:
         value = json.loads(raw).get(metric) if raw else None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, AttributeError):
         value = None
-    return None if value is None else float(value)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

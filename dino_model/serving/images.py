@@ -2,7 +2,9 @@
 
 The served model's contract fixes the sizes; the steps are `eval_transform`'s (bicubic resize,
 centre crop, ImageNet normalisation), so an embedding from the server equals the one k-NN
-evaluation computes for the same file. A corrupt file is skipped, named and counted, never fatal.
+evaluation computes for the same file. A corrupt file, a decompression bomb (an image declaring
+more pixels than PIL will decode) or a file removed meanwhile is skipped and named with the
+reason, never fatal: the rest of the inputs are still embedded.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import UnidentifiedImageError
 from torchvision import transforms as T
 
 from dino_model.config import EvalConfig
-from dino_model.data.datasets import IMAGE_EXTENSIONS, load_rgb, scan_image_folder
+from dino_model.data.datasets import IMAGE_EXTENSIONS, UNREADABLE_ERRORS, load_rgb, scan_folder, unreadable_reason
 from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from dino_model.errors import DataError
 from dino_model.export.contract import ModelContract
@@ -37,10 +38,9 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[ImageItem], list[
     skipped: list[dict[str, str]] = []
     for entry in map(Path, inputs):
         if entry.is_dir():
-            classes, samples, n_bad = scan_image_folder(entry)
-            items += [ImageItem(s.path, classes[s.label] if s.label >= 0 else "") for s in samples]
-            if n_bad:
-                skipped.append({"path": str(entry), "reason": f"{n_bad} unreadable image file(s) in the folder"})
+            scan = scan_folder(entry)
+            items += [ImageItem(s.path, scan.classes[s.label] if s.label >= 0 else "") for s in scan.samples]
+            skipped += [{"path": str(path), "reason": reason} for path, reason in scan.skipped]
         elif entry.is_file():
             items.append(ImageItem(entry))
         else:
@@ -65,8 +65,9 @@ def load_batch(items: Sequence[ImageItem], transform: Callable
         try:
             arrays.append(transform(load_rgb(item.path)).numpy())
             kept.append(item)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            logger.warning("skipped %s: not a readable image (%s)", item.path, exc)
-            skipped.append({"path": str(item.path), "reason": f"not a readable image: {exc}"})
+        except UNREADABLE_ERRORS as exc:
+            reason = unreadable_reason(exc)
+            logger.warning("skipped %s: %s", item.path, reason)
+            skipped.append({"path": str(item.path), "reason": reason})
     images = np.stack(arrays).astype(np.float32, copy=False) if arrays else np.zeros((0, 3, 1, 1), np.float32)
     return images, kept, skipped

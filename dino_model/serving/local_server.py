@@ -3,6 +3,12 @@
 `dino-mlops pipeline run --local` ends by handing users a live gRPC endpoint, so the server runs
 as a detached `dino-mlops serve` process whose pid and ports are kept in a small state file;
 the next run reuses it, and `stop_local_server` ends it cleanly (SIGTERM, Triton drains).
+
+Its repository API is restricted like every server's here: a fresh admin key, mode 0600, is written
+beside the repository (`<state>/repository.admin-key`), where the pipeline's deploy step finds it.
+A pid outlives its process, so the state also records the process's start time (from /proc) and
+nothing is signalled unless the pid still names that very process: a stale state file is removed
+and whatever now holds the pid is left alone.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dino_model.errors import ServingError
+from dino_model.serving.server import admin_key_path, write_admin_key
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,8 @@ class LocalServer:
     http_port: int
     metrics_port: int
     log: str
+    started: int = 0  # the process's start time (clock ticks after boot, /proc/<pid>/stat); 0 in old states
+    admin_key_file: str = ""  # empty in states of servers started without a key
 
     @property
     def grpc_url(self) -> str:
@@ -47,12 +57,15 @@ class LocalServer:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    def is_ours(self) -> bool:
+        """True while `pid` still names the `dino-mlops serve` process this state was written for."""
+        if self.started:
+            return process_start_time(self.pid) == self.started
+        command = process_command(self.pid)  # an older state without a start time: match the command line
+        return "serve" in command and self.repository in command
+
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except OSError:
-            return False
-        return _ready(self.http_url)
+        return self.is_ours() and _ready(self.http_url)
 
 
 def ensure_local_server(state_dir: str | Path, *, grpc_port: int = 8001, http_port: int = 8000,
@@ -61,21 +74,32 @@ def ensure_local_server(state_dir: str | Path, *, grpc_port: int = 8001, http_po
     state_dir = Path(state_dir).resolve()
     current = read_state(state_dir)
     if current is not None and current.alive():
-        logger.info("reusing the local tritonserver (pid %d) at %s", current.pid, current.grpc_url)
-        return current
+        if current.admin_key_file:
+            logger.info("reusing the local tritonserver (pid %d) at %s", current.pid, current.grpc_url)
+            return current
+        logger.warning("restarting the local tritonserver (pid %d): it runs without an admin key", current.pid)
+        stop_local_server(state_dir)
     repository = state_dir / "repository"
     repository.mkdir(parents=True, exist_ok=True)
+    key_file = write_admin_key(admin_key_path(repository), secrets.token_urlsafe(32))
     log = state_dir / "serve.log"
     cmd = [sys.executable, "-m", "dino_model.cli", "serve", "--repository", str(repository),
-           "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
+           "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+           "--admin-key-file", str(key_file)]
     with log.open("ab") as fh:
-        process = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    server = LocalServer(process.pid, str(repository), grpc_port, http_port, metrics_port, str(log))
+        try:
+            process = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        except OSError:
+            key_file.unlink(missing_ok=True)
+            raise
+    server = LocalServer(process.pid, str(repository), grpc_port, http_port, metrics_port, str(log),
+                         started=process_start_time(process.pid) or 0, admin_key_file=str(key_file))
     deadline = time.monotonic() + startup_timeout_s
     while not _ready(server.http_url):
         if process.poll() is not None or time.monotonic() > deadline:
             stop_pid(process.pid)
+            key_file.unlink(missing_ok=True)
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
             raise ServingError(f"the local tritonserver did not become ready (see {log}):\n{tail}")
         time.sleep(0.5)
@@ -93,13 +117,34 @@ def read_state(state_dir: str | Path) -> LocalServer | None:
 
 
 def stop_local_server(state_dir: str | Path, *, timeout_s: float = 30.0) -> bool:
-    """Stop the server recorded in state_dir; False when none was running."""
+    """Stop the server recorded in state_dir; False when none was running.
+
+    The state file is removed either way; a pid that no longer names the recorded server is not signalled.
+    """
     server = read_state(state_dir)
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
-    return server is not None and stop_pid(server.pid, timeout_s=timeout_s)
+    if server is None:
+        return False
+    if not server.is_ours():
+        command = process_command(server.pid)
+        now = f"; pid {server.pid} now belongs to `{' '.join(command)[:120]}`, left alone" if command else ""
+        logger.warning("the local tritonserver recorded in %s (pid %d) is gone%s; removed the stale state",
+                       state_dir, server.pid, now)
+        return False
+    stopped = stop_pid(server.pid, timeout_s=timeout_s, started=server.started or None)
+    if server.admin_key_file:
+        Path(server.admin_key_file).unlink(missing_ok=True)
+    return stopped
 
 
-def stop_pid(pid: int, *, timeout_s: float = 30.0) -> bool:
+def stop_pid(pid: int, *, timeout_s: float = 30.0, started: int | None = None) -> bool:
+    """SIGTERM `pid`, then SIGKILL its process group after `timeout_s`; with `started`, only while the pid
+    still names the process that started at that time (see process_start_time)."""
+    def same() -> bool:
+        return started is None or process_start_time(pid) == started
+
+    if not same():
+        return False
     try:
         os.kill(pid, signal.SIGTERM)
     except OSError:
@@ -113,8 +158,31 @@ def stop_pid(pid: int, *, timeout_s: float = 30.0) -> bool:
         except OSError:
             return True
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    if same():
+        os.killpg(pid, signal.SIGKILL)
     return True
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); None if there is none.
+
+    A pid is reused once its process is gone; the pair (pid, start time) names one process.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name in parentheses may hold spaces
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def process_command(pid: int) -> list[str]:
+    """The command line of `pid` ([] if there is none)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def _reaped(pid: int) -> bool:

@@ -2,7 +2,9 @@
 
 `deploy.deploy` rolls N+1 out over a loaded model N; a server that serves nothing yet gets version 1
 written, loaded and smoke-tested instead (and unloaded again if the smoke test fails). Either way a
-successful release is recorded for Prometheus (deployed version, time, data version).
+successful release is recorded for Prometheus (deployed version, time, data version). Either path
+checks the file against its export record (`record`, default the export report beside the file)
+before its lineage is served as verified.
 """
 
 from __future__ import annotations
@@ -13,40 +15,52 @@ from pathlib import Path
 from typing import Any
 
 from dino_model.errors import ServingError
-from dino_model.export.triton import write_model_repository
-from dino_model.export.triton_config import RepositoryOptions
+from dino_model.export.lineage import LineageRecord
+from dino_model.export.triton import served_contract, write_model_repository
+from dino_model.export.triton_config import RepositoryOptions, check_model_name
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.deploy import deploy, ready_versions
+from dino_model.serving.server import admin_headers_for
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
 
 logger = logging.getLogger(__name__)
 
 
 def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
-            flavour: str = "gpu", load_timeout_s: float = 600.0) -> dict[str, Any]:
-    """Deploy `onnx_path` as the next version of `model_name`; returns the deployment record."""
-    client = EmbeddingClient(url, model_name, timeout_s=60.0)
+            flavour: str = "gpu", load_timeout_s: float = 600.0, record: LineageRecord | None = None,
+            gateway: str | None = None) -> dict[str, Any]:
+    """Deploy `onnx_path` as the next version of `model_name`; returns the deployment record.
+
+    A successful deployment is recorded at the Pushgateway `gateway` (None: $DINO_PUSHGATEWAY).
+    """
+    client = EmbeddingClient(url, check_model_name(model_name), timeout_s=60.0,
+                             headers=admin_headers_for(repository))  # the key of the server of `repository`
     if ready_versions(client):
-        result = deploy(onnx_path, repository, url=url, model_name=model_name, load_timeout_s=load_timeout_s)
+        result = deploy(onnx_path, repository, url=url, model_name=model_name, load_timeout_s=load_timeout_s,
+                        record=record)
     else:
-        result = _first_release(client, onnx_path, Path(repository), flavour=flavour, load_timeout_s=load_timeout_s)
+        result = _first_release(client, onnx_path, Path(repository), flavour=flavour, load_timeout_s=load_timeout_s,
+                                record=record)
     from dino_model.monitoring.metrics import record_deployment
 
-    record_deployment(model_name, result["version"], data_version=result.get("lineage", {}).get("data_version", ""))
+    record_deployment(model_name, result["version"], data_version=result.get("lineage", {}).get("data_version", ""),
+                      gateway=gateway)
     return result
 
 
 def _first_release(client: EmbeddingClient, onnx_path: str | Path, repository: Path, *, flavour: str,
-                   load_timeout_s: float) -> dict[str, Any]:
+                   load_timeout_s: float, record: LineageRecord | None) -> dict[str, Any]:
     from tritonclient.utils import InferenceServerException
 
     model_dir = repository / client.model_name
+    served_contract(onnx_path, record=record)  # a file that contradicts its export record is refused first
     if model_dir.exists():
         shutil.rmtree(model_dir)  # nothing of it serves: a leftover of an earlier failed release
     written = write_model_repository(onnx_path, repository, RepositoryOptions(flavour=flavour,
-                                                                              model_name=client.model_name))
+                                                                              model_name=client.model_name),
+                                     record=record)
     try:
-        client.raw.load_model(client.model_name, client_timeout=load_timeout_s)
+        client.raw.load_model(client.model_name, headers=client.headers, client_timeout=load_timeout_s)
     except InferenceServerException as exc:
         shutil.rmtree(model_dir, ignore_errors=True)
         raise ServingError(f"version 1 of {client.model_name!r} failed to load on {client.url}: "
@@ -56,7 +70,7 @@ def _first_release(client: EmbeddingClient, onnx_path: str | Path, repository: P
     smoke = smoke_test(client, "1", images, reference_embeddings(onnx_path, images),
                        tolerance=default_tolerance(client.served.config, contract))
     if not smoke.passed:
-        client.raw.unload_model(client.model_name)
+        client.raw.unload_model(client.model_name, headers=client.headers)
         shutil.rmtree(model_dir, ignore_errors=True)
         raise ServingError(f"version 1 of {client.model_name!r} failed its smoke test: {smoke.reason}")
     logger.info("released %s version 1 on %s", client.model_name, client.url)

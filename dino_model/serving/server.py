@@ -7,13 +7,25 @@ backend and the stub for the running interpreter, the interpreter's LIBDIR and t
 embedded Python finds numpy and onnxruntime. Models load in EXPLICIT mode (the repository API is
 live for `dino-mlops deploy`), readiness is awaited on `/v2/health/ready`, and every failure to
 start says which port, binary or model is to blame. Usable as a context manager, in tests too.
+
+Model control is code execution: a load request may carry a config and a `model.py` inline, which
+the Python backend then runs as this user. So every server started here restricts Triton's
+repository, shared-memory, trace and logging APIs (HTTP and gRPC) to callers sending the admin key
+in the `admin-key` header (gRPC: `triton-grpc-protocol-admin-key`), as the cluster's Triton does
+(k8s/base/triton). Health, metadata, inference and statistics stay open. Without a given key, each
+start generates one and writes it, mode 0600, beside the repository (`<repository>.admin-key`),
+where `deploy` and `release` find it; binding a non-loopback address needs a key given by the
+operator. The key is on tritonserver's command line (Triton reads it nowhere else), so other users
+of the same machine can see it in the process list.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -32,6 +44,12 @@ from dino_model.errors import ConfigError, ServingError
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+ADMIN_HEADER = "admin-key"  # the header name k8s/base/triton uses
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # the variable k8s/base/triton fills from the triton-admin-key Secret
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton matches gRPC metadata under this prefix
+RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"
+KEY_FILE_SUFFIX = ".admin-key"
+_RESTRICTION_FLAGS = ("--http-restricted-api", "--grpc-restricted-protocol")
 _HARMLESS = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA driver")
 
 
@@ -56,13 +74,111 @@ def free_ports(n: int, address: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost; False for wildcards (0.0.0.0, ::, "") and other hosts."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_key_path(repository: str | Path) -> Path:
+    """Where a server with a generated key writes it: `<repository>.admin-key`, beside the repository."""
+    repository = Path(repository).resolve()
+    return repository.with_name(repository.name + KEY_FILE_SUFFIX)
+
+
+def read_admin_key(path: str | Path, *, private: bool = True) -> str:
+    """The key held in `path`; ConfigError when it is missing, empty or (with `private`) readable by others."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the admin key file {path}: {exc.strerror}") from None
+    if private and mode & 0o077:
+        raise ConfigError(f"admin key file {path} is open to other users (mode {mode & 0o777:o}); "
+                          f"run `chmod 600 {path}`")
+    return check_admin_key(key, f"admin key file {path}")
+
+
+def check_admin_key(key: str, source: str = "the admin key") -> str:
+    """`key` when it can travel in an HTTP header and a command-line flag: printable ASCII without spaces."""
+    if not key or not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+        raise ConfigError(f"{source} must hold one key of printable ASCII characters without spaces")
+    return key
+
+
+def write_admin_key(path: str | Path, key: str) -> Path:
+    """Write `key` to `path` with mode 0600 from the start (a private temporary file renamed over it)."""
+    path = Path(path)
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise ServingError(f"cannot write the admin key file {path} ({exc.strerror}); give a key with "
+                           f"--admin-key-file or ${ADMIN_KEY_ENV}") from None
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def find_admin_key(repository: str | Path | None = None, key_file: str | Path | None = None, *,
+                   env: str = ADMIN_KEY_ENV) -> str | None:
+    """The admin key for the server of `repository`: `key_file`, else the key file beside `repository`
+    (written for the server serving it), else the variable `env`, else None."""
+    if key_file:
+        return read_admin_key(key_file, private=False)
+    if repository is not None and admin_key_path(repository).is_file():
+        return read_admin_key(admin_key_path(repository), private=False)
+    return key_from_env(env)
+
+
+def key_from_env(env: str = ADMIN_KEY_ENV) -> str | None:
+    """The admin key in the environment variable `env`, or None when it is unset or empty."""
+    value = os.environ.get(env)
+    return check_admin_key(value, f"${env}") if value else None
+
+
+def admin_headers(key: str | None, header: str = ADMIN_HEADER) -> dict[str, str] | None:
+    """gRPC metadata carrying the admin key (Triton expects the `triton-grpc-protocol-` prefix)."""
+    return {GRPC_HEADER_PREFIX + header: key} if key else None
+
+
+def admin_headers_for(repository: str | Path, key_file: str | Path | None = None, *, env: str = ADMIN_KEY_ENV,
+                      header: str = ADMIN_HEADER) -> dict[str, str] | None:
+    """The gRPC admin headers for the server of `repository` (see find_admin_key), or None without a key."""
+    return admin_headers(find_admin_key(repository, key_file, env=env), header)
+
+
+def _check_no_restriction_flags(extra_args: Sequence[str]) -> None:
+    for arg in extra_args:
+        if arg.split("=", 1)[0] in _RESTRICTION_FLAGS:
+            raise ConfigError(f"{arg.split('=', 1)[0]} is set by the server itself (Triton refuses it twice); "
+                              "pass the key as admin_key instead")
+
+
 class TritonServer:
     """One tritonserver process serving `repository`; `start()` returns once it is ready."""
 
     def __init__(self, repository: str | Path, *, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, address: str = "127.0.0.1", models: Sequence[str] = ("*",),
                  binary: str | Path | None = None, startup_timeout_s: float = 120.0,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), admin_key: str | None = None) -> None:
+        """`admin_key` opens the restricted APIs; None generates one per start, written to admin_key_path()."""
+        if admin_key is None and not is_loopback(address):
+            raise ConfigError(f"serving on {address or '0.0.0.0'} would open Triton's model control (which runs "
+                              f"uploaded code) to the network: give an admin key with --admin-key-file or "
+                              f"${ADMIN_KEY_ENV}, or bind 127.0.0.1")
+        if admin_key is not None:
+            check_admin_key(admin_key)
+        _check_no_restriction_flags(extra_args)
         self.repository = Path(repository).resolve()
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         if len(set(self.ports.values())) != 3:
@@ -71,6 +187,9 @@ class TritonServer:
         self.binary = Path(binary) if binary else pytriton_root() / "tritonserver" / "bin" / "tritonserver"
         self.bundled = binary is None
         self.extra_args = list(extra_args)
+        self.admin_key = admin_key
+        self.generated_key = admin_key is None
+        self.key_file: Path | None = None  # written by start() when the key is generated
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
 
@@ -92,6 +211,11 @@ class TritonServer:
         return f"http://{self.host}:{self.ports['metrics']}/metrics"
 
     @property
+    def admin_headers(self) -> dict[str, str] | None:
+        """gRPC metadata that opens this server's restricted APIs (known once started)."""
+        return admin_headers(self.admin_key)
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -103,6 +227,9 @@ class TritonServer:
             args += [f"--{kind}-port={port}", f"--{kind}-address={self.address}"]
         if backend_dir is not None:
             args.append(f"--backend-directory={backend_dir}")
+        if self.admin_key:
+            restriction = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}"
+            args += [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
         return args + self.extra_args
 
     def start(self) -> TritonServer:
@@ -114,6 +241,12 @@ class TritonServer:
         if not self.binary.is_file():
             raise ServingError(f"tritonserver binary {self.binary} does not exist")
         self._check_ports()
+        if self.generated_key:
+            self.admin_key = secrets.token_urlsafe(32)
+            self.key_file = write_admin_key(admin_key_path(self.repository), self.admin_key)
+            logger.info("repository API restricted; admin key written to %s", self.key_file)
+        else:
+            self._remove_stale_key_file()
         self.workdir = Path(tempfile.mkdtemp(prefix="dino-triton-"))
         backend_dir = self._python_backend_dir(self.workdir) if self.bundled else None
         log = (self.workdir / "tritonserver.log").open("wb")
@@ -121,6 +254,7 @@ class TritonServer:
             self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
                                             env=self._environment(), start_new_session=True)
         except OSError as exc:
+            self.stop()  # removes the work folder and the generated key file
             raise ServingError(f"cannot run {self.binary}: {exc}") from exc
         finally:
             log.close()
@@ -151,6 +285,7 @@ class TritonServer:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        self._remove_key_file()
         return code
 
     def log_tail(self, lines: int = 25) -> str:
@@ -173,6 +308,28 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _remove_stale_key_file(self) -> None:
+        """A key file beside the repository that is not this server's key would mislead clients: remove it."""
+        path = admin_key_path(self.repository)
+        try:
+            stale = path.is_file() and path.read_text().strip() != self.admin_key
+            if stale:
+                path.unlink()
+                logger.warning("removed %s: it held another server's admin key", path)
+        except OSError as exc:
+            logger.warning("cannot remove the stale admin key file %s (%s)", path, exc.strerror)
+
+    def _remove_key_file(self) -> None:
+        """Remove the generated key file unless a later server on the same repository has replaced it."""
+        if self.key_file is None:
+            return
+        try:
+            if self.key_file.read_text().strip() == self.admin_key:
+                self.key_file.unlink()
+        except OSError:
+            pass
+        self.key_file = None
 
     def _check_ports(self) -> None:
         for kind, port in self.ports.items():

@@ -5,14 +5,22 @@ global crops, student on all crops, loss (which updates the centre), a finite-lo
 backward, per-parameter clipping, last-layer freeze, optimiser step, EMA teacher update.
 Randomness is re-seeded from (seed, epoch, rank) at each epoch start, so resuming from an
 epoch's checkpoint continues exactly.
+
+Starting in an output folder first tidies what an interrupted run left there: temporaries of a
+checkpoint write that was killed, and metrics records of epochs the checkpoint does not hold
+(a run killed between writing an epoch's record and its checkpoint replays that epoch), so each
+epoch appears once in metrics.jsonl. A resume refuses settings that differ from the checkpoint's
+unless train.allow_config_change is set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +30,24 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dino_model.config import TrainConfig, config_from_dict, dump_config
+from dino_model.config import TrainConfig, describe_changes, dump_config, resume_changes
 from dino_model.data.datasets import ImageFolderDataset
-from dino_model.data.loaders import SeededMultiCropDataset, build_train_loader
+from dino_model.data.loaders import SeededMultiCropDataset, batches, build_train_loader
 from dino_model.data.transforms import MultiCropTransform
-from dino_model.errors import CheckpointError, ConfigError, TrainingDivergedError
+from dino_model.errors import CheckpointError, ConfigError, DinoError, TrainingDivergedError
 from dino_model.logs import JsonlWriter
 from dino_model.loss import DINOLoss
 from dino_model.models.factory import build_student_teacher, has_batchnorm
 from dino_model.models.teacher import ema_update
 from dino_model.train import monitor
-from dino_model.train.checkpoint import LATEST, load_checkpoint, save_atomic
+from dino_model.train.checkpoint import (
+    LATEST,
+    METRICS,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_atomic,
+    write_text_atomic,
+)
 from dino_model.train.distributed import DistInfo, all_reduce_sum, init_distributed
 from dino_model.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients, param_groups
 from dino_model.train.schedules import cosine_schedule, effective_lr
@@ -86,6 +101,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     dist = init_distributed(cfg.train.device)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        remove_stale_temporaries(out)
     _seed_epoch(cfg.train.seed, 0, rank=0)  # identical initial weights on every process
     images = ImageFolderDataset(cfg.data.root)
     dataset = SeededMultiCropDataset(images, MultiCropTransform(cfg.crops), cfg.train.seed)
@@ -96,13 +113,14 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     trainer = build_trainer(cfg, dist, steps_per_epoch=len(loader))
     start_epoch = _resume(trainer, out) if resume else 0
     if dist.is_main:
-        dump_config(cfg, out / "config.yaml")
-        logger.info("training %d images, %d steps/epoch, %d process(es), device %s",
-                    len(images), len(loader), dist.world_size, dist.device)
+        _write_output(lambda: dump_config(cfg, out / "config.yaml"), out / "config.yaml")
+        drop_metrics_from(out / METRICS, start_epoch)
+        logger.info("training %d images (%d unreadable file(s) skipped), %d steps/epoch, %d process(es), device %s",
+                    len(images), images.n_skipped, len(loader), dist.world_size, dist.device)
     metrics: dict[str, Any] = {}
     last_epoch = cfg.train.epochs if not cfg.train.stop_after_epochs else min(
         cfg.train.epochs, cfg.train.stop_after_epochs)
-    writer = JsonlWriter(out / "metrics.jsonl")
+    writer = JsonlWriter(out / METRICS)
     for epoch in range(start_epoch, last_epoch):
         _seed_epoch(cfg.train.seed, epoch, dist.rank)
         dataset.set_epoch(epoch)
@@ -113,8 +131,9 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
             if dist.is_main:
                 _push(cfg, {"epoch": epoch, "loss": float("nan")})
             raise
+        metrics["skipped_at_scan"] = images.n_skipped
         if dist.is_main:
-            writer.write(metrics)
+            _write_output(lambda m=metrics: writer.write(m), writer.path)
             _save(trainer, out, epoch)
             _push(cfg, metrics)
             logger.info("epoch %d: %s", epoch, _fmt(metrics))
@@ -171,18 +190,22 @@ def build_schedules(cfg: TrainConfig, steps_per_epoch: int, world_size: int) -> 
 
 def train_one_epoch(t: Trainer, loader, epoch: int, ckpt_path: Path) -> dict[str, Any]:
     t.student.train()
-    sums = torch.zeros(2, dtype=torch.float64, device=t.dist.device)  # loss, teacher entropy
+    sums = torch.zeros(3, dtype=torch.float64, device=t.dist.device)  # loss, teacher entropy, files skipped
     start, steps, n_images = time.perf_counter(), 0, 0
-    for i, (crops, _) in enumerate(loader):
+    for i, (crops, _, skipped) in enumerate(batches(loader)):
         it = epoch * t.steps_per_epoch + i
         loss = train_step(t, crops, epoch, it, ckpt_path)
-        sums += torch.stack([loss.detach().double(), t.loss.last_teacher_entropy.double()])
+        sums += torch.stack([loss.detach().double(), t.loss.last_teacher_entropy.double(),
+                             skipped.sum().to(sums)])
         steps, n_images = steps + 1, n_images + crops[0].shape[0] * t.dist.world_size
         if t.dist.is_main and (i + 1) % t.cfg.train.log_every_steps == 0:
             logger.info("epoch %d step %d/%d loss %.4f lr %.2e", epoch, i + 1, t.steps_per_epoch,
                         loss.item(), t.schedules.lr[it])
     elapsed = time.perf_counter() - start
-    loss_mean, entropy = (all_reduce_sum(sums) / (steps * t.dist.world_size)).tolist()
+    totals = all_reduce_sum(sums)
+    loss_mean, entropy = (totals[:2] / (steps * t.dist.world_size)).tolist()
+    if totals[2] > 0 and t.dist.is_main:
+        logger.warning("epoch %d: %d image file(s) could not be read and were skipped", epoch, int(totals[2]))
     it = epoch * t.steps_per_epoch + max(steps - 1, 0)
     return {
         "epoch": epoch,
@@ -196,6 +219,7 @@ def train_one_epoch(t: Trainer, loader, epoch: int, ckpt_path: Path) -> dict[str
         "collapsed": monitor.is_collapsed(entropy, t.cfg.model.out_dim, t.cfg.monitor),
         "images_per_s": n_images / elapsed if elapsed > 0 else 0.0,
         "steps": steps,
+        "skipped_in_epoch": int(totals[2]),
     }
 
 
@@ -224,10 +248,14 @@ def train_step(t: Trainer, crops: list[torch.Tensor], epoch: int, it: int, ckpt_
 
 
 def _push(cfg: TrainConfig, metrics: dict[str, Any]) -> None:
-    """Epoch metrics to the Pushgateway named by $DINO_PUSHGATEWAY (never raises)."""
-    from dino_model.monitoring.metrics import push_training_metrics
+    """Epoch metrics to the Pushgateway named by $DINO_PUSHGATEWAY (never raises).
 
-    push_training_metrics(metrics, labels={"run": Path(cfg.train.output_dir).name}, out_dim=cfg.model.out_dim)
+    The `run` label is $DINO_RUN_ID (a pipeline step sets the KFP run id), else the output folder's name.
+    """
+    from dino_model.monitoring.metrics import push_training_metrics, run_label
+
+    labels = {"run": run_label(Path(cfg.train.output_dir).name)}
+    push_training_metrics(metrics, labels=labels, out_dim=cfg.model.out_dim)
 
 
 def _autocast(precision: str, device: torch.device):
@@ -267,9 +295,10 @@ def _resume(t: Trainer, out: Path) -> int:
         logger.info("no checkpoint at %s: starting from scratch", path)
         return 0
     state = load_checkpoint(path, map_location=t.dist.device)
-    saved = config_from_dict(state["config"])
-    if saved.model != t.cfg.model:
-        raise CheckpointError(f"{path} was trained with model {saved.model}, not {t.cfg.model}")
+    missing = {"config", "epoch", "student", "teacher", "optimizer", "scaler", "dino_loss"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (it lacks {sorted(missing)})")
+    _check_resume_config(path, state["config"], t.cfg)
     t.student_module.load_state_dict(state["student"])
     t.teacher_module.load_state_dict(state["teacher"])
     t.optimizer.load_state_dict(state["optimizer"])
@@ -277,6 +306,54 @@ def _resume(t: Trainer, out: Path) -> int:
     t.loss.load_state_dict(state["dino_loss"])
     logger.info("resumed from %s at epoch %d", path, state["epoch"])
     return int(state["epoch"])
+
+
+def _check_resume_config(path: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:
+    """Refuse to continue a checkpoint with other optimisation settings, unless told to; model changes never."""
+    changes = resume_changes(saved, cfg)
+    model = {k: v for k, v in changes.items() if k.startswith("model.")}
+    if model:
+        raise CheckpointError(f"{path} was trained with another model: {describe_changes(model)}; "
+                              f"resume with the checkpoint's model settings or use a new train.output_dir")
+    if not changes:
+        return
+    if not cfg.train.allow_config_change:
+        raise ConfigError(
+            f"{path} was trained with other settings: {describe_changes(changes)}; resume with the "
+            f"checkpoint's values, or pass --allow-config-change (train.allow_config_change=true) to continue "
+            f"with the new ones")
+    logger.warning("resuming %s with changed settings (train.allow_config_change): %s", path,
+                   describe_changes(changes))
+
+
+def drop_metrics_from(path: Path, epoch: int) -> int:
+    """Remove records of epochs >= `epoch` (and torn lines) from a metrics file, atomically; how many went."""
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if _record_epoch(line) is not None and _record_epoch(line) < epoch]
+    if len(kept) < len(lines):
+        write_text_atomic("".join(f"{line}\n" for line in kept), path)
+        logger.info("dropped %d record(s) of epoch %d onwards from %s: those epochs run again",
+                    len(lines) - len(kept), epoch, path)
+    return len(lines) - len(kept)
+
+
+def _record_epoch(line: str) -> int | None:
+    """The epoch of one metrics line; None for a line torn by a killed write."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_output(write: Callable[[], Any], path: Path) -> None:
+    """Run a write into the output folder; a full disk or a read-only folder becomes one clear error."""
+    try:
+        write()
+    except OSError as exc:
+        raise DinoError(f"cannot write {path}: {exc.strerror or exc}; free space under {path.parent} "
+                        f"or choose another train.output_dir") from exc
 
 
 def _fmt(metrics: dict[str, Any]) -> str:

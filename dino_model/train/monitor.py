@@ -8,6 +8,7 @@ with the same number of student views), so it costs nothing extra to log.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -21,9 +22,16 @@ def check_finite(loss: torch.Tensor, *, epoch: int, step: int, checkpoint: str) 
     bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
     if all_reduce_sum(bad).item() > 0:
         raise TrainingDivergedError(
-            f"loss became {loss.item()} at epoch {epoch}, step {step}; the last good checkpoint is "
-            f"kept at {checkpoint}. Lower optim.base_lr or set optim.clip_grad, then rerun with --resume."
-        )
+            f"loss became {loss.item()} at epoch {epoch}, step {step}; {_next_step(checkpoint)}")
+
+
+def _next_step(checkpoint: str) -> str:
+    """What is left and how to go on: resume from the last good checkpoint, or start again without one."""
+    if Path(checkpoint).is_file():
+        return (f"the last good checkpoint is kept at {checkpoint}. Lower optim.base_lr or set optim.clip_grad, "
+                f"then rerun with --resume.")
+    return (f"no checkpoint was written yet (none at {checkpoint}). Lower optim.base_lr or set optim.clip_grad, "
+            f"then rerun from the start.")
 
 
 def entropy_bounds(out_dim: int, cfg: MonitorConfig) -> tuple[float, float]:

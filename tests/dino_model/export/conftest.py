@@ -10,9 +10,8 @@ fixtures, shares the same run.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +72,34 @@ def tiny_onnx_fp16(tiny_export: dict[str, Any]) -> Path:
     return Path(tiny_export["details"]["files"]["fp16"]["path"])
 
 
+def _forge(source: Path, target: Path, **claims: str) -> Path:
+    """A copy of `source` whose ONNX metadata claims `claims` (the graph and weights unchanged)."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    props = {p.key: p.value for p in proto.metadata_props} | claims
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(target))
+    return target
+
+
+def _exported_copy(tiny_onnx: Path, folder: Path) -> Path:
+    """The exported file with its export report, copied to `folder` (as a pipeline artifact would be)."""
+    folder.mkdir(parents=True)
+    for name in ("model.onnx", "model.export.json"):
+        shutil.copy(tiny_onnx.parent / name, folder / name)
+    return folder / "model.onnx"
+
+
 @pytest.fixture
-def run_cli() -> Iterator[Callable[[list[str]], int]]:
-    """dino_model.cli.main.main, with the root logger's handlers restored afterwards.
+def forge() -> Callable[..., Path]:
+    """forge(source, target, **claims): a copy of an ONNX file whose metadata claims other lineage."""
+    return _forge
 
-    The CLI installs a handler on the stderr of the moment, which pytest's capture closes after the test.
-    """
-    from dino_model.cli.main import main
 
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield main
-    root.handlers[:] = handlers
-    root.setLevel(level)
+@pytest.fixture
+def exported_copy() -> Callable[[Path, Path], Path]:
+    """exported_copy(tiny_onnx, folder): the exported file and its export report copied to `folder`."""
+    return _exported_copy

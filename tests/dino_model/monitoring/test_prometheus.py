@@ -107,3 +107,15 @@ def test_rules_load_and_dashboard_queries_are_valid(stack) -> None:
     assert len(exprs) > 20
     for expr in exprs:
         query(stack.prometheus, expr.replace("$model", ".*"))  # raises on invalid PromQL
+
+
+def test_a_new_pushgateway_starts_empty_whatever_earlier_ones_held(prometheus_bins, port_factory, tmp_path) -> None:
+    """Debian's gateway persists to one machine-wide file by default; ours must not share or reload it."""
+    from dino_model.monitoring.prometheus import run_pushgateway
+    from dino_model.monitoring.pushgateway import gateway_groups
+
+    with run_pushgateway(port=port_factory(), log_dir=tmp_path / "a") as first:
+        assert m.record_data_version("earlier.dir", gateway=first.removeprefix("http://"))
+        assert gateway_groups(first)
+    with run_pushgateway(port=port_factory(), log_dir=tmp_path / "b") as second:
+        assert gateway_groups(second) == []

@@ -29,7 +29,8 @@ tiny_checkpoint = _export.tiny_checkpoint
 tiny_export = _export.tiny_export
 tiny_onnx = _export.tiny_onnx
 tiny_onnx_fp16 = _export.tiny_onnx_fp16
-run_cli = _export.run_cli
+forge = _export.forge
+exported_copy = _export.exported_copy
 
 
 def require_triton() -> None:

@@ -35,8 +35,10 @@ def val_subset(tmp_path: Path, digits_root: Path) -> Path:
 
 def test_the_contract_is_read_from_the_server(served, tiny_onnx: Path) -> None:
     client = EmbeddingClient(served.grpc_url)
+    lineage = client.served.contract.lineage
     assert client.served.contract == read_contract(tiny_onnx).with_lineage(
-        onnx_sha256=client.served.contract.lineage["onnx_sha256"])
+        onnx_sha256=lineage["onnx_sha256"], lineage_verified=lineage["lineage_verified"])
+    assert lineage["lineage_verified"] == str(tiny_onnx.with_suffix(".export.json"))
     assert client.served.max_batch_size == 16
 
 

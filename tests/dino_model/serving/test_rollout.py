@@ -40,6 +40,11 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path, triton_tools
         server.stop()
 
 
+def _client(server) -> EmbeddingClient:
+    """A client holding the server's admin key, as deploy's own client does."""
+    return EmbeddingClient(server.grpc_url, headers=server.admin_headers)
+
+
 def _snapshot(repository: Path) -> tuple[list[str], list[str], str]:
     model_dir = repository / "dino"
     return sorted(p.name for p in repository.iterdir()), sorted(p.name for p in model_dir.iterdir()), \
@@ -70,7 +75,7 @@ def test_a_truncated_file_is_refused_before_the_server_sees_it(live, tiny_onnx: 
     truncated.write_bytes(tiny_onnx.read_bytes()[:4000])
     with pytest.raises(ExportError, match="not a readable ONNX file"):
         deploy(truncated, repository, url=server.grpc_url)
-    assert _snapshot(repository) == before and ready_versions(EmbeddingClient(server.grpc_url)) == [1]
+    assert _snapshot(repository) == before and ready_versions(_client(server)) == [1]
 
 
 def test_a_version_that_fails_to_load_leaves_n_serving(live, tiny_onnx: Path, tmp_path: Path) -> None:
@@ -82,25 +87,26 @@ def test_a_version_that_fails_to_load_leaves_n_serving(live, tiny_onnx: Path, tm
                                               r"NotAnOnnxOperator.*version\(s\) \[1\] keep serving"):
         deploy(broken, repository, url=server.grpc_url)
     assert load.report.errors == 0 and load.report.versions.keys() == {"1"}
-    assert _snapshot(repository) == before and ready_versions(EmbeddingClient(server.grpc_url)) == [1]
+    assert _snapshot(repository) == before and ready_versions(_client(server)) == [1]
 
 
-def test_a_version_that_fails_its_smoke_test_leaves_n_serving(live, tiny_onnx: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture, run_cli) -> None:
+def test_a_version_answering_nan_leaves_n_serving(live, tiny_onnx: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture, run_cli) -> None:
+    """The `cpu` backend refuses to load a graph answering NaN, so the candidate fails to load (gpu: smoke test)."""
     server, repository = live
     before = _snapshot(repository)
     nan = _nan_weights(tiny_onnx, tmp_path / "nan.onnx")
     code = run_cli(["deploy", "--onnx", str(nan), "--repository", str(repository), "--url", server.grpc_url])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and "smoke test failed" in err and "non-finite" in err and "[1] keep serving" in err
-    assert _snapshot(repository) == before and ready_versions(EmbeddingClient(server.grpc_url)) == [1]
+    assert code == 2 and "failed to load" in err and "non-finite embeddings" in err and "[1] keep serving" in err
+    assert _snapshot(repository) == before and ready_versions(_client(server)) == [1]
 
 
 def test_a_failed_promotion_rolls_back_to_n(live, tiny_onnx: Path, tmp_path: Path) -> None:
     """The second stage on its own: N+1 fails to load beside N inside the served model."""
     server, repository = live
     before = _snapshot(repository)
-    client = EmbeddingClient(server.grpc_url)
+    client = _client(server)
     broken = _broken_graph(tiny_onnx, tmp_path / "broken.onnx")
     model_dir = repository / "dino"
     config = with_contract(read_config(model_dir), served_contract(broken))
@@ -116,7 +122,7 @@ def test_a_good_version_replaces_n_with_zero_failed_requests(live, tiny_onnx_fp1
     import onnxruntime as ort
 
     server, repository = live
-    client = EmbeddingClient(server.grpc_url)
+    client = _client(server)
     with LoadGenerator(server.grpc_url, clients=3, batch_size=2) as load:
         result = deploy(tiny_onnx_fp16, repository, url=server.grpc_url)
         deadline = time.monotonic() + 30
@@ -142,8 +148,8 @@ def test_deploy_sends_the_admin_key_of_a_restricted_repository_api(start_server,
                                                                     tiny_onnx: Path, run_cli, capsys,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The cluster's Triton restricts the repository API to callers with a key header (k8s/base/triton)."""
-    server = start_server(cpu_repository,
-                          extra_args=["--grpc-restricted-protocol=model-repository:admin-key=s3cret"])
+    monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
+    server = start_server(cpu_repository, admin_key="s3cret")
     with pytest.raises(ServingError, match="reading the repository index was refused .*restricted.*admin-key"):
         deploy(tiny_onnx, cpu_repository, url=server.grpc_url)
     monkeypatch.setenv("TRITON_ADMIN_KEY", "s3cret")
