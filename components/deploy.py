@@ -26,26 +26,38 @@ def export_onnx(model: Input[Model], knn_report: Input[Artifact], linear_report:
     """Teacher backbone -> one self-contained .onnx with the preprocessing contract; PyTorch parity checked.
 
     The evaluation reports become the model's lineage metrics (read by the quality gate of later runs).
+    The file's sha256 and lineage go into the artifact's metadata, which KFP keeps in its metadata
+    store, away from the bucket holding the file: deploy_to_triton checks the file against it.
     """
     from pathlib import Path
 
     from dino_model.export.export_run import ExportOptions, export_checkpoint
+    from dino_model.export.lineage import LineageRecord
 
     Path(onnx.path).mkdir(parents=True, exist_ok=True)
     options = ExportOptions(metrics_reports=[knn_report.path, linear_report.path])
     report = export_checkpoint(f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx", options)
-    onnx.metadata.update({"framework": "onnx", "data_version": model.metadata.get("data_version", "")})
+    record = LineageRecord(sha256=report["details"]["files"]["fp32"]["sha256"], lineage=report["details"]["lineage"])
+    onnx.metadata.update({"framework": "onnx", "data_version": model.metadata.get("data_version", ""),
+                          **record.to_metadata()})
     for name, value in report["metrics"].items():
         parity.log_metric(name, value)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def deploy_to_triton(onnx: Input[Model], repository: str, triton_url: str, model_name: str, flavour: str) -> int:
+def deploy_to_triton(onnx: Input[Model], repository: str, triton_url: str, model_name: str, flavour: str,
+                     pushgateway: str) -> int:
     """Add the model as version N+1 of a live Triton, smoke-test it, retire N; N keeps serving on failure.
 
-    The lineage (data md5, code revision, evaluation metrics) travels inside the ONNX metadata.
+    The lineage (data md5 and git revision, code revision, evaluation metrics) travels inside the ONNX
+    metadata, and is served as verified only when the file's sha256 matches the one export_onnx
+    recorded in the artifact's metadata; a file changed since export is refused. A successful
+    deployment is recorded at the Pushgateway `pushgateway`.
     """
+    from dino_model.export.lineage import LineageRecord
     from dino_model.serving.release import release
 
-    result = release(f"{onnx.path}/model.onnx", repository, url=triton_url, model_name=model_name, flavour=flavour)
+    record = LineageRecord.from_metadata(onnx.metadata, source=f"the pipeline's metadata of {onnx.uri}")
+    result = release(f"{onnx.path}/model.onnx", repository, url=triton_url, model_name=model_name, flavour=flavour,
+                     record=record, gateway=pushgateway)
     return int(result["version"])

@@ -4,6 +4,8 @@ Each wraps one dino_model evaluation; scores go to Metrics (flat name -> number,
 and the quality gate read), class confusion to ClassificationMetrics, reports to Markdown/HTML.
 """
 
+from typing import List
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -11,45 +13,54 @@ from components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config_yaml: str,
-             metrics: Output[Metrics], confusion: Output[ClassificationMetrics], report: Output[Markdown],
-             report_json: Output[Artifact]) -> float:
-    """Weighted k-NN (DINO protocol) on frozen teacher features; returns top-1 (%) at k = 20."""
+def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config: str,
+             config_yaml: str, overrides: List[str], pushgateway: str, run_id: str, metrics: Output[Metrics],
+             confusion: Output[ClassificationMetrics], report: Output[Markdown], report_json: Output[Artifact]
+             ) -> float:
+    """Weighted k-NN (DINO protocol) on frozen teacher features; returns top-1 (%) at k = 20.
+
+    Scores also go to the Pushgateway at `pushgateway` (evaluation="knn", run=`run_id`).
+    """
     from pathlib import Path
 
-    from dino_model.config import load_config_text
+    from dino_model.config import pipeline_config
     from dino_model.eval.knn_eval import run_knn_eval
+    from dino_model.monitoring.metrics import push_eval_metrics
 
-    cfg = load_config_text(config_yaml)
+    cfg = pipeline_config(config, config_yaml, overrides)
     result = run_knn_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
                           val_dir=f"{data.path}/{val_subdir}", output=report_json.path)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     confusion.log_confusion_matrix(result["details"]["classes"], result["details"]["confusion_matrix"])
     Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
+    push_eval_metrics("knn", result["metrics"], gateway=pushgateway, labels={"run": run_id})
     return float(result["metrics"]["knn_top1"])
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def eval_linear(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config_yaml: str,
-                epochs: int, lr: float, metrics: Output[Metrics], report: Output[Markdown],
-                report_json: Output[Artifact]) -> float:
+def eval_linear(model: Input[Model], data: Input[Dataset], train_subdir: str, val_subdir: str, config: str,
+                config_yaml: str, overrides: List[str], epochs: int, lr: float, pushgateway: str, run_id: str,
+                metrics: Output[Metrics], report: Output[Markdown], report_json: Output[Artifact]) -> float:
     """Linear probe on frozen centre-crop features (extracted once); returns the best top-1 (%).
 
     `lr` is per 256 images (official: 0.001 for ImageNet; small sets with cached features need ~1.0).
+    Scores also go to the Pushgateway at `pushgateway` (evaluation="linear", run=`run_id`).
     """
     from pathlib import Path
 
-    from dino_model.config import load_config_text
+    from dino_model.config import pipeline_config
     from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
+    from dino_model.monitoring.metrics import push_eval_metrics
 
-    cfg = load_config_text(config_yaml)
+    cfg = pipeline_config(config, config_yaml, overrides)
     probe = LinearProbeConfig(epochs=epochs, lr=lr, augment=False)
     result = run_linear_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
                              val_dir=f"{data.path}/{val_subdir}", probe=probe, output=report_json.path)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     Path(report.path).write_text(Path(report_json.path).with_suffix(".md").read_text())
+    push_eval_metrics("linear", result["metrics"], gateway=pushgateway, labels={"run": run_id})
     return float(result["metrics"]["linear_top1"])
 
 
@@ -63,8 +74,8 @@ def attention_maps(model: Input[Model], data: Input[Dataset], image_subdir: str,
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def eval_davis(model: Input[Model], davis_root: str, short_side: int, max_frames: int, metrics: Output[Metrics],
-               results: Output[Artifact], report: Output[Markdown]) -> float:
+def eval_davis(model: Input[Model], davis_root: str, short_side: int, max_frames: int, pushgateway: str,
+               run_id: str, metrics: Output[Metrics], results: Output[Artifact], report: Output[Markdown]) -> float:
     """DAVIS 2017 semi-supervised label propagation, scored as the official evaluation; returns J&F-Mean.
 
     `short_side`/`max_frames` of 0 keep the official full resolution and every frame.
@@ -73,10 +84,12 @@ def eval_davis(model: Input[Model], davis_root: str, short_side: int, max_frames
 
     from dino_model.eval.davis.config import DavisConfig
     from dino_model.eval.davis.run import run_davis_eval
+    from dino_model.monitoring.metrics import push_eval_metrics
 
     cfg = DavisConfig(short_side=short_side or 480, max_frames=max_frames or None)
     result = run_davis_eval(f"{model.path}/checkpoint.pth", cfg, davis_root=davis_root, output_dir=results.path)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
     Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
+    push_eval_metrics("davis", result["metrics"], gateway=pushgateway, labels={"run": run_id})
     return float(result["metrics"]["davis_jf_mean"])

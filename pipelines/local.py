@@ -1,7 +1,8 @@
 """The main job on one machine: the training pipeline through kfp.local, served by a local Triton.
 
 Same pipeline as on the cluster, with embedded defaults: the digits data set versioned by DVC in
-this repository with a local remote, the tiny ViT config, CPU, and a local tritonserver that keeps
+this repository with a local remote (the data step clones this repository as it would clone the
+data repository on a cluster), the tiny ViT config, CPU, and a local tritonserver that keeps
 serving after the run. kfp.local ignores the GPU and Kubernetes settings, which the compiled IR
 carries for the cluster.
 """
@@ -25,40 +26,80 @@ DEFAULT_CONFIG = "digits_vit_tiny"
 def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
               min_knn_top1: float = 30.0, require_not_worse: bool = True, linear_epochs: int = 100,
               grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
-              output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run the whole pipeline locally; returns where each artifact is, the scores and the endpoint."""
+              output_dir: str | Path | None = None, pushgateway: str = "", containers: bool = False,
+              data_repo: str | None = None, dvc_remote: str = "", data_version: str = "",
+              train_subdir: str = "digits/train", val_subdir: str = "digits/val") -> dict[str, Any]:
+    """Run the whole pipeline locally; returns where each artifact is, the scores and the endpoint.
+
+    Without `data_repo` the data step clones `repo_root` by its path (a git URL like any other) after
+    making sure its default data version is recorded and pushed, and pulls it from the local DVC
+    remote, exactly as a pod clones the data repository on a cluster. With `containers`, every step
+    runs in the project image (pipelines/containers.py) instead of this process's environment.
+    """
     from kfp import local
 
     from dino_model.serving.local_server import ensure_local_server
-    from dino_model.versioning.default_data import ensure_default_data
     from pipelines.training import dino_training_pipeline
 
     repo_root = Path(repo_root).resolve()
     out = Path(output_dir).resolve() if output_dir else repo_root / LOCAL_DIR
-    version = ensure_default_data(repo_root)
+    resolved = None
+    if data_repo is None:
+        from dino_model.versioning.default_data import ensure_default_data
+
+        resolved = ensure_default_data(repo_root)
+        data_repo, data_version = str(repo_root), resolved.md5
+        dvc_remote = dvc_remote or str(local_remote(repo_root))
     server = ensure_local_server(out / "triton", grpc_port=grpc_port, http_port=http_port,
                                  metrics_port=metrics_port)
     pipeline_root = out / "pipeline_root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    runner = _container_runner(server, pipeline_root, data_repo, dvc_remote) if containers else \
+        local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=str(pipeline_root))
+    path = resolve_config_path(config)  # a packaged name travels as a name, a file as its text
+    config_name, config_yaml = (config, "") if not Path(config).is_file() else (DEFAULT_CONFIG, path.read_text())
     started = time.time()
     try:
         dino_training_pipeline(
-            repo_root=str(repo_root), data_version=version.md5, config_yaml=resolve_config_path(config).read_text(),
-            overrides=list(overrides or []), gpus=0, linear_epochs=linear_epochs, linear_lr=1.0,
-            min_knn_top1=min_knn_top1,
+            data_repo=data_repo, data_version=data_version, dvc_remote=dvc_remote, config=config_name,
+            config_yaml=config_yaml, overrides=list(overrides or []), train_subdir=train_subdir,
+            val_subdir=val_subdir, gpus=0, linear_epochs=linear_epochs, linear_lr=1.0, min_knn_top1=min_knn_top1,
             require_not_worse=require_not_worse, triton_url=server.grpc_url, triton_repository=server.repository,
-            triton_flavour="cpu",
+            triton_flavour="cpu", pushgateway=pushgateway,
         )
     except RuntimeError as exc:  # kfp.local reports a failed task this way; its log is above
         raise PipelineError(f"{exc} (task logs above; artifacts under {pipeline_root})") from None
-    return summarize(pipeline_root, started, server=server, data_version=version.to_dict())
+    return summarize(pipeline_root, started, server=server,
+                     data_version=resolved.to_dict() if resolved is not None else None)
 
 
-def summarize(pipeline_root: Path, started: float, *, server, data_version: dict) -> dict[str, Any]:
+def _container_runner(server, pipeline_root: Path, data_repo: str, dvc_remote: str):
+    """DockerRunner with the local data repository and remote (read-only) and the model repository mounted."""
+    from dino_model.serving.server import ADMIN_KEY_ENV, find_admin_key
+    from pipelines.containers import docker_runner
+
+    local_paths = [Path(p.removeprefix("file://")) for p in (data_repo, dvc_remote)
+                   if p and (p.startswith("file://") or "://" not in p)]
+    key = find_admin_key(server.repository)
+    return docker_runner(read_only=local_paths, writable=[Path(server.repository)], owned=[pipeline_root],
+                         environment={ADMIN_KEY_ENV: key} if key else {})
+
+
+def local_remote(repo_root: Path) -> Path:
+    """The folder of the repository's default DVC remote (the local one the embedded run uses)."""
+    from dino_model.versioning.remotes import get_remote
+    from dino_model.versioning.repo import open_repo
+
+    with open_repo(repo_root) as repo:
+        return Path(get_remote(repo, None).path)
+
+
+def summarize(pipeline_root: Path, started: float, *, server, data_version: dict | None) -> dict[str, Any]:
     """Artifacts written by the run that started at `started`, their scores, and the endpoint."""
     import json
 
     from dino_model.serving.client import EmbeddingClient
+    from dino_model.serving.server import admin_headers_for
 
     run_dirs = sorted((d for d in pipeline_root.iterdir() if d.is_dir() and d.stat().st_mtime >= started - 1),
                       key=lambda d: d.stat().st_mtime)
@@ -71,8 +112,12 @@ def summarize(pipeline_root: Path, started: float, *, server, data_version: dict
     for name in ("knn.json", "linear.json"):
         if name in artifacts:
             scores |= json.loads(Path(artifacts[name]).read_text())["metrics"]
-    client = EmbeddingClient(server.grpc_url, "dino", timeout_s=30.0)
-    served = client.raw.get_model_repository_index(as_json=True).get("models", [])
+    client = EmbeddingClient(server.grpc_url, "dino", timeout_s=30.0, headers=admin_headers_for(server.repository))
+    index = client.call("reading the repository index", client.raw.get_model_repository_index, as_json=True)
+    served = index.get("models", [])
+    if data_version is None and any(m.get("state") == "READY" for m in served):
+        lineage = client.served.contract.lineage
+        data_version = {"md5": lineage.get("data_version"), "rev": lineage.get("data_revision")}
     return {
         "data_version": data_version,
         "run_dir": str(run_dir),

@@ -7,17 +7,19 @@ secrets come from kfp-kubernetes. kfp.local ignores all of these, so tests check
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
+from dino_model.train.placement import GPU_RESOURCE
+
 DVC_SECRET = "dvc-remote-credentials"
+DATA_REPO_SECRET = "data-repo-credentials"
 
 
-def request_gpus(task: PipelineTask, gpus) -> PipelineTask:
-    """`gpus` NVIDIA GPUs on a GPU node (tainted pools tolerated), memory-backed /dev/shm for loaders."""
+def request_gpus(task: PipelineTask, gpus, placement: PipelineTask) -> PipelineTask:
+    """`gpus` NVIDIA GPUs, on a GPU node only when gpus > 0 (`placement` computes the selector at run time),
+    and a memory-backed /dev/shm for loaders."""
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     task.set_cpu_request("8").set_memory_request("32Gi").set_memory_limit("64Gi")
-    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
-    kubernetes.add_node_selector(task, *GPU_NODE_LABEL)
+    kubernetes.add_node_selector_json(task, placement.outputs["node_selector"])
+    kubernetes.add_toleration_json(task, placement.outputs["tolerations"])
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
     return task
 
@@ -32,5 +34,14 @@ def use_dvc_credentials(task: PipelineTask) -> PipelineTask:
     kubernetes.use_secret_as_env(
         task, secret_name=DVC_SECRET, optional=True,
         secret_key_to_env={"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+    )
+    return task
+
+
+def use_data_repo_credentials(task: PipelineTask) -> PipelineTask:
+    """HTTPS credentials of the data repository from a Secret, read by git's credential helper at clone time."""
+    kubernetes.use_secret_as_env(
+        task, secret_name=DATA_REPO_SECRET, optional=True,
+        secret_key_to_env={"username": "DINO_GIT_USERNAME", "token": "DINO_GIT_TOKEN"},
     )
     return task

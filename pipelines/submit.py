@@ -52,25 +52,36 @@ def check_cron(schedule: str) -> str:
 
 
 def submit(host: str, *, params: dict[str, Any], experiment: str = "dino-mlops", run_name: str | None = None,
-           schedule: str | None = None, package: str | Path | None = None, client=None,
-           timeout_s: float = 120.0) -> dict[str, Any]:
+           schedule: str | None = None, package: str | Path | None = None, registered: str | None = None,
+           namespace: str | None = None, client=None, timeout_s: float = 120.0) -> dict[str, Any]:
     """Create a run (or a recurring run when `schedule` is given); returns its ids.
 
+    The run uses `package`, else the registered pipeline version `registered` ("NAME@VERSION", see
+    `upload`), else the pipeline compiled now. `namespace` is the KFP multi-user profile namespace.
     Without an injected `client` the call runs in a child process that is killed after `timeout_s`.
     """
     if schedule:
         check_cron(schedule)
+    if registered and "@" not in registered:
+        raise ConfigError(f"registered pipeline {registered!r} must be NAME@VERSION, e.g. dino-training@0.1.0")
     kwargs = {"params": params, "experiment": experiment, "run_name": run_name, "schedule": schedule,
-              "package": str(package) if package else None}
+              "package": str(package) if package else None, "registered": registered, "namespace": namespace}
+    return _call(_submit, host, kwargs, client, timeout_s)
+
+
+def upload(host: str, *, version: str, name: str = "dino-training", namespace: str | None = None, client=None,
+           timeout_s: float = 120.0) -> dict[str, Any]:
+    """Register the pipeline compiled now as version `version` of pipeline `name` (created when absent)."""
+    kwargs = {"name": name, "version": version, "namespace": namespace}
+    return _call(_upload, host, kwargs, client, timeout_s)
+
+
+def _call(fn, host: str, kwargs: dict[str, Any], client, timeout_s: float) -> dict[str, Any]:
     if client is not None:
-        return _submit(host, client=client, **kwargs)
-    return _bounded(host, kwargs, timeout_s)
-
-
-def _bounded(host: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        return _api_errors(fn, host, client=client, **kwargs)
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_submit_in_child, args=(send, host, kwargs), daemon=True)
+    child = ctx.Process(target=_in_child, args=(send, fn, host, kwargs), daemon=True)
     child.start()
     send.close()
     try:
@@ -78,7 +89,7 @@ def _bounded(host: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, A
             raise PipelineError(f"the KFP API at {host} did not answer within {timeout_s:.0f} s")
         ok, value = receive.recv()
     except EOFError:
-        raise PipelineError(f"submitting to the KFP API at {host} died (exit code {child.exitcode})") from None
+        raise PipelineError(f"calling the KFP API at {host} died (exit code {child.exitcode})") from None
     finally:
         if child.is_alive():
             child.kill()
@@ -89,40 +100,81 @@ def _bounded(host: str, kwargs: dict[str, Any], timeout_s: float) -> dict[str, A
     return value
 
 
-def _submit_in_child(send, host: str, kwargs: dict[str, Any]) -> None:
+def _in_child(send, fn, host: str, kwargs: dict[str, Any]) -> None:
     try:
-        result = (True, _submit(host, **kwargs))
+        result = (True, _api_errors(fn, host, **kwargs))
     except Exception as exc:  # noqa: BLE001 - every failure travels back as one message
         result = (False, str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}")
     send.send(result)
     send.close()
 
 
-def _submit(host: str, *, params: dict[str, Any], experiment: str, run_name: str | None, schedule: str | None,
-            package: str | None, client=None) -> dict[str, Any]:
-    import tempfile
-
+def _api_errors(fn, host: str, *, client=None, **kwargs) -> dict[str, Any]:
     import kfp
 
     try:
-        client = client or kfp.Client(host=host)
-        with tempfile.TemporaryDirectory() as tmp:
-            package = package or str(compile_pipeline(Path(tmp) / "pipeline.yaml"))
-            if schedule:
-                exp = client.create_experiment(name=experiment)
-                job = client.create_recurring_run(
-                    experiment_id=exp.experiment_id, job_name=run_name or "dino-training-schedule",
-                    cron_expression=schedule, params=params, pipeline_package_path=package,
-                    max_concurrency=1, no_catchup=True, enabled=True,
-                )
-                return {"recurring_run_id": job.recurring_run_id, "experiment_id": exp.experiment_id,
-                        "schedule": schedule, "host": host}
-            run = client.create_run_from_pipeline_package(
-                package, arguments=params, run_name=run_name, experiment_name=experiment)
-            return {"run_id": run.run_id, "experiment": experiment, "host": host}
+        return fn(client or kfp.Client(host=host, namespace=kwargs.get("namespace")), host, **kwargs)
     except (OSError, ConnectionError) as exc:
         raise PipelineError(f"cannot reach the KFP API at {host}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - kfp raises urllib3/ApiException types from several layers
         if type(exc).__module__.startswith(("urllib3", "kfp_server_api", "requests")):
             raise PipelineError(f"the KFP API at {host} failed: {type(exc).__name__}: {exc}") from exc
         raise
+
+
+def _submit(client, host: str, *, params: dict[str, Any], experiment: str, run_name: str | None,
+            schedule: str | None, package: str | None, registered: str | None, namespace: str | None
+            ) -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source: dict[str, Any] = {}
+        if registered:
+            source = _registered_ids(client, *registered.split("@", 1))
+        else:
+            source = {"pipeline_package_path": package or str(compile_pipeline(Path(tmp) / "pipeline.yaml"))}
+        exp = client.create_experiment(name=experiment, namespace=namespace)
+        if schedule:
+            job = client.create_recurring_run(
+                experiment_id=exp.experiment_id, job_name=run_name or "dino-training-schedule",
+                cron_expression=schedule, params=params, max_concurrency=1, no_catchup=True, enabled=True,
+                **source)
+            return {"recurring_run_id": job.recurring_run_id, "experiment_id": exp.experiment_id,
+                    "schedule": schedule, "host": host}
+        run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name or "dino-training",
+                                  params=params, **source)
+        return {"run_id": run.run_id, "experiment": experiment, "host": host}
+
+
+def _registered_ids(client, name: str, version: str) -> dict[str, str]:
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        raise PipelineError(f"no pipeline named {name!r} is registered; upload it with "
+                            f"`dino-mlops pipeline upload --version {version}`")
+    token = ""
+    while True:
+        page = client.list_pipeline_versions(pipeline_id, page_token=token, page_size=100)
+        for item in page.pipeline_versions or []:
+            if item.display_name == version:
+                return {"pipeline_id": pipeline_id, "version_id": item.pipeline_version_id}
+        token = page.next_page_token
+        if not token:
+            raise PipelineError(f"pipeline {name!r} has no version {version!r}")
+
+
+def _upload(client, host: str, *, name: str, version: str, namespace: str | None) -> dict[str, Any]:
+    import tempfile
+
+    from pipelines.training import dino_training_pipeline
+
+    description = (dino_training_pipeline.description or "").strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        package = str(compile_pipeline(Path(tmp) / "pipeline.yaml"))
+        pipeline_id = client.get_pipeline_id(name)
+        if pipeline_id is None:
+            pipeline_id = client.upload_pipeline(package, pipeline_name=name, description=description,
+                                                 namespace=namespace).pipeline_id
+        made = client.upload_pipeline_version(package, pipeline_version_name=version, pipeline_id=pipeline_id,
+                                              description=description)
+    return {"pipeline_id": pipeline_id, "pipeline_version_id": made.pipeline_version_id, "name": name,
+            "version": version, "host": host}

@@ -9,6 +9,7 @@ scratch environment sees the test environment's dependencies through a path entr
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,8 +24,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv holding the wheel of this checkout; returns its bin directory."""
     root = tmp_path_factory.mktemp("installed")
+    source = root / "source"  # a copy, so the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    for name in ("dino_model", "components", "pipelines"):
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(root / "dist"), str(REPO_ROOT)], check=True)
+                    "--wheel-dir", str(root / "dist"), str(source)], check=True)
     wheel = next((root / "dist").glob("dino_mlops-*.whl"))
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

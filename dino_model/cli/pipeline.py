@@ -6,6 +6,7 @@ kfp and the pipelines package are imported inside the commands, so the library n
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from dino_model.cli.options import print_result
@@ -25,7 +26,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-name", default=None)
     p.add_argument("--schedule", default=None, help="six-field cron with seconds first, e.g. '0 0 2 * * *'")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
+    p.add_argument("--registered", default=None, metavar="NAME@VERSION",
+                   help="run a pipeline version registered with `pipeline upload` instead of compiling one")
+    p.add_argument("--namespace", default=None, help="KFP multi-user profile namespace")
     p.set_defaults(func=run_submit)
+
+    p = cmds.add_parser("upload", help="register the compiled pipeline as a named version in KFP")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888")
+    p.add_argument("--name", default="dino-training", help="pipeline name in the KFP UI")
+    p.add_argument("--version", required=True, help="version name, e.g. the image tag 0.1.0")
+    p.add_argument("--namespace", default=None, help="KFP multi-user profile namespace")
+    p.set_defaults(func=run_upload)
 
     p = cmds.add_parser("run", help="run the pipeline; --local runs it on this machine through kfp.local")
     p.add_argument("--local", action="store_true", required=True)
@@ -36,6 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--output-dir", default=None, help="default: runs/local")
+    p.add_argument("--pushgateway", default=os.environ.get("DINO_PUSHGATEWAY", ""),
+                   help="Pushgateway host:port for the run's metrics (default: $DINO_PUSHGATEWAY, else none)")
+    p.add_argument("--containers", action="store_true",
+                   help="run every step in the project image through Docker, as a cluster would "
+                        "(build it first: bash scripts/image.sh build; DOCKER_HOST as it prints)")
+    p.add_argument("--data-repo", default=None,
+                   help="git URL of a data repository to train on (default: this checkout's digits version)")
+    p.add_argument("--dvc-remote", default="", help="DVC remote of --data-repo (default: its own default remote)")
+    p.add_argument("--data-version", default="", help="git revision or md5 in --data-repo (default: its head)")
     p.add_argument("overrides", nargs="*", help="training config overrides such as train.epochs=2")
     p.set_defaults(func=run_local_cmd)
 
@@ -55,7 +75,15 @@ def run_submit(args: argparse.Namespace) -> int:
     from pipelines.submit import parse_params, submit
 
     print_result(submit(args.host, params=parse_params(args.param), experiment=args.experiment,
-                        run_name=args.run_name, schedule=args.schedule))
+                        run_name=args.run_name, schedule=args.schedule, registered=args.registered,
+                        namespace=args.namespace))
+    return 0
+
+
+def run_upload(args: argparse.Namespace) -> int:
+    from pipelines.submit import upload
+
+    print_result(upload(args.host, version=args.version, name=args.name, namespace=args.namespace))
     return 0
 
 
@@ -66,7 +94,8 @@ def run_local_cmd(args: argparse.Namespace) -> int:
     result = run_local(find_repo_root(), config=args.config, overrides=args.overrides,
                        min_knn_top1=args.min_knn_top1, require_not_worse=not args.allow_worse,
                        grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
-                       output_dir=args.output_dir)
+                       output_dir=args.output_dir, pushgateway=args.pushgateway, containers=args.containers,
+                       data_repo=args.data_repo, dvc_remote=args.dvc_remote, data_version=args.data_version)
     print_result(result)
     return 0
 

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Gauge
 logger = logging.getLogger(__name__)
 
 GATEWAY_ENV = "DINO_PUSHGATEWAY"
+RUN_ENV = "DINO_RUN_ID"
 PUSH_TIMEOUT_S = 5.0
 
 # key in the training loop's per-epoch metrics dict -> (metric name, help)
@@ -50,6 +51,11 @@ DEPLOYMENT_TIMESTAMP = ("dino_deployment_timestamp_seconds", "Unix time of the l
 MODEL_INFO = ("dino_model_info", "Always 1; labels name the deployed model, its version and its data version.")
 DATA_INFO = ("dino_data_version_info", "Always 1; the md5 label names the newest registered data version.")
 DATA_TIMESTAMP = ("dino_data_version_timestamp_seconds", "Unix time when the newest data version was registered.")
+
+
+def run_label(default: str) -> str:
+    """The `run` grouping label: $DINO_RUN_ID (a pipeline step sets it to the KFP run id), else `default`."""
+    return os.environ.get(RUN_ENV, "").strip() or default
 
 
 def resolve_gateway(gateway: str | None) -> str:

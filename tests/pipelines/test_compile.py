@@ -30,14 +30,25 @@ def test_components_and_parameters(ir):
     assert params["gpus"]["parameterType"] == "NUMBER_INTEGER"
 
 
+def test_every_pipeline_parameter_is_described_for_the_ui(ir):
+    spec, _, _ = ir
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    undescribed = [name for name, p in params.items() if len(p.get("description", "")) < 15]
+    assert not undescribed, f"parameters without a description: {undescribed}"
+    assert params["config"]["defaultValue"] == "paper_vit_small"
+    assert "repo_root" not in params and "data_repo" in params and "pushgateway" in params
+
+
 def test_caching_and_data_md5_flow(ir):
     spec, _, _ = ir
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["resolve-data-version"]["cachingOptions"] == {}  # enableCache absent = disabled
-    assert tasks["pretrain"]["cachingOptions"]["enableCache"] is True
     assert tasks["quality-gate"]["cachingOptions"] == {}
-    md5_input = tasks["pretrain"]["inputs"]["parameters"]["data_md5"]["taskOutputParameter"]
-    assert md5_input == {"outputParameterKey": "Output", "producerTask": "resolve-data-version"}
+    pretrain = tasks["pretrain"]
+    assert pretrain["cachingOptions"]["enableCache"] is True
+    md5_input = pretrain["inputs"]["parameters"]["data_md5"]["taskOutputParameter"]
+    assert md5_input == {"outputParameterKey": "md5", "producerTask": "resolve-data-version"}
+    assert "pipeline_job_uuid" in str(pretrain["inputs"]["parameters"]["run_id"])
 
 
 def _condition(spec: dict, needle: str) -> str:
@@ -58,16 +69,23 @@ def test_davis_runs_only_when_a_davis_set_is_given(ir):
     assert set(inner) == {"eval-davis"}
 
 
-def test_gpu_request_toleration_and_node_selector(ir):
+def test_gpu_request_toleration_and_node_selector_only_when_gpus_are_asked_for(ir):
+    from dino_model.train.placement import gpu_node_selector, gpu_tolerations
+
     spec, platform, _ = ir
     resources = spec["deploymentSpec"]["executors"]["exec-pretrain"]["container"]["resources"]
     assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert "gpus" in str(resources["accelerator"]["resourceCount"])
-    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert k8s["exec-pretrain"]["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert k8s["exec-pretrain"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
-    assert k8s["exec-pretrain"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
-    assert k8s["exec-resolve-data-version"]["secretAsEnv"][0]["secretName"] == "dvc-remote-credentials"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-pretrain"]
+    assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    # selector and tolerations come from the placement step at run time, not fixed at compile time
+    assert "gpu-placement" in str(k8s["nodeSelector"]) and "node_selector" in str(k8s["nodeSelector"])
+    assert "gpu-placement" in str(k8s["tolerations"]) and "tolerations" in str(k8s["tolerations"])
+    assert gpu_node_selector(0) == {} and gpu_tolerations(0) == []
+    assert gpu_node_selector(2) == {"nvidia.com/gpu.present": "true"}
+    assert gpu_tolerations(1) == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-resolve-data-version"]
+    assert {s["secretName"] for s in secrets["secretAsEnv"]} == {"dvc-remote-credentials", "data-repo-credentials"}
 
 
 def test_every_component_runs_the_project_image(ir):
@@ -100,3 +118,58 @@ def test_params_and_cron():
 def test_unreachable_kfp_host_is_a_clear_error(free_port):
     with pytest.raises(PipelineError, match=f"127.0.0.1:{free_port}"):
         submit(f"http://127.0.0.1:{free_port}", params={})
+
+
+class RecordingClient:
+    """Offline stand-in for kfp.Client (no KFP API server can run here): records what would be sent."""
+
+    def __init__(self, pipelines: dict[str, list[str]] | None = None) -> None:
+        self.pipelines = pipelines or {}
+        self.calls: list[tuple[str, dict]] = []
+
+    def get_pipeline_id(self, name):
+        return f"id-{name}" if name in self.pipelines else None
+
+    def upload_pipeline(self, path, pipeline_name, description, namespace):
+        self.calls.append(("upload_pipeline", {"name": pipeline_name, "namespace": namespace, "path": path}))
+        self.pipelines[pipeline_name] = []
+        return type("P", (), {"pipeline_id": f"id-{pipeline_name}"})
+
+    def upload_pipeline_version(self, path, pipeline_version_name, pipeline_id, description):
+        assert "dino-training" in Path(path).read_text()  # the compiled IR is what gets uploaded
+        self.calls.append(("upload_pipeline_version", {"version": pipeline_version_name, "pipeline_id": pipeline_id}))
+        return type("V", (), {"pipeline_version_id": f"v-{pipeline_version_name}"})
+
+    def list_pipeline_versions(self, pipeline_id, page_token, page_size):
+        versions = [type("V", (), {"display_name": v, "pipeline_version_id": f"v-{v}"})
+                    for v in self.pipelines[pipeline_id.removeprefix("id-")]]
+        return type("Page", (), {"pipeline_versions": versions, "next_page_token": ""})
+
+    def create_experiment(self, name, namespace):
+        self.calls.append(("create_experiment", {"name": name, "namespace": namespace}))
+        return type("E", (), {"experiment_id": "exp-1"})
+
+    def run_pipeline(self, **kwargs):
+        self.calls.append(("run_pipeline", kwargs))
+        return type("R", (), {"run_id": "run-1"})
+
+
+def test_upload_registers_a_version_and_submit_runs_it():
+    from pipelines.submit import upload
+
+    client = RecordingClient()
+    made = upload("http://kfp", version="0.1.0", namespace="team-a", client=client)
+    assert made["pipeline_version_id"] == "v-0.1.0"
+    assert [c[0] for c in client.calls] == ["upload_pipeline", "upload_pipeline_version"]
+    assert client.calls[0][1]["namespace"] == "team-a"
+    client.pipelines["dino-training"] = ["0.1.0"]
+    result = submit("http://kfp", params={"gpus": 8}, registered="dino-training@0.1.0", namespace="team-a",
+                    client=client)
+    assert result["run_id"] == "run-1"
+    run = client.calls[-1][1]
+    assert (run["pipeline_id"], run["version_id"], run["params"]) == ("id-dino-training", "v-0.1.0", {"gpus": 8})
+    assert "pipeline_package_path" not in run
+    with pytest.raises(PipelineError, match="has no version '9.9'"):
+        submit("http://kfp", params={}, registered="dino-training@9.9", client=client)
+    with pytest.raises(ConfigError, match="NAME@VERSION"):
+        submit("http://kfp", params={}, registered="dino-training", client=client)
