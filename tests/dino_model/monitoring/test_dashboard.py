@@ -66,3 +66,12 @@ def test_dashboard_shows_the_series_the_alerts_use() -> None:
     for name in ("dino_train_loss", "dino_train_images_per_second", "dino_train_epoch", "dino_eval_metric",
                  "dino_deployed_model_version", "dino_data_version_info", "dino_model_info"):
         assert name in text, name
+
+
+def test_training_and_evaluation_panels_select_the_pipeline_run() -> None:
+    """Each pipeline run pushes under run=<KFP run id>: the panels filter by a `run` variable built from it."""
+    variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
+    assert "label_values(dino_train_epoch, run)" in variables["run"]["definition"]
+    per_run = [e for e in _exprs() if e.startswith(("dino_train_", "dino:train_", "dino_eval_metric"))]
+    assert len(per_run) >= 6
+    assert all('run=~"$run"' in e for e in per_run), per_run
