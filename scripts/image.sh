@@ -3,6 +3,7 @@
 #
 #   bash scripts/image.sh build    # daemon up, base image (once), project image (cached layers)
 #   bash scripts/image.sh env      # prints DOCKER_HOST=... for the project's Docker daemon
+#   bash scripts/image.sh podman   # the same image in podman (for `podman kube play`); prints CONTAINERS_CONF=...
 #   bash scripts/image.sh stop     # stops the daemon this script started
 #
 # The daemon, its images and the Debian base live under DINO_IMAGE_CACHE (default
@@ -84,10 +85,35 @@ build() {
   docker image inspect --format '{{.Id}}' "$IMAGE"
 }
 
+# Podman (Debian's 4.3 with runc) for playing Kubernetes manifests: the settings this machine needs
+# (no default ulimits, no pids limit, runc: crun fails on hybrid cgroups) in a file of our own.
+podman_image() {
+  need_packages podman:podman runc:runc catatonit:catatonit slirp4netns:slirp4netns
+  local conf=$CACHE/podman/containers.conf
+  mkdir -p "$CACHE/podman"
+  printf '[containers]\ndefault_ulimits = []\npids_limit = 0\n\n[engine]\nruntime = "runc"\n' > "$conf"
+  export CONTAINERS_CONF=$conf
+  build >/dev/null
+  local id stamp=$CACHE/podman/loaded-image-id
+  id=$(docker image inspect --format '{{.Id}}' "$IMAGE")
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$id" ] || ! podman image exists "$IMAGE"; then
+    log "copying $IMAGE into podman's storage"
+    docker save "$IMAGE" | podman load --quiet >/dev/null
+    echo "$id" > "$stamp"
+  fi
+  echo "CONTAINERS_CONF=$conf"
+}
+
+# one build or copy at a time on this machine (tests and people may call it together)
+mkdir -p "$CACHE"
+exec 9>"$CACHE/image.lock"
+flock 9
+
 case "${1:-build}" in
   build) build ;;
   env) echo "DOCKER_HOST=$DOCKER_HOST" ;;
   daemon) daemon_up; echo "DOCKER_HOST=$DOCKER_HOST" ;;
+  podman) podman_image ;;
   stop) daemon_stop ;;
-  *) echo "usage: scripts/image.sh [build|daemon|env|stop]" >&2; exit 2 ;;
+  *) echo "usage: scripts/image.sh [build|daemon|env|podman|stop]" >&2; exit 2 ;;
 esac
