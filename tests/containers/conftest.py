@@ -62,3 +62,26 @@ def docker(docker_env: dict[str, str]):
         return subprocess.run(["docker", *args], env=docker_env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def podman_env(docker_env: dict[str, str]) -> dict[str, str]:
+    """Environment for `podman` with the machine's settings (runc, no ulimits) and the project image loaded."""
+    if not shutil.which("podman") and os.geteuid() != 0:
+        _unavailable("podman is not installed (Debian: apt-get install podman runc catatonit slirp4netns)")
+    result = subprocess.run(["bash", str(SCRIPT), "podman"], env=docker_env, capture_output=True, text=True,
+                            timeout=3600)
+    if result.returncode != 0:
+        pytest.fail(f"scripts/image.sh podman failed:\n{result.stderr[-3000:]}")
+    conf = next(line for line in result.stdout.splitlines() if line.startswith("CONTAINERS_CONF="))
+    return {**docker_env, "CONTAINERS_CONF": conf.split("=", 1)[1]}
+
+
+@pytest.fixture(scope="session")
+def podman(podman_env: dict[str, str]):
+    """`podman(*args)` with the project's settings; returns the completed process."""
+
+    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(["podman", *args], env=podman_env, capture_output=True, text=True, timeout=timeout)
+
+    return run
