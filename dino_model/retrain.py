@@ -4,7 +4,9 @@ The data version at the tracked revision is compared with the version the servin
 on (its lineage in Triton) and with the last version a run was submitted for (a state file). Checks
 hold an exclusive lock while they decide and submit, so concurrent triggers start one run; the
 trigger is written down as pending before submission, so a failed submission (an unreachable KFP
-host) is retried by the next check instead of being lost.
+host) is retried by the next check instead of being lost. A check killed after KFP created the run
+but before the state was written must not start a second one: the KFP submitter first looks for a
+run already named for the data version and adopts it.
 """
 
 from __future__ import annotations
@@ -100,21 +102,48 @@ def _record(md5: str) -> None:
     record_data_version(md5)
 
 
+def run_name(md5: str) -> str:
+    """The KFP run name for a data version: the key that makes a resubmission find the earlier run."""
+    return f"dino-retrain-{md5[:12]}"
+
+
 def kfp_submitter(host: str, *, params: dict[str, Any], experiment: str = "dino-mlops",
-                  timeout_s: float = 120.0) -> Submitter:
+                  timeout_s: float = 120.0, namespace: str | None = None) -> Submitter:
     """Submit the training pipeline to KFP, with the data version as a parameter and in the run name.
 
-    Each submission is bounded by `timeout_s`: the lock a check holds is never held longer.
+    A run already named for the data version in `experiment` is adopted instead of creating another.
+    Each KFP call is bounded by `timeout_s`: the lock a check holds is never held much longer.
     """
 
     def submit(md5: str) -> str:
+        from pipelines.submit import _call
         from pipelines.submit import submit as kfp_submit
 
-        result = kfp_submit(host, params={**params, "data_version": md5}, experiment=experiment,
-                            run_name=f"dino-retrain-{md5[:12]}", timeout_s=timeout_s)
+        name = run_name(md5)
+        found = _call(_find_run, host, {"experiment": experiment, "name": name, "namespace": namespace}, None,
+                      timeout_s)
+        if found["run_id"]:
+            logger.info("KFP already has run %s (%s) for data version %s: adopting it", found["run_id"], name, md5)
+            return found["run_id"]
+        result = kfp_submit(host, params={**params, "data_version": md5}, experiment=experiment, run_name=name,
+                            namespace=namespace, timeout_s=timeout_s)
         return result["run_id"]
 
     return submit
+
+
+def _find_run(client, host: str, *, experiment: str, name: str, namespace: str | None) -> dict[str, str]:
+    """The id of a run named `name` in `experiment` ("" when there is none); runs in pipelines.submit's child."""
+    try:
+        exp = client.get_experiment(experiment_name=experiment, namespace=namespace)
+    except ValueError as exc:
+        if str(exc).startswith("No experiment is found with name"):
+            return {"run_id": ""}
+        raise
+    flt = json.dumps({"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": name}]})
+    page = client.list_runs(experiment_id=exp.experiment_id, filter=flt, page_size=10, namespace=namespace)
+    runs = [r for r in page.runs or [] if r.display_name == name]
+    return {"run_id": runs[0].run_id if runs else ""}
 
 
 def deployed_data_version(url: str, model: str = "dino") -> str | None:

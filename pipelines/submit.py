@@ -113,13 +113,29 @@ def _api_errors(fn, host: str, *, client=None, **kwargs) -> dict[str, Any]:
     import kfp
 
     try:
-        return fn(client or kfp.Client(host=host, namespace=kwargs.get("namespace")), host, **kwargs)
+        client = client or kfp.Client(host=host, namespace=kwargs.get("namespace"), credentials=_token_credentials())
+        return fn(client, host, **kwargs)
     except (OSError, ConnectionError) as exc:
         raise PipelineError(f"cannot reach the KFP API at {host}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - kfp raises urllib3/ApiException types from several layers
         if type(exc).__module__.startswith(("urllib3", "kfp_server_api", "requests")):
             raise PipelineError(f"the KFP API at {host} failed: {type(exc).__name__}: {exc}") from exc
         raise
+
+
+def _token_credentials():
+    """The projected ServiceAccount token (KF_PIPELINES_SA_TOKEN_PATH) when the file exists, else None.
+
+    Given an explicit host, kfp.Client sends no token on its own: a multi-user KFP would refuse the call.
+    """
+    import os
+
+    path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", "")
+    if not path or not Path(path).is_file():
+        return None
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+    return ServiceAccountTokenVolumeCredentials(path)
 
 
 def _submit(client, host: str, *, params: dict[str, Any], experiment: str, run_name: str | None,

@@ -1,15 +1,23 @@
 """`dino-mlops retrain check|watch`: start training when a new DVC data version lands.
 
 Settings come from flags or, for the Kubernetes CronJob, from the environment: DINO_DATA_REPO,
-DINO_DATA_REV, KFP_HOST, DINO_TRITON_URL, DINO_RETRAIN_STATE.
+DINO_DATA_REV, KFP_HOST, DINO_TRITON_URL, DINO_RETRAIN_STATE, DINO_RETRAIN_WORKDIR, DINO_GIT_TIMEOUT. A pod
+holds no checkout: when the repository is a git URL, each check clones it into a scratch folder
+(credentials from DINO_GIT_USERNAME/DINO_GIT_TOKEN), reads data.dvc at the revision and removes the
+clone, and the submitted run is told the same URL (`data_repo`) and the md5 (`data_version`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dino_model.cli.options import print_result
@@ -22,10 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmds = group.add_subparsers(dest="retrain_command", required=True)
     for name, helptext in (("check", "check once"), ("watch", "check every --interval seconds")):
         p = cmds.add_parser(name, help=helptext)
-        p.add_argument("--repo", default=os.environ.get("DINO_DATA_REPO", "."), help="data repository (git + DVC)")
+        p.add_argument("--repo", default=os.environ.get("DINO_DATA_REPO", "."),
+                       help="data repository (git + DVC): a local checkout, or a git URL cloned for each check")
         p.add_argument("--rev", default=os.environ.get("DINO_DATA_REV", "HEAD"),
-                       help="git revision whose data.dvc is tracked; 'workspace' reads the working tree")
+                       help="git revision (branch) whose data.dvc is tracked; 'workspace' reads the working tree")
         p.add_argument("--fetch", action="store_true", help="git fetch before reading the revision")
+        p.add_argument("--workdir", default=os.environ.get("DINO_RETRAIN_WORKDIR", ""),
+                       help="scratch folder for the clone of a git URL (default: the system's temporary folder)")
+        p.add_argument("--git-timeout", type=float, default=float(os.environ.get("DINO_GIT_TIMEOUT", "120")),
+                       help="seconds a git clone or fetch may take")
+        p.add_argument("--namespace", default=None,
+                       help="KFP multi-user profile namespace the run belongs to (not given: standalone KFP)")
         p.add_argument("--host", default=os.environ.get("KFP_HOST", ""), help="KFP API; submits a pipeline run")
         p.add_argument("--local", action="store_true", help="run the pipeline on this machine (kfp.local)")
         p.add_argument("--triton-url", default=os.environ.get("DINO_TRITON_URL", ""),
@@ -60,23 +75,74 @@ def run_watch(args: argparse.Namespace) -> int:
 def _check_once(args: argparse.Namespace) -> dict:
     from dino_model.errors import ConfigError
     from dino_model.retrain import check, deployed_data_version, kfp_submitter
-    from dino_model.versioning.repo import git
+    from dino_model.versioning.clone import public_url
     from dino_model.versioning.versions import current_version, version_at
     from pipelines.submit import parse_params
 
     if bool(args.host) == bool(args.local):
         raise ConfigError("give exactly one of --host URL (or KFP_HOST) and --local")
-    repo = Path(args.repo).resolve()
-    if args.fetch:
-        git(repo, "fetch", "--quiet")
-    current = current_version(repo) if args.rev == "workspace" else version_at(repo, args.rev)
-    deployed = deployed_data_version(args.triton_url) if args.triton_url else None
     params = parse_params(args.param)
+    remote = is_git_url(args.repo)
+    if remote and args.rev == "workspace":
+        raise ConfigError(f"--rev workspace needs a local checkout, not the git URL {public_url(args.repo)}")
+    if remote and args.local:
+        raise ConfigError("--local runs the pipeline on a local checkout: give --repo PATH, not a git URL")
+    with _data_repository(args.repo, workdir=args.workdir, timeout_s=args.git_timeout, fetch=args.fetch) as repo:
+        if args.rev == "workspace":
+            current = current_version(repo)
+        else:
+            current = version_at(repo, _tracked_rev(repo, args.rev) if remote else args.rev)
+    deployed = deployed_data_version(args.triton_url) if args.triton_url else None
     if args.local:
         submit = _local_submitter(repo, params)
     else:
-        submit = kfp_submitter(args.host, params=params, timeout_s=args.timeout)
+        if remote:
+            params.setdefault("data_repo", public_url(args.repo))
+        submit = kfp_submitter(args.host, params=params, timeout_s=args.timeout, namespace=args.namespace)
     return check(current.md5, state_path=args.state, submit=submit, deployed_md5=deployed)
+
+
+def is_git_url(repo: str) -> bool:
+    """True for what git clones over a transport (https://, ssh://, file://, user@host:path), not a local path."""
+    return "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo) is not None
+
+
+@contextlib.contextmanager
+def _data_repository(repo: str, *, workdir: str, timeout_s: float, fetch: bool) -> Iterator[Path]:
+    """A local checkout as it is (fetched first on request), or a fresh clone of a git URL removed afterwards."""
+    if not is_git_url(repo):
+        root = Path(repo).resolve()
+        if fetch:
+            _git_bounded(root, ["fetch", "--quiet"], timeout_s)
+        yield root
+        return
+    from dino_model.versioning.clone import clone
+
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="retrain-", dir=workdir or None) as scratch:
+        yield clone(repo, Path(scratch) / "repo", timeout_s=timeout_s)
+
+
+def _tracked_rev(root: Path, rev: str) -> str:
+    """In a fresh clone only the default branch is local: branch NAME is refs/remotes/origin/NAME."""
+    ref = f"refs/remotes/origin/{rev}"
+    found = subprocess.run(["git", "-C", str(root), "show-ref", "--verify", "--quiet", ref], check=False)
+    return ref if found.returncode == 0 else rev
+
+
+def _git_bounded(root: Path, args: list[str], timeout_s: float) -> None:
+    from dino_model.errors import DataError
+    from dino_model.versioning.clone import git_environment
+
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], env=git_environment(), capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"`git {' '.join(args)}` in {root} took over {timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"`git {' '.join(args)}` failed in {root}: {detail}")
 
 
 def _local_submitter(repo: Path, params: dict):

@@ -51,6 +51,7 @@ def test_allowed_connections(rendered, env: str) -> None:
         (retrain, KFP_API, 8888),
         (retrain, INTERNET, 443),  # git host and DVC remote
         (retrain, PUSHGATEWAY, 9091),
+        (retrain, triton, 8001),  # the served model's lineage (gRPC)
         (pretrain, pretrain, 23456),  # torchrun rendezvous
         (pretrain, pretrain, 41234),  # NCCL's run-time ports
         (pretrain, PUSHGATEWAY, 9091),
@@ -62,7 +63,7 @@ def test_allowed_connections(rendered, env: str) -> None:
         (pods["other"], triton, 8001),
         (triton, INTERNET, 443),
         (triton, KFP_API, 8888),
-        (retrain, triton, 8001),
+        (retrain, triton, 8002),
         (retrain, INTERNET, 80),
         (pretrain, INTERNET, 443),
         (pods["other"], pretrain, 23456),

@@ -12,7 +12,7 @@ OPERATOR_SECRETS = {
     "triton-admin-key": "required in prod-gpu",
     "triton-model-store": "optional: s3:// model repository",
     "dvc-remote-credentials": "optional: S3-compatible DVC remote",
-    "retrain-git-credentials": "optional: private data repository",
+    "data-repo-credentials": "optional: private data repository",
 }
 REQUIRED_BY_ENV = {"dev": set(), "prod-gpu": {"triton-admin-key"}}
 

@@ -63,15 +63,26 @@ def test_credentials_come_from_secrets(rendered, env: str) -> None:
     (container,) = pod["containers"]
     secret_refs = {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e}
     assert secret_refs == {"dvc-remote-credentials"}
-    env_values = {e["name"]: e.get("value") for e in container["env"]}
-    helper = env_values["GIT_CONFIG_VALUE_0"]
-    store = PurePosixPath(helper.split("--file=")[1])
-    mount = next(m for m in container["volumeMounts"] if store.is_relative_to(m["mountPath"]))
-    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    assert volume["secret"]["secretName"] == "retrain-git-credentials" and mount["readOnly"]
+    git = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert {n: (r["name"], r["key"], r["optional"]) for n, r in git.items() if n.startswith("DINO_GIT_")} == {
+        "DINO_GIT_USERNAME": ("data-repo-credentials", "username", True),
+        "DINO_GIT_TOKEN": ("data-repo-credentials", "token", True)}, "the data step's Secret, as the pipeline uses"
+    assert not any(e["name"].startswith("GIT_CONFIG_") for e in container["env"]), "git_environment() sets them"
     assert "password" not in str(container["env"]).lower() and "token=" not in str(container["env"]).lower()
     settings = one(rendered[env], "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])
-    assert {"DINO_DATA_REPO", "DINO_DATA_REV", "KFP_HOST"} <= set(settings["data"])
+    assert {"DINO_DATA_REPO", "DINO_DATA_REV", "KFP_HOST", "DINO_TRITON_URL"} <= set(settings["data"])
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_state_outlives_the_job(rendered, env: str) -> None:
+    """The state file is on a claim: on an emptyDir every Job would start afresh and submit again."""
+    pod = _pod(_cron(rendered, env))
+    (container,) = pod["containers"]
+    state = PurePosixPath(next(e["value"] for e in container["env"] if e["name"] == "DINO_RETRAIN_STATE"))
+    mount = next(m for m in container["volumeMounts"] if state.is_relative_to(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    claim = one(rendered[env], "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and not mount.get("readOnly")
 
 
 def test_the_cli_accepts_the_cronjob_command(rendered) -> None:

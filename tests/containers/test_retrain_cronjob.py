@@ -1,0 +1,363 @@
+"""The retraining CronJob's pod, as `kubectl kustomize k8s/overlays/dev` renders it, run by podman.
+
+No KFP API server can run here, so a small HTTP server on the host plays the KFP v2beta1 API that
+the real `kfp.Client` inside the pod calls (healthz, experiments, runs): it records every request
+and answers with minimal valid JSON, and each recorded body is checked with kfp-server-api's models,
+so it is a request a real KFP would accept. The data repository is a real git + DVC repository whose
+bare clone on the host is bind-mounted into the pod and cloned there through a file:// URL.
+
+Transformation of the rendered manifests for `podman kube play --network=host` (nothing else changes:
+image, command, env, securityContext, resources, emptyDirs and mounts are played as rendered):
+- the CronJob's `spec.jobTemplate.spec.template` becomes a `kind: Pod` with a unique name;
+- its ConfigMap (rendered, hashed name) is played along with DINO_DATA_REPO=file:///srv/data/data.git,
+  KFP_HOST=http://127.0.0.1:<recorder>, DINO_TRITON_URL=127.0.0.1:<closed port> (nothing served) and
+  DINO_PUSHGATEWAY="" (no Pushgateway here);
+- the claim `retrain-state` names a podman volume created first (so it outlives each pod), unique per test;
+- the Secret `data-repo-credentials` becomes a podman secret of a unique name (podman 4.3 plays no
+  `kind: Secret`); the projected KFP token becomes a hostPath folder holding a token file;
+- one added hostPath volume, read-only at /srv/data, holds the bare data repository.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow]
+
+logger = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+UID = 10001  # the image's user (Dockerfile), owner of what the pod must read or write
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t.invalid"}
+TOKEN = "projected-token-for-kfp"
+IN_POD_REPO = "file:///srv/data/data.git"
+
+
+class KfpRecorder:
+    """The KFP v2beta1 endpoints kfp.Client uses for a run; records (method, path, query, headers, body)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.experiments: list[dict] = []
+        self.runs: list[dict] = []
+        self.hold_runs = False  # when set, a POST of a run is recorded, then answered only after `release`
+        self.run_received = threading.Event()
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                recorder.handle(self, "GET")
+
+            def do_POST(self) -> None:
+                recorder.handle(self, "POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlparse(handler.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = json.loads(handler.rfile.read(length)) if length else None
+        with self.lock:
+            self.requests.append({"method": method, "path": url.path, "query": query, "body": body,
+                                  "authorization": handler.headers.get("Authorization", "")})
+            status, answer = self.answer(method, url.path, query, body)
+        if method == "POST" and url.path == "/apis/v2beta1/runs" and self.hold_runs:
+            self.run_received.set()
+            self.release.wait(120)
+        data = json.dumps(answer).encode()
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except OSError:  # the client was killed while it waited
+            pass
+
+    def answer(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if (method, path) == ("GET", "/apis/v2beta1/healthz"):
+            return 200, {"multi_user": False}
+        if (method, path) == ("GET", "/apis/v2beta1/experiments"):
+            found = [e for e in self.experiments if _matches(e, query.get("filter"))]
+            return 200, {"experiments": found, "total_size": len(found)} if found else {}
+        if (method, path) == ("POST", "/apis/v2beta1/experiments"):
+            made = {**body, "experiment_id": str(uuid.uuid4()), "created_at": now, "storage_state": "AVAILABLE"}
+            self.experiments.append(made)
+            return 200, made
+        if (method, path) == ("GET", "/apis/v2beta1/runs"):
+            found = [r for r in self.runs if r["experiment_id"] == query.get("experiment_id")
+                     and _matches(r, query.get("filter"))]
+            return 200, {"runs": found, "total_size": len(found)} if found else {}
+        if (method, path) == ("POST", "/apis/v2beta1/runs"):
+            made = {**body, "run_id": str(uuid.uuid4()), "created_at": now, "state": "PENDING",
+                    "storage_state": "AVAILABLE"}
+            self.runs.append(made)
+            return 200, made
+        return 404, {"error": f"no route {method} {path}", "code": 5, "message": "not found"}
+
+    def posted(self, path: str) -> list[dict]:
+        return [r["body"] for r in self.requests if r["method"] == "POST" and r["path"] == path]
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _matches(item: dict, flt: str | None) -> bool:
+    """KFP's filter (protobuf JSON: enum by name or number, snake or camel case), `display_name EQUALS value`."""
+    for p in json.loads(flt).get("predicates", []) if flt else []:
+        assert p["operation"] in {"EQUALS", 1} and p["key"] == "display_name", p
+        if item.get("display_name") != p.get("string_value", p.get("stringValue")):
+            return False
+    return True
+
+
+def _validated(body: dict, model: str):
+    """`body` as kfp-server-api's `model`: unknown fields fail the constructor, and it serialises back unchanged."""
+    import kfp_server_api
+
+    cls = getattr(kfp_server_api, model)
+    cls(**body)  # TypeError on a field KFP's API does not have
+    api = kfp_server_api.ApiClient()
+    parsed = api._ApiClient__deserialize(body, model)
+    assert api.sanitize_for_serialization(parsed) == body, f"{model} loses fields: {body}"
+    return parsed
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV}).stdout.strip()
+
+
+class DataRepository:
+    """A git + DVC working repository on the host and its bare clone, the one the pod clones."""
+
+    def __init__(self, base: Path) -> None:
+        from dino_model.versioning.repo import init_repo
+
+        self.work, self.bare, self.remote = base / "work", base / "data" / "data.git", base / "dvc-remote"
+        self.work.mkdir()
+        self.remote.mkdir()
+        _git(self.work, "init", "-q", "-b", "main")
+        init_repo(self.work, remote_dir=self.remote)
+        _git(self.work, "add", "-A")
+        _git(self.work, "commit", "-qm", "dvc init")
+        self.bare.parent.mkdir()
+        _git(base, "init", "-q", "--bare", "-b", "main", str(self.bare))
+        _git(self.work, "remote", "add", "origin", str(self.bare))
+        _git(self.work, "push", "-q", "origin", "main")
+        _git(self.work, "checkout", "-q", "-b", "dev")  # the dev overlay tracks DINO_DATA_REV=dev
+        self.versions = 0
+
+    def push_new_version(self) -> str:
+        """A new data/ content, snapshotted with DVC, committed on dev and pushed; returns its md5."""
+        from dino_model.versioning.sync import snapshot
+
+        self.versions += 1
+        folder = self.work / "data" / "train" / f"class{self.versions}"
+        folder.mkdir(parents=True)
+        (folder / "sample.txt").write_text(f"sample {self.versions}\n")
+        saved = {k: os.environ.get(k) for k in GIT_ENV}
+        os.environ.update(GIT_ENV)
+        try:
+            version = snapshot(self.work, f"data version {self.versions}")
+        finally:
+            for key, value in saved.items():
+                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        _chown(self.bare.parent, "0:0")  # git refuses a repository owned by another user (safe.directory)
+        _git(self.work, "push", "-q", "origin", "dev")
+        _chown(self.bare.parent)
+        return version.md5
+
+
+def _chown(path: Path, owner: str = f"{UID}:{UID}") -> None:
+    subprocess.run(["chown", "-R", owner, str(path)], check=True)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _played_pod(rendered: list[dict], name: str, *, claim: str, secret: str, kfp_port: int, data_dir: Path,
+                token_dir: Path) -> list[dict]:
+    """The CronJob's pod and its ConfigMap, transformed as the module docstring says."""
+    cron = next(d for d in rendered if d["kind"] == "CronJob" and d["metadata"]["name"] == "retrain-check")
+    template = copy.deepcopy(cron["spec"]["jobTemplate"]["spec"]["template"])
+    spec = template["spec"]
+    (container,) = spec["containers"]
+    settings_name = next(e["configMapRef"]["name"] for e in container["envFrom"] if "configMapRef" in e)
+    settings = copy.deepcopy(next(d for d in rendered if d["kind"] == "ConfigMap"
+                                  and d["metadata"]["name"] == settings_name))
+    settings["data"] |= {"DINO_DATA_REPO": IN_POD_REPO, "KFP_HOST": f"http://127.0.0.1:{kfp_port}",
+                         "DINO_TRITON_URL": f"127.0.0.1:{_closed_port()}", "DINO_PUSHGATEWAY": ""}
+    for env in container["env"]:
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["name"] == "data-repo-credentials":
+            ref["name"] = secret
+    for volume in spec["volumes"]:
+        if "persistentVolumeClaim" in volume:
+            assert volume["persistentVolumeClaim"]["claimName"] == "retrain-state"
+            volume["persistentVolumeClaim"]["claimName"] = claim
+        if volume["name"] == "kfp-token":
+            del volume["projected"]
+            volume["hostPath"] = {"path": str(token_dir), "type": "Directory"}
+    spec["volumes"].append({"name": "data-repository", "hostPath": {"path": str(data_dir), "type": "Directory"}})
+    container["volumeMounts"].append({"name": "data-repository", "mountPath": "/srv/data", "readOnly": True})
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": name}, "spec": spec}
+    return [settings, pod]
+
+
+@pytest.fixture
+def setting(podman, tmp_path: Path) -> Iterator[dict]:
+    """Rendered dev overlay, data repository, KFP recorder, state volume and git Secret; removed afterwards."""
+    rendered = list(yaml.safe_load_all(subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "kubectl"), "kustomize", str(REPO_ROOT / "k8s" / "overlays" / "dev")],
+        check=True, capture_output=True, text=True).stdout))
+    tag = uuid.uuid4().hex[:8]
+    base = Path(tempfile.mkdtemp(prefix=f"retrain-{tag}-"))  # not under pytest's 0700 folder: uid 10001 reads it
+    base.chmod(0o755)
+    repo = DataRepository(base)
+    token_dir = base / "kfp-token"
+    token_dir.mkdir()
+    (token_dir / "token").write_text(TOKEN)
+    _chown(token_dir)
+    claim, secret = f"retrain-state-{tag}", f"data-repo-credentials-{tag}"
+    assert podman("volume", "create", claim).returncode == 0
+    secret_file = tmp_path / "secret.json"
+    credentials = {"username": "retrain", "token": "unused-by-file-urls"}
+    secret_file.write_text(json.dumps({k: base64.b64encode(v.encode()).decode() for k, v in credentials.items()}))
+    assert podman("secret", "create", secret, str(secret_file)).returncode == 0
+    mountpoint = podman("volume", "inspect", "--format", "{{.Mountpoint}}", claim).stdout.strip()
+    os.chown(mountpoint, UID, UID)
+    recorder = KfpRecorder()
+    played = tmp_path / "pod.yaml"
+    try:
+        yield {"rendered": rendered, "repo": repo, "recorder": recorder, "tag": tag, "played": played,
+               "state": Path(mountpoint) / "state.json", "claim": claim, "secret": secret, "base": base,
+               "token_dir": token_dir}
+    finally:
+        recorder.close()
+        podman("pod", "rm", "-f", f"retrain-{tag}")
+        podman("volume", "rm", "-f", claim)
+        podman("secret", "rm", secret)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _play(podman, s: dict, *, kill_when_run_posted: bool = False, timeout: float = 240) -> tuple[int, str]:
+    """Play the pod once, wait for its container to end; returns (exit code, logs). The pod is removed."""
+    name = f"retrain-{s['tag']}"
+    s["played"].write_text(yaml.safe_dump_all(_played_pod(
+        s["rendered"], name, claim=s["claim"], secret=s["secret"], kfp_port=s["recorder"].port,
+        data_dir=s["repo"].bare.parent, token_dir=s["token_dir"])))
+    container = f"{name}-retrain-check"
+    try:
+        played = podman("kube", "play", "--network=host", str(s["played"]), timeout=120)
+        assert played.returncode == 0, played.stderr
+        if kill_when_run_posted:
+            assert s["recorder"].run_received.wait(timeout), podman("logs", container).stderr
+            killed = podman("kill", "--signal", "KILL", container)
+            assert killed.returncode == 0, killed.stderr
+            s["recorder"].release.set()
+        waited = podman("wait", container, timeout=timeout)
+        logs = podman("logs", container)
+        return int(waited.stdout.strip()), logs.stdout + logs.stderr
+    finally:
+        podman("kube", "down", str(s["played"]))
+        podman("pod", "rm", "-f", name)
+
+
+def _state(s: dict) -> dict:
+    return json.loads(s["state"].read_text())
+
+
+def _check_run_request(s: dict, body: dict, md5: str) -> None:
+    """The run request is a valid V2beta1Run for the training pipeline with data_repo and data_version."""
+    run = _validated(body, "V2beta1Run")
+    assert run.display_name == f"dino-retrain-{md5[:12]}"
+    assert run.experiment_id in {e["experiment_id"] for e in s["recorder"].experiments}
+    assert run.runtime_config.parameters == {"data_repo": IN_POD_REPO, "data_version": md5}
+    spec = body["pipeline_spec"]  # with Kubernetes settings (Secrets as env), kfp sends {pipeline_spec, platform_spec}
+    spec, platform = (spec["pipeline_spec"], spec["platform_spec"]) if "platform_spec" in spec else (spec, {})
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"data_repo", "data_version", "dvc_remote"} <= set(declared)
+    assert spec["pipelineInfo"]["name"] and "kubernetes" in platform.get("platforms", {})
+
+
+def test_cronjob_pod_submits_one_run_per_data_version_across_pods_and_a_kill(podman, setting) -> None:
+    s, recorder, repo = setting, setting["recorder"], setting["repo"]
+    first = repo.push_new_version()
+
+    # 1. nothing served, no state: one run for the current version
+    started = time.monotonic()
+    code, logs = _play(podman, s)
+    first_play_s = time.monotonic() - started
+    assert code == 0, logs
+    assert [b["display_name"] for b in recorder.posted("/apis/v2beta1/runs")] == [f"dino-retrain-{first[:12]}"]
+    _check_run_request(s, recorder.posted("/apis/v2beta1/runs")[0], first)
+    (experiment,) = recorder.posted("/apis/v2beta1/experiments")
+    _validated(experiment, "V2beta1Experiment")
+    assert _state(s)["submitted_md5"] == first and _state(s)["run_id"] == recorder.runs[0]["run_id"]
+    assert {r["authorization"] for r in recorder.requests} == {f"Bearer {TOKEN}"}
+
+    # 2. a new pod, no new data: the state on the claim says it was submitted, nothing is posted
+    code, logs = _play(podman, s)
+    assert code == 0, logs
+    assert len(recorder.posted("/apis/v2beta1/runs")) == 1 and '"action": "none"' in logs
+
+    # 3. a new data version pushed: exactly one more run, recorded on the claim
+    second = repo.push_new_version()
+    assert second != first
+    code, logs = _play(podman, s)
+    assert code == 0, logs
+    runs = recorder.posted("/apis/v2beta1/runs")
+    assert [b["display_name"] for b in runs] == [f"dino-retrain-{first[:12]}", f"dino-retrain-{second[:12]}"]
+    _check_run_request(s, runs[1], second)
+    assert _state(s)["submitted_md5"] == second and _state(s)["run_id"] == recorder.runs[1]["run_id"]
+
+    # 4. a third version; the pod is SIGKILLed while KFP holds its answer to the run's creation
+    third = repo.push_new_version()
+    recorder.hold_runs = True
+    code, _ = _play(podman, s, kill_when_run_posted=True)
+    recorder.hold_runs = False
+    assert code == 137
+    assert _state(s)["pending_md5"] == third and _state(s)["submitted_md5"] == second
+
+    # 5. the next pod adopts the run KFP created instead of submitting a second one
+    code, logs = _play(podman, s)
+    assert code == 0, logs
+    runs = recorder.posted("/apis/v2beta1/runs")
+    assert [b["display_name"] for b in runs].count(f"dino-retrain-{third[:12]}") == 1 and len(runs) == 3
+    _check_run_request(s, runs[2], third)
+    assert _state(s)["submitted_md5"] == third and _state(s)["run_id"] == recorder.runs[2]["run_id"]
+    assert len(recorder.posted("/apis/v2beta1/experiments")) == 1, "the experiment is found, not created again"
+    logger.info("first play took %.1f s", first_play_s)
