@@ -96,3 +96,14 @@ def start_server() -> Iterator[Callable]:
 def triton_tools() -> SimpleNamespace:
     """start(repository) and write_cpu_repository(onnx, root), for fixtures that manage their own server."""
     return SimpleNamespace(start=start_triton, write_cpu_repository=write_cpu_repository)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path, triton_tools) -> Iterator:
+    """(server, repository): a `cpu` repository holding version 1, on its own tritonserver (one per test module)."""
+    repository = triton_tools.write_cpu_repository(tiny_onnx, tmp_path_factory.mktemp("live-repo"))
+    server = triton_tools.start(repository)
+    try:
+        yield server, repository
+    finally:
+        server.stop()

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +42,6 @@ pytestmark = pytest.mark.triton
 ROLLED_FORWARD = ("promoted", "final-written")  # the new version had passed both smoke tests
 RECOVERED_BY_CLI = ("both-loaded", "final-written")  # one each way through `dino-mlops deploy --recover`
 PAUSE_TIMEOUT_S = 240.0
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path, triton_tools) -> Iterator:
-    """(server, repository): a `cpu` repository holding version 1, on its own tritonserver."""
-    repository = triton_tools.write_cpu_repository(tiny_onnx, tmp_path_factory.mktemp("recovery-repo"))
-    server = triton_tools.start(repository)
-    try:
-        yield server, repository
-    finally:
-        server.stop()
 
 
 def _cli() -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +26,6 @@ from dino_model.serving.loadtest import LoadGenerator
 from dino_model.serving.smoke import smoke_images
 
 pytestmark = pytest.mark.triton
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path, triton_tools) -> Iterator:
-    """(server, repository): a `cpu` repository holding version 1, on its own tritonserver."""
-    repository = triton_tools.write_cpu_repository(tiny_onnx, tmp_path_factory.mktemp("live-repo"))
-    server = triton_tools.start(repository)
-    try:
-        yield server, repository
-    finally:
-        server.stop()
 
 
 def _client(server) -> EmbeddingClient:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,16 +27,6 @@ from dino_model.serving.gate import serving_score
 pytestmark = pytest.mark.triton
 
 CLAIMS = {"metrics": json.dumps({"knn_top1": 99.9}), "data_version": "forged.dir"}
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path, triton_tools) -> Iterator:
-    repository = triton_tools.write_cpu_repository(tiny_onnx, tmp_path_factory.mktemp("lineage-repo"))
-    server = triton_tools.start(repository)
-    try:
-        yield server, repository
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
