@@ -16,21 +16,19 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dino_model.errors import DataError
+from dino_model.versioning.layout import DATA_DIR, DVC_FILE, write_atomic  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR = "data"  # the tracked directory, relative to the repository root
-DVC_FILE = "data.dvc"  # its .dvc file: outs[0] is the data version
 DEFAULT_REMOTE = "local"  # name of the default remote in the committed .dvc/config
 DEFAULT_REMOTE_DIR = ".dvc-remote"  # its directory, relative to the repository root (ignored by git)
 DEFAULT_SITE_CACHE = Path("/var/tmp/dvc")  # DVC's default site cache on Linux
@@ -201,18 +199,6 @@ def _git_root(path: Path) -> Path | None:
 def has_git(root: str | Path) -> bool:
     """Whether `root` lies in a git work tree (versions can then be resolved through history)."""
     return _git_root(Path(root)) is not None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def restore_text(path: Path, text: str | None) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dino_model.errors import DataError
-from dino_model.versioning.repo import DATA_DIR, DVC_FILE, write_atomic
+from dino_model.versioning.layout import DATA_DIR, DVC_FILE, write_atomic
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
