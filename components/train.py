@@ -1,4 +1,5 @@
-"""Pretraining component: DINO on 1..N GPUs of one node (torchrun), as dino_model trains it."""
+"""Pretraining components: DINO on 1..N GPUs of one node (torchrun), as dino_model trains it, or on several
+nodes as a Kubeflow Training Operator PyTorchJob launched from this step."""
 
 from typing import List, NamedTuple
 
@@ -42,3 +43,42 @@ def gpu_placement(gpus: int) -> NamedTuple("Placement", [("node_selector", dict)
     from dino_model.train.placement import gpu_node_selector, gpu_tolerations
 
     return namedtuple("Placement", ["node_selector", "tolerations"])(gpu_node_selector(gpus), gpu_tolerations(gpus))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def pretrain_on_cluster(run_id: str, model: Output[Model], config: str = "", config_yaml: str = "",
+                        overrides: List[str] = [],  # noqa: B006 - KFP reads the default from the signature
+                        overlay: str = "prod-gpu", template_yaml: str = "", nodes: int = 2, nproc_per_node: int = 8,
+                        gpus: bool = True, data_root: str = "", data_claim: str = "", data_subpath: str = "",
+                        namespace: str = "", image: str = "", pushgateway: str = "",
+                        timeout_hours: float = 168.0) -> None:
+    """Train on `nodes` nodes x `nproc_per_node` processes as the PyTorchJob `dino-pretrain-<run_id>` and wait.
+
+    The job is k8s/jobs/pretrain as `overlay` renders it (or `template_yaml`, already rendered); its
+    config is the packaged `config` or `config_yaml` when given, else the overlay's, with `overrides`.
+    `data_root` (under /data), the claims and `image` default to the config's and template's. A retried
+    step adopts the job of the same run id. `model` holds no weights: its metadata points at the
+    checkpoint on the runs claim (`/runs/<job>/checkpoint.pth`), which later steps mount to read it.
+    """
+    import json
+    from pathlib import Path
+
+    from dino_model.config import pipeline_config
+    from dino_model.train import cluster
+
+    options = cluster.JobOptions(
+        name=cluster.job_name(run_id), nodes=nodes, nproc_per_node=nproc_per_node, gpus=gpus, image=image or None,
+        namespace=namespace or None, data_claim=data_claim or None, data_subpath=data_subpath or None,
+        env=cluster.env_pairs({"DINO_RUN_ID": run_id, "DINO_PUSHGATEWAY": pushgateway}),
+    )
+    cluster.validate_options(options)
+    resources = cluster.parse_rendered(template_yaml) if template_yaml.strip() else cluster.render_overlay(overlay)
+    cfg = pipeline_config(config, config_yaml, overrides) if (config or config_yaml.strip()) else None
+    result = cluster.launch(resources, options, cfg, overrides=overrides, data_root=data_root or None,
+                            timeout_s=timeout_hours * 3600)
+    model.metadata.update({"checkpoint": result["checkpoint"], "runs_claim": result["runs_claim"],
+                           "claim_path": result["claim_path"], "job": result["job"], "namespace": result["namespace"],
+                           "nodes": result["nodes"], "nproc_per_node": result["nproc_per_node"],
+                           "data_version": result["data_version"], "arch": result["arch"]})
+    Path(model.path).mkdir(parents=True, exist_ok=True)
+    (Path(model.path) / "cluster_run.json").write_text(json.dumps(result, indent=2))

@@ -41,8 +41,9 @@ daemon_up() {
   docker info >/dev/null 2>&1 && return 0
   mkdir -p "$CACHE/docker"
   log "starting the Docker daemon ($SOCK)"
+  # 9>&-: the daemon outlives this script and must not inherit (and so hold) the build lock
   nohup dockerd --iptables=false --bridge=none --host="$DOCKER_HOST" --data-root="$CACHE/docker/data" \
-    --exec-root="$CACHE/docker/exec" --pidfile="$CACHE/docker/dockerd.pid" >"$CACHE/docker/dockerd.log" 2>&1 &
+    --exec-root="$CACHE/docker/exec" --pidfile="$CACHE/docker/dockerd.pid" >"$CACHE/docker/dockerd.log" 2>&1 9>&- &
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && return 0
     sleep 1
@@ -107,7 +108,10 @@ podman_image() {
 # one build or copy at a time on this machine (tests and people may call it together)
 mkdir -p "$CACHE"
 exec 9>"$CACHE/image.lock"
-flock 9
+if ! flock --timeout "${DINO_IMAGE_LOCK_TIMEOUT:-1800}" 9; then
+  log "another image build or copy held $CACHE/image.lock for ${DINO_IMAGE_LOCK_TIMEOUT:-1800} s; holders: $(fuser "$CACHE/image.lock" 2>/dev/null || echo unknown)"
+  exit 1
+fi
 
 case "${1:-build}" in
   build) build ;;
