@@ -20,11 +20,16 @@ LABEL org.opencontainers.image.title="dino-mlops" \
 ARG DEBIAN_FRONTEND=noninteractive
 # An imported base has no ENV at all: PATH is spelled out.
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-# The distribution's Python with venv, and git for DVC repositories (skipped when the base has them)
-RUN if ! command -v git >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then \
+# The distribution's Python with venv, its shared libpython (which Triton's Python backend stub links
+# against), and git for DVC repositories; skipped when the base has them all.
+RUN has_libpython() { python3 -c 'import os, sys, sysconfig as s; \
+      sys.exit(not os.path.exists(os.path.join(s.get_config_var("LIBDIR"), s.get_config_var("INSTSONAME"))))'; }; \
+    if ! command -v git >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null || ! has_libpython; then \
       apt-get update \
       && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
-      && rm -rf /var/lib/apt/lists/*; \
+      && apt-get install -y --no-install-recommends "libpython$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+      && rm -rf /var/lib/apt/lists/* \
+      && has_libpython; \
     fi
 
 ENV VIRTUAL_ENV=/opt/venv \

@@ -28,7 +28,7 @@ from dino_model.eval.knn import knn_classify
 from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
 from dino_model.logs import setup_logging
 from dino_model.models.backbone import build_backbone
-from dino_model.train.checkpoint import save_atomic
+from dino_model.runtime.checkpoint import save_atomic
 from dino_model.train.loop import fit
 
 SHARED = Path(os.environ.get("DINO_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))

@@ -22,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dino_model.config import load_config
-from dino_model.train.distributed import DistInfo
+from dino_model.runtime.distributed import DistInfo
 from dino_model.train.loop import build_trainer, train_step
 
 CONFIGS = {

@@ -49,15 +49,19 @@ def deploy_to_triton(onnx: Input[Model], repository: str, triton_url: str, model
                      pushgateway: str) -> int:
     """Add the model as version N+1 of a live Triton, smoke-test it, retire N; N keeps serving on failure.
 
-    The lineage (data md5 and git revision, code revision, evaluation metrics) travels inside the ONNX
-    metadata, and is served as verified only when the file's sha256 matches the one export_onnx
-    recorded in the artifact's metadata; a file changed since export is refused. A successful
+    `repository` is the model repository on the claim Triton serves from (mounted here read-write);
+    `triton_url` names every Triton replica: a headless Service resolves to one address per ready pod, and
+    each step of the switch is taken on all of them. The admin key comes from the Secret triton-admin-key
+    ($TRITON_ADMIN_KEY). The lineage (data md5 and git revision, code revision, evaluation metrics) travels
+    inside the ONNX metadata, and is served as verified only when the file's sha256 matches the one
+    export_onnx recorded in the artifact's metadata; a file changed since export is refused. A successful
     deployment is recorded at the Pushgateway `pushgateway`.
     """
     from dino_model.export.lineage import LineageRecord
+    from dino_model.serving.client import replica_urls
     from dino_model.serving.release import release
 
     record = LineageRecord.from_metadata(onnx.metadata, source=f"the pipeline's metadata of {onnx.uri}")
     result = release(f"{onnx.path}/model.onnx", repository, url=triton_url, model_name=model_name, flavour=flavour,
-                     record=record, gateway=pushgateway)
+                     record=record, gateway=pushgateway, replicas=replica_urls(triton_url))
     return int(result["version"])

@@ -2,6 +2,10 @@
 
 Each wraps one dino_model evaluation; scores go to Metrics (flat name -> number, what the KFP UI
 and the quality gate read), class confusion to ClassificationMetrics, reports to Markdown/HTML.
+k-NN and the linear probe run with the config saved in the trained checkpoint plus the run's
+`overrides` (dino_model.eval.settings.pipeline_eval_config): an `eval.*` override applies, and the
+model is evaluated at the resolution it was trained at. `config` and `config_yaml` only matter for a
+checkpoint that saved no config.
 """
 
 from typing import List
@@ -23,12 +27,13 @@ def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_s
     """
     from pathlib import Path
 
-    from dino_model.config import pipeline_config
     from dino_model.eval.knn_eval import run_knn_eval
+    from dino_model.eval.settings import pipeline_eval_config
     from dino_model.monitoring.metrics import push_eval_metrics
 
-    cfg = pipeline_config(config, config_yaml, overrides)
-    result = run_knn_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
+    checkpoint = f"{model.path}/checkpoint.pth"
+    cfg = pipeline_eval_config(checkpoint, config, config_yaml, overrides)
+    result = run_knn_eval(checkpoint, cfg.eval, train_dir=f"{data.path}/{train_subdir}",
                           val_dir=f"{data.path}/{val_subdir}", output=report_json.path)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)
@@ -49,13 +54,14 @@ def eval_linear(model: Input[Model], data: Input[Dataset], train_subdir: str, va
     """
     from pathlib import Path
 
-    from dino_model.config import pipeline_config
     from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
+    from dino_model.eval.settings import pipeline_eval_config
     from dino_model.monitoring.metrics import push_eval_metrics
 
-    cfg = pipeline_config(config, config_yaml, overrides)
+    checkpoint = f"{model.path}/checkpoint.pth"
+    cfg = pipeline_eval_config(checkpoint, config, config_yaml, overrides)
     probe = LinearProbeConfig(epochs=epochs, lr=lr, augment=False)
-    result = run_linear_eval(f"{model.path}/checkpoint.pth", cfg.eval, train_dir=f"{data.path}/{train_subdir}",
+    result = run_linear_eval(checkpoint, cfg.eval, train_dir=f"{data.path}/{train_subdir}",
                              val_dir=f"{data.path}/{val_subdir}", probe=probe, output=report_json.path)
     for name, value in result["metrics"].items():
         metrics.log_metric(name, value)

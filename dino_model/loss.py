@@ -6,11 +6,18 @@ the pairing (each global teacher view teaches every other student view) and the 
 temperature follow the official `main_dino.DINOLoss`.
 """
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dino_model.train.distributed import all_reduce_sum, world_size
-from dino_model.train.schedules import teacher_temp_schedule
+from dino_model.runtime.distributed import all_reduce_sum, world_size
+
+
+def teacher_temp_schedule(warmup_temp: float, temp: float, warmup_epochs: int, epochs: int) -> np.ndarray:
+    """Teacher temperature for each epoch: linspace(warmup_temp, temp, warmup_epochs), then temp."""
+    return np.concatenate(
+        (np.linspace(warmup_temp, temp, warmup_epochs), np.ones(epochs - warmup_epochs) * temp)
+    )
 
 
 class DINOLoss(nn.Module):

@@ -38,7 +38,7 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
     """
     from kfp import local
 
-    from dino_model.serving.local_server import ensure_local_server
+    from pipelines.local_server import ensure_local_server
     from pipelines.training import dino_training_pipeline
 
     repo_root = Path(repo_root).resolve()

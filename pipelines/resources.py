@@ -45,3 +45,18 @@ def use_data_repo_credentials(task: PipelineTask) -> PipelineTask:
         secret_key_to_env={"username": "DINO_GIT_USERNAME", "token": "DINO_GIT_TOKEN"},
     )
     return task
+
+
+TRITON_MODELS_CLAIM = "triton-models"
+TRITON_ADMIN_SECRET = "triton-admin-key"
+
+
+def use_triton_repository(task: PipelineTask) -> PipelineTask:
+    """The claim Triton serves from, read-write at /models, and the admin key of its repository API: only
+    the deploy step gets them. It runs in the namespace of the claim (docs/operations.md) and carries the
+    label the NetworkPolicy `triton-clients` lets through to Triton."""
+    kubernetes.mount_pvc(task, pvc_name=TRITON_MODELS_CLAIM, mount_path="/models")
+    kubernetes.use_secret_as_env(task, secret_name=TRITON_ADMIN_SECRET,
+                                 secret_key_to_env={"admin-key": "TRITON_ADMIN_KEY"})
+    kubernetes.add_pod_label(task, label_key="dino-mlops/triton-client", label_value="true")
+    return task

@@ -15,7 +15,13 @@ from components.data import resolve_data_version
 from components.deploy import deploy_to_triton, export_onnx, quality_gate
 from components.evaluate import attention_maps, eval_davis, eval_knn, eval_linear
 from components.train import gpu_placement, pretrain
-from pipelines.resources import request_gpus, request_resources, use_data_repo_credentials, use_dvc_credentials
+from pipelines.resources import (
+    request_gpus,
+    request_resources,
+    use_data_repo_credentials,
+    use_dvc_credentials,
+    use_triton_repository,
+)
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
@@ -39,7 +45,7 @@ def dino_training_pipeline(
     davis_short_side: int = 480,
     min_knn_top1: float = 70.0,
     require_not_worse: bool = True,
-    triton_url: str = "triton.dino-mlops.svc:8001",
+    triton_url: str = "triton-grpc.dino-mlops.svc:8001",
     triton_repository: str = "/models/repository",
     model_name: str = "dino",
     triton_flavour: str = "gpu",
@@ -68,8 +74,10 @@ def dino_training_pipeline(
         min_knn_top1: Quality gate: the k-NN top-1 (%) a model needs to be deployed (the paper's
             ViT-S/16 reaches 69.3 after 100 epochs and 74.5 after 300).
         require_not_worse: Quality gate: also require k-NN top-1 not below the serving model's.
-        triton_url: Triton gRPC endpoint (host:port) that serves the model.
-        triton_repository: Model repository path that the deploy step writes into (shared with Triton).
+        triton_url: Triton's gRPC endpoint (host:port); the headless Service, whose name resolves to
+            every ready Triton pod, so that the deploy step switches all replicas.
+        triton_repository: Model repository on the `triton-models` claim (mounted at /models in the deploy
+            step), the folder Triton serves.
         model_name: Name of the served model.
         triton_flavour: gpu (onnxruntime backend on GPU) or cpu (Python backend running onnxruntime).
         pushgateway: Prometheus Pushgateway (host:port) for training, evaluation and deployment
@@ -111,3 +119,4 @@ def dino_training_pipeline(
         deploy = deploy_to_triton(onnx=onnx.outputs["onnx"], repository=triton_repository, triton_url=triton_url,
                                   model_name=model_name, flavour=triton_flavour, pushgateway=pushgateway)
         deploy.set_caching_options(enable_caching=False)
+        use_triton_repository(deploy)

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+# every test, the slow end-to-end ones included (a plain `pytest` leaves those out); later -m options win
+exec .venv/bin/python -m pytest -m "slow or not slow" "$@"

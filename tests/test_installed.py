@@ -64,6 +64,14 @@ def test_every_command_group_answers_help(installed: Path, tmp_path: Path, comma
     assert "usage: dino-mlops" in out.stdout and "Traceback" not in out.stderr
 
 
+def test_the_installed_command_prints_the_package_version(installed: Path, tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    out = run(installed, "dino-mlops", "--version", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == version("dino-mlops")
+
+
 def test_packaged_configs_rules_and_backend_ship_in_the_wheel(installed: Path, tmp_path: Path) -> None:
     code = ("from importlib.resources import files\n"
             "from dino_model.config import load_config\n"

@@ -7,8 +7,18 @@ masks through DAVIS videos and scores J and F; attention renders the last block'
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
-from dino_model.cli.options import add_config_args, config_from_args, print_result
+from dino_model.cli.options import add_config_args, checkpoint_config_from_args, print_result
+from dino_model.eval.davis.config import FEATURE_SOURCES, MASK_FORMATS, DavisConfig, PropagationParams
+from dino_model.eval.settings import ATTENTION_IMAGE_SIZE, ATTENTION_THRESHOLD, LinearProbeConfig
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of dataclass field `name`: flags repeat no number the library already holds."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     knn.add_argument("--train-dir", help="labelled image folder for the memory bank (default data.knn_train)")
     knn.add_argument("--val-dir", help="labelled image folder to score (default data.knn_val)")
     knn.add_argument("--output", help="metrics JSON path (default: beside the checkpoint)")
-    add_config_args(knn)
+    add_config_args(knn, checkpoint=True)
     knn.set_defaults(func=run_knn)
     _register_linear(ev)
     _register_davis(ev)
@@ -31,18 +41,19 @@ def _register_linear(ev: argparse._SubParsersAction) -> None:
     p.add_argument("--train-dir", help="labelled folder the classifier is trained on (default data.knn_train)")
     p.add_argument("--val-dir", help="labelled folder it is scored on (default data.knn_val)")
     p.add_argument("--output", help="metrics JSON path (default: beside the checkpoint); weights go beside it")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--lr", type=float, default=0.001, help="per 256 images, scaled by the batch size")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=_default(LinearProbeConfig, "epochs"))
+    p.add_argument("--lr", type=float, default=_default(LinearProbeConfig, "lr"),
+                   help="per 256 images, scaled by the batch size")
+    p.add_argument("--batch-size", type=int, default=_default(LinearProbeConfig, "batch_size"))
     p.add_argument("--n-last-blocks", type=int, help="CLS tokens of the last n blocks (default 4; 1 for ViT-B)")
     p.add_argument("--avgpool", action=argparse.BooleanOptionalAction, default=None,
                    help="append the average-pooled patch tokens (default: only for ViT-B)")
     p.add_argument("--no-augment", action="store_true",
                    help="centre crops only: features are computed once and cached (fast on CPU)")
     p.add_argument("--random-init", action="store_true", help="baseline: a randomly initialised backbone")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=_default(LinearProbeConfig, "seed"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    add_config_args(p)
+    add_config_args(p, checkpoint=True)
     p.set_defaults(func=run_linear)
 
 
@@ -52,20 +63,25 @@ def _register_davis(ev: argparse._SubParsersAction) -> None:
     p.add_argument("--davis-root", required=True, help="folder with JPEGImages/, Annotations/, ImageSets/")
     p.add_argument("--output-dir", required=True, help="results PNGs, CSVs, davis.json and davis.md go here")
     p.add_argument("--sequences", nargs="+", help="sequence names (default: ImageSets/2017/<split>.txt)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--resolution", default="480p")
-    p.add_argument("--annotations", default="Annotations", help="annotation folder name under the root")
-    p.add_argument("--mask-format", default="auto", choices=("auto", "2017", "2016"),
+    p.add_argument("--split", default=_default(DavisConfig, "split"))
+    p.add_argument("--resolution", default=_default(DavisConfig, "resolution"))
+    p.add_argument("--annotations", default=_default(DavisConfig, "annotations"),
+                   help="annotation folder name under the root")
+    p.add_argument("--mask-format", default=_default(DavisConfig, "mask_format"), choices=MASK_FORMATS,
                    help="2016: grayscale 0/255 masks read as object 1; auto detects them")
-    p.add_argument("--short-side", type=_optional_int, default=480, help="resize short side, or 'none' to keep")
-    p.add_argument("--size-multiple", type=int, default=64, help="long side floored to a multiple of this")
+    p.add_argument("--short-side", type=_optional_int, default=_default(DavisConfig, "short_side"),
+                   help="resize short side, or 'none' to keep")
+    p.add_argument("--size-multiple", type=int, default=_default(DavisConfig, "size_multiple"),
+                   help="long side floored to a multiple of this")
     p.add_argument("--max-frames", type=int, help="propagate and score only the first N frames of each video")
-    p.add_argument("--n-last-frames", type=int, default=7)
-    p.add_argument("--neighbourhood", type=int, default=12, help="source window radius in patches (0: none)")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--features", default="vit", choices=("vit", "colour"), help="colour: model-free oracle")
-    p.add_argument("--oracle-patch-size", type=int, default=8)
+    p.add_argument("--n-last-frames", type=int, default=_default(PropagationParams, "n_last_frames"))
+    p.add_argument("--neighbourhood", type=int, default=_default(PropagationParams, "neighbourhood"),
+                   help="source window radius in patches (0: none)")
+    p.add_argument("--topk", type=int, default=_default(PropagationParams, "topk"))
+    p.add_argument("--temperature", type=float, default=_default(PropagationParams, "temperature"))
+    p.add_argument("--features", default=_default(DavisConfig, "features"), choices=FEATURE_SOURCES,
+                   help="colour: model-free oracle")
+    p.add_argument("--oracle-patch-size", type=int, default=_default(DavisConfig, "oracle_patch_size"))
     p.add_argument("--score-only", action="store_true", help="score existing <output-dir>/results only")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=run_davis)
@@ -76,10 +92,10 @@ def _register_attention(ev: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="ViT checkpoint or official DINO weights")
     p.add_argument("--image", nargs="+", required=True, help="input image(s)")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--image-size", type=int, nargs=2, default=(480, 480), metavar=("H", "W"),
-                   help="resize to H x W before the model (official 480 480)")
+    p.add_argument("--image-size", type=int, nargs=2, default=ATTENTION_IMAGE_SIZE, metavar=("H", "W"),
+                   help="resize to H x W before the model (the official size)")
     p.add_argument("--native-size", action="store_true", help="keep each image's own size instead")
-    p.add_argument("--threshold", type=_optional_float, default=0.6,
+    p.add_argument("--threshold", type=_optional_float, default=ATTENTION_THRESHOLD,
                    help="keep this fraction of each head's attention mass as a mask, or 'none'")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=run_attention)
@@ -88,7 +104,7 @@ def _register_attention(ev: argparse._SubParsersAction) -> None:
 def run_knn(args: argparse.Namespace) -> int:
     from dino_model.eval.knn_eval import run_knn_eval
 
-    cfg = config_from_args(args)
+    cfg = checkpoint_config_from_args(args)
     result = run_knn_eval(
         args.checkpoint, cfg.eval, train_dir=args.train_dir or cfg.data.knn_train,
         val_dir=args.val_dir or cfg.data.knn_val, output=args.output,
@@ -98,9 +114,9 @@ def run_knn(args: argparse.Namespace) -> int:
 
 
 def run_linear(args: argparse.Namespace) -> int:
-    from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
+    from dino_model.eval.linear import run_linear_eval
 
-    cfg = config_from_args(args)
+    cfg = checkpoint_config_from_args(args)
     probe = LinearProbeConfig(n_last_blocks=args.n_last_blocks, avgpool_patchtokens=args.avgpool, epochs=args.epochs,
                               lr=args.lr, batch_size=args.batch_size, augment=not args.no_augment, seed=args.seed)
     result = run_linear_eval(
@@ -113,7 +129,6 @@ def run_linear(args: argparse.Namespace) -> int:
 
 
 def run_davis(args: argparse.Namespace) -> int:
-    from dino_model.eval.davis.config import DavisConfig, PropagationParams
     from dino_model.eval.davis.run import run_davis_eval
 
     cfg = DavisConfig(

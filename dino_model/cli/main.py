@@ -2,13 +2,15 @@
 
 Each module in COMMAND_MODULES exposes `register(subparsers)`, adding its parsers with a
 `func(args) -> int` default. A DinoError becomes one line on stderr and exit code 2; results go
-to stdout, logs to stderr.
+to stdout, logs to stderr. Help is uniform, set up here once for every parser: each option with a
+default shows it, and each command ends with an example from EXAMPLES.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import sys
@@ -29,15 +31,98 @@ COMMAND_MODULES = (
 
 logger = logging.getLogger(__name__)
 
+CKPT = "runs/digits/checkpoint.pth"
+# One example per command, keyed by the words after `dino-mlops`; shown at the end of its --help.
+EXAMPLES = {
+    "": "dino-mlops eval knn --checkpoint runs/digits/checkpoint.pth",
+    "pretrain": "dino-mlops pretrain --config digits_vit_tiny --output-dir runs/digits train.epochs=5",
+    "eval": f"dino-mlops eval knn --checkpoint {CKPT}",
+    "eval knn": f"dino-mlops eval knn --checkpoint {CKPT} --val-dir data/digits/val eval.knn_k=[10,20]",
+    "eval linear": (f"dino-mlops eval linear --checkpoint {CKPT} --train-dir data/digits/train "
+                    "--val-dir data/digits/val --no-augment --lr 1.0"),
+    "eval davis": f"dino-mlops eval davis --checkpoint {CKPT} --davis-root data/davis --output-dir runs/davis",
+    "eval attention": f"dino-mlops eval attention --checkpoint {CKPT} --image photo.jpg --output-dir runs/attention",
+    "data": "dino-mlops data status",
+    "data init": "dino-mlops data init --remote-dir /mnt/dvc-remote",
+    "data status": "dino-mlops data status --limit 5",
+    "data snapshot": "dino-mlops data snapshot -m 'data: add new images'",
+    "data pull": "dino-mlops data pull HEAD~1",
+    "data diff": "dino-mlops data diff HEAD~1 workspace",
+    "data log": "dino-mlops data log -n 5",
+    "data ensure": "dino-mlops data ensure --source digits",
+    "data materialize": "dino-mlops data materialize digits data/digits",
+    "data remote": "dino-mlops data remote list",
+    "data remote add": "dino-mlops data remote add minio s3://dvc/dino --endpoint-url http://minio:9000 --default",
+    "data remote list": "dino-mlops data remote list",
+    "data remote default": "dino-mlops data remote default minio",
+    "export": f"dino-mlops export --checkpoint {CKPT} --output models/dino.onnx --fp16",
+    "triton-repo": "dino-mlops triton-repo --onnx models/dino.onnx --repository models/repo --flavour cpu",
+    "serve": "dino-mlops serve --repository models/repo",
+    "deploy": "dino-mlops deploy --onnx models/dino-v2.onnx --repository models/repo --url localhost:8001",
+    "infer": "dino-mlops infer data/digits/val --output val.npz",
+    "monitoring": "dino-mlops monitoring up --triton localhost:8002",
+    "monitoring up": "dino-mlops monitoring up --triton localhost:8002 --duration-s 600",
+    "monitoring render-k8s": "dino-mlops monitoring render-k8s --check",
+    "monitoring check": "dino-mlops monitoring check --rules-test tests/dino_model/monitoring/rules_test.yml",
+    "pipeline": "dino-mlops pipeline compile --output dino_training_pipeline.yaml",
+    "pipeline compile": "dino-mlops pipeline compile --output dino_training_pipeline.yaml",
+    "pipeline submit": "dino-mlops pipeline submit --host http://ml-pipeline.kubeflow:8888 --param min_knn_top1=70",
+    "pipeline upload": "dino-mlops pipeline upload --host http://ml-pipeline.kubeflow:8888 --version 0.1.0",
+    "pipeline run": "dino-mlops pipeline run --local train.epochs=2",
+    "pipeline stop-local": "dino-mlops pipeline stop-local",
+    "retrain": "dino-mlops retrain check --repo ../dino-data --local",
+    "retrain check": "dino-mlops retrain check --repo ../dino-data --host http://ml-pipeline.kubeflow:8888",
+    "retrain watch": "dino-mlops retrain watch --repo ../dino-data --fetch --local --interval 300",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description and the example's layout; option defaults come from `_show_defaults`."""
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("dino-mlops")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dino-mlops", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=package_version(), help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
+    for each in iter_parsers(parser):
+        each.formatter_class = HelpFormatter
+        _show_defaults(each)
+        example = EXAMPLES.get(each.prog.removeprefix(parser.prog).strip())
+        if example:
+            each.epilog = f"Example:\n  {example}"
     return parser
+
+
+def iter_parsers(parser: argparse.ArgumentParser):
+    """The parser and all its subcommand parsers, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield from iter_parsers(child)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append `(default: X)` to each option whose default means something and whose help does not say it."""
+    for action in parser._actions:
+        default = action.default
+        if (action.help == argparse.SUPPRESS or default in (None, "", argparse.SUPPRESS)
+                or isinstance(default, bool) or (isinstance(default, (list, tuple)) and not default)):
+            continue
+        text = action.help or ""
+        if "default" not in text.lower():
+            action.help = f"{text} (default: %(default)s)".lstrip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

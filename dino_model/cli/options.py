@@ -8,7 +8,16 @@ import sys
 from typing import Any
 
 
-def add_config_args(parser: argparse.ArgumentParser, *, default: str = "default") -> None:
+def add_config_args(parser: argparse.ArgumentParser, *, default: str = "default", checkpoint: bool = False) -> None:
+    """--config and overrides; `checkpoint=True`: both layer over the config saved in --checkpoint."""
+    if checkpoint:
+        parser.add_argument(
+            "--config", action="append", default=None,
+            help="YAML config file or packaged name over the checkpoint's saved config (repeatable, later wins; "
+                 "default: the saved config alone)",
+        )
+        parser.add_argument("overrides", nargs="*", help="config overrides such as eval.knn_k=[20]; applied last")
+        return
     parser.add_argument(
         "--config", action="append", default=None,
         help=f"YAML config file or packaged name (repeatable, later wins; default: {default})",
@@ -21,6 +30,13 @@ def config_from_args(args: argparse.Namespace, *extra: str, default: str = "defa
 
     files = args.config or ([] if default == "default" else [default])
     return load_config(*files, overrides=[*args.overrides, *extra])
+
+
+def checkpoint_config_from_args(args: argparse.Namespace):
+    """The checkpoint's saved config, then --config files, then overrides (dino_model.eval.settings)."""
+    from dino_model.eval.settings import checkpoint_config
+
+    return checkpoint_config(args.checkpoint, args.config or [], args.overrides)
 
 
 def print_result(result: dict[str, Any]) -> None:

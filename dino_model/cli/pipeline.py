@@ -101,9 +101,9 @@ def run_local_cmd(args: argparse.Namespace) -> int:
 
 
 def run_stop_local(args: argparse.Namespace) -> int:
-    from dino_model.serving.local_server import stop_local_server
     from dino_model.versioning.repo import find_repo_root
     from pipelines.local import LOCAL_DIR
+    from pipelines.local_server import stop_local_server
 
     out = Path(args.output_dir) if args.output_dir else find_repo_root() / LOCAL_DIR
     print_result({"stopped": stop_local_server(out / "triton")})

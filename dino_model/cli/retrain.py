@@ -74,9 +74,9 @@ def run_watch(args: argparse.Namespace) -> int:
 
 def _check_once(args: argparse.Namespace) -> dict:
     from dino_model.errors import ConfigError
-    from dino_model.retrain import check, deployed_data_version, kfp_submitter
     from dino_model.versioning.clone import public_url
     from dino_model.versioning.versions import current_version, version_at
+    from pipelines.retrain import check, deployed_data_version, kfp_submitter
     from pipelines.submit import parse_params
 
     if bool(args.host) == bool(args.local):

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import logging
 import signal
 import threading
+from typing import Any
 
 from dino_model.cli.options import print_result
+from dino_model.export.triton_config import RepositoryOptions
+from dino_model.serving.server import TritonServer
 
 logger = logging.getLogger(__name__)
+
+
+def _option(name: str) -> Any:
+    """RepositoryOptions' default of field `name`, so that a flag's default lives in one place."""
+    field = next(f for f in dataclasses.fields(RepositoryOptions) if f.name == name)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _server(name: str) -> Any:
+    """TritonServer's default of keyword `name`."""
+    return inspect.signature(TritonServer).parameters[name].default
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,23 +56,28 @@ def _register_repo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("triton-repo", help="write (or add a version to) a Triton model repository")
     p.add_argument("--onnx", required=True, help="file written by `dino-mlops export`")
     p.add_argument("--repository", required=True, help="model repository root")
-    p.add_argument("--flavour", choices=("gpu", "cpu"), default="gpu",
+    p.add_argument("--flavour", choices=("gpu", "cpu"), default=_option("flavour"),
                    help="gpu: onnxruntime backend, KIND_GPU; cpu: Python backend running onnxruntime, KIND_CPU")
-    p.add_argument("--model-name", default="dino")
+    p.add_argument("--model-name", default=_option("model_name"))
     p.add_argument("--version", type=int, help="version folder (default: one above the highest present)")
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--preferred-batch-sizes", type=int, nargs="*", default=[8, 16, 32])
-    p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batching max_queue_delay_microseconds")
+    p.add_argument("--max-batch-size", type=int, default=_option("max_batch_size"))
+    p.add_argument("--preferred-batch-sizes", type=int, nargs="*", default=_option("preferred_batch_sizes"))
+    p.add_argument("--queue-delay-us", type=int, default=_option("max_queue_delay_us"),
+                   help="dynamic batching max_queue_delay_microseconds")
     p.add_argument("--no-dynamic-batching", action="store_true")
-    p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count)")
-    p.add_argument("--instance-kind", choices=("gpu", "cpu"), default="",
+    p.add_argument("--instances", type=int, default=_option("instance_count"),
+                   help="model instances (instance_group count)")
+    p.add_argument("--instance-kind", choices=("gpu", "cpu"), default=_option("instance_kind"),
                    help="override the flavour's instance kind (gpu flavour on CPUs: NVIDIA's image without GPUs)")
-    p.add_argument("--keep-versions", type=int, default=1, help="version_policy latest { num_versions }")
+    p.add_argument("--keep-versions", type=int, default=_option("keep_versions"),
+                   help="version_policy latest { num_versions }")
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--tensorrt", action="store_true", help="gpu: TensorRT execution accelerator")
-    p.add_argument("--tensorrt-precision", choices=("FP16", "FP32"), default="FP16")
-    p.add_argument("--tensorrt-cache", default="/tmp/triton-trt-cache", help="engine cache path (mount a volume)")
-    p.add_argument("--intra-op-threads", type=int, default=0, help="cpu: onnxruntime threads per instance")
+    p.add_argument("--tensorrt-precision", choices=("FP16", "FP32"), default=_option("tensorrt_precision"))
+    p.add_argument("--tensorrt-cache", default=_option("tensorrt_cache_path"),
+                   help="engine cache path (mount a volume)")
+    p.add_argument("--intra-op-threads", type=int, default=_option("intra_op_threads"),
+                   help="cpu: onnxruntime threads per instance")
     _add_lineage_args(p)
     p.set_defaults(func=run_repo)
 
@@ -65,17 +86,20 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the real tritonserver on a repository until Ctrl-C / SIGTERM")
     p.add_argument("--repository", required=True)
     _add_server_args(p)
+    p.add_argument("--log-stderr", action="store_true",
+                   help="tritonserver's log on stderr (in a container, for `kubectl logs`) instead of a file")
     p.set_defaults(func=run_serve)
 
 
 def _add_server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics (/metrics)")
-    p.add_argument("--address", default="127.0.0.1", help="bind address (0.0.0.0 for every interface)")
+    p.add_argument("--http-port", type=int, default=_server("http_port"))
+    p.add_argument("--grpc-port", type=int, default=_server("grpc_port"))
+    p.add_argument("--metrics-port", type=int, default=_server("metrics_port"), help="Prometheus metrics (/metrics)")
+    p.add_argument("--address", default=_server("address"), help="bind address (0.0.0.0 for every interface)")
     p.add_argument("--model", action="append", help="model to load at start (repeatable; default: all)")
     p.add_argument("--tritonserver", help="tritonserver binary (default: the one in nvidia-pytriton)")
-    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    p.add_argument("--startup-timeout", type=float, default=_server("startup_timeout_s"),
+                   help="seconds to wait for readiness")
     p.add_argument("--admin-key-file",
                    help="file (mode 0600) holding the key that opens the repository API (model load/unload); "
                         "default: $TRITON_ADMIN_KEY, else a fresh key written to <repository>.admin-key. "
@@ -170,7 +194,8 @@ def run_serve(args: argparse.Namespace) -> int:
     key = read_admin_key(args.admin_key_file) if args.admin_key_file else key_from_env()
     server = TritonServer(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, address=args.address, models=args.model or ("*",),
-                          binary=args.tritonserver, startup_timeout_s=args.startup_timeout, admin_key=key)
+                          binary=args.tritonserver, startup_timeout_s=args.startup_timeout, admin_key=key,
+                          log_to_stderr=args.log_stderr)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -29,6 +29,7 @@ from dino_model.data.datasets import load_rgb
 from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dino_model.errors import ConfigError
 from dino_model.eval.report import build_report, metrics_table, write_report
+from dino_model.eval.settings import ATTENTION_IMAGE_SIZE, ATTENTION_THRESHOLD
 from dino_model.models.backbone import patch_grid
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def cls_attention_maps(model: nn.Module, image: Tensor) -> Tensor:
     return attn[:, 0, prefix : prefix + h * w].reshape(-1, h, w)
 
 
-def mass_threshold(maps: Tensor, keep: float = 0.6) -> Tensor:
+def mass_threshold(maps: Tensor, keep: float = ATTENTION_THRESHOLD) -> Tensor:
     """Per head, the patches with the most attention that together hold `keep` of its mass.
 
     As the official code: sort ascending, normalise, cumulative sum, keep where cumsum > 1 - keep.
@@ -133,7 +134,8 @@ def head_grid(tiles: list[np.ndarray], columns: int) -> np.ndarray:
 
 
 def attention_maps_for_image(model: nn.Module, image_path: str | Path, out_dir: str | Path, *, patch_size: int,
-                             image_size: tuple[int, int] | None = (480, 480), threshold: float | None = 0.6,
+                             image_size: tuple[int, int] | None = ATTENTION_IMAGE_SIZE,
+                             threshold: float | None = ATTENTION_THRESHOLD,
                              device: str = "cpu") -> dict[str, Any]:
     """Write the per-head overlays, masks and grid of one image; returns its statistics.
 
@@ -167,7 +169,8 @@ def attention_maps_for_image(model: nn.Module, image_path: str | Path, out_dir: 
 
 
 def run_attention_maps(checkpoint: str | Path, images: Sequence[str | Path], *, output_dir: str | Path,
-                       image_size: tuple[int, int] | None = (480, 480), threshold: float | None = 0.6,
+                       image_size: tuple[int, int] | None = ATTENTION_IMAGE_SIZE,
+                       threshold: float | None = ATTENTION_THRESHOLD,
                        device: str = "cpu") -> dict[str, Any]:
     """Attention maps of the teacher backbone for each image, under output_dir/<image stem>/.
 

@@ -14,6 +14,7 @@ from dino_model.errors import DataError
 from dino_model.eval.features import extract_features
 from dino_model.eval.knn import knn_classify, knn_predict
 from dino_model.eval.report import build_report, metrics_table, write_report
+from dino_model.eval.settings import checkpoint_config
 from dino_model.models.loading import load_backbone
 
 logger = logging.getLogger(__name__)
@@ -27,11 +28,15 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, n_classes:
     return torch.bincount(flat, minlength=n_classes * n_classes).view(n_classes, n_classes).tolist()
 
 
-def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig, *, train_dir: str | Path, val_dir: str | Path,
+def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, train_dir: str | Path, val_dir: str | Path,
                  output: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Score the teacher backbone of `checkpoint`; writes and returns the metrics report."""
+    """Score the teacher backbone of `checkpoint`; writes and returns the metrics report.
+
+    cfg: image sizes, batch size and k-NN settings; None: the checkpoint's saved `eval` config.
+    """
     if not train_dir or not val_dir:
         raise DataError("k-NN needs labelled train and val folders (data.knn_train and data.knn_val)")
+    cfg = cfg or checkpoint_config(checkpoint).eval
     backbone, _ = load_backbone(checkpoint)
     train_x, train_y = extract_features(backbone, train_dir, cfg, device=device)
     classes = ImageFolderDataset(train_dir).classes
@@ -48,7 +53,8 @@ def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig, *, train_dir: str | Pa
                               chunk_size=cfg.knn_chunk_size, num_classes=len(classes))
     details = {"classes": classes, "confusion_matrix": confusion_matrix(val_y, predictions, len(classes)),
                "k": k_main, "temperature": cfg.knn_temperature, "n_train": len(train_y), "n_val": len(val_y),
-               "train_dir": str(train_dir), "val_dir": str(val_dir), "feature_dim": int(train_x.shape[1])}
+               "train_dir": str(train_dir), "val_dir": str(val_dir), "feature_dim": int(train_x.shape[1]),
+               "image_size": cfg.image_size, "resize_size": cfg.resize_size}
     report = build_report("knn", checkpoint, metrics, details)
     out = Path(output) if output else Path(checkpoint).parent / "eval" / "knn.json"
     md = f"# k-NN evaluation\n\n{checkpoint}: top-1 {metrics['knn_top1']:.2f}% at k={k_main}\n\n"

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,25 +32,12 @@ from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from dino_model.errors import ConfigError, DataError
 from dino_model.eval.report import build_report, metrics_table, write_report
+from dino_model.eval.settings import LinearProbeConfig, checkpoint_config
 from dino_model.models.backbone import intermediate_tokens, is_vit
 
 logger = logging.getLogger(__name__)
 
 BASE_WIDTH = 768  # ViT-B: one block with pooled patch tokens; narrower ViTs: four blocks, CLS only
-
-
-@dataclass
-class LinearProbeConfig:
-    n_last_blocks: Optional[int] = None  # None: 4, or 1 for ViT-B widths (>= 768); capped at the depth
-    avgpool_patchtokens: Optional[bool] = None  # None: only for ViT-B widths, as the README advises
-    epochs: int = 100
-    lr: float = 0.001  # per 256 images; scaled by batch_size / 256
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    augment: bool = True  # random-resized crop + flip each epoch; False caches centre-crop features once
-    val_freq: int = 1
-    seed: int = 0
 
 
 def feature_layout(probe: LinearProbeConfig, *, width: int, depth: int) -> tuple[int, bool]:
@@ -209,17 +196,21 @@ def _train_epoch(classifier: nn.Module, opt: torch.optim.Optimizer, batches, dev
     return total / max(count, 1)
 
 
-def run_linear_eval(checkpoint: str | Path, cfg: EvalConfig, *, train_dir: str | Path, val_dir: str | Path,
-                    probe: LinearProbeConfig | None = None, output: str | Path | None = None,
+def run_linear_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, train_dir: str | Path,
+                    val_dir: str | Path, probe: LinearProbeConfig | None = None, output: str | Path | None = None,
                     device: str = "cpu", random_init: bool = False) -> dict[str, Any]:
     """Linear-probe the teacher backbone of `checkpoint` (or, as a baseline, a random init of its
-    architecture); writes the metrics JSON, a Markdown report and the best classifier weights."""
+    architecture); writes the metrics JSON, a Markdown report and the best classifier weights.
+
+    cfg: the image sizes and batch size of feature extraction; None: the checkpoint's saved `eval` config.
+    """
     from dino_model.models.backbone import build_backbone
     from dino_model.models.loading import load_backbone
 
     if not train_dir or not val_dir:
         raise DataError("the linear probe needs labelled train and val folders (--train-dir, --val-dir)")
     probe = probe or LinearProbeConfig()
+    cfg = cfg or checkpoint_config(checkpoint).eval
     backbone, model_cfg = load_backbone(checkpoint)
     if random_init:
         backbone, _ = build_backbone(model_cfg, drop_path_rate=0.0)
@@ -235,7 +226,8 @@ def run_linear_eval(checkpoint: str | Path, cfg: EvalConfig, *, train_dir: str |
     metrics = {"linear_top1": best["top1"], "linear_top5": best["top5"], "linear_best_epoch": best["epoch"],
                "linear_last_top1": result["history"][-1]["top1"]}
     details = {key: result[key] for key in ("feature_dim", "n_last_blocks", "avgpool", "lr", "n_train", "n_val")}
-    details |= {"train_dir": str(train_dir), "val_dir": str(val_dir), "random_init": random_init,
+    details |= {"train_dir": str(train_dir), "val_dir": str(val_dir), "image_size": cfg.image_size,
+                "resize_size": cfg.resize_size, "random_init": random_init,
                 "probe": asdict(probe), "history": result["history"], "classifier": str(weights),
                 "seconds": time.perf_counter() - start}
     source = f"random-init:{checkpoint}" if random_init else checkpoint

@@ -24,7 +24,7 @@ from dino_model.export.lineage import build_lineage, default_metric_reports, fil
 from dino_model.export.onnx import DEFAULT_OPSET, EmbeddingModel, export_onnx
 from dino_model.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity, parity_inputs
 from dino_model.models.loading import load_backbone
-from dino_model.train.checkpoint import load_checkpoint
+from dino_model.runtime.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

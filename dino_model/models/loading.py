@@ -21,7 +21,7 @@ from dino_model.errors import CheckpointError
 from dino_model.models.backbone import build_backbone
 from dino_model.models.factory import build_student_teacher
 from dino_model.models.multicrop import MultiCropWrapper
-from dino_model.train.checkpoint import load_checkpoint
+from dino_model.runtime.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ inference. One tritonclient connection per thread, since batches are sent concur
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,23 +57,28 @@ class EmbeddingClient:
             `call`, e.g. {"triton-grpc-protocol-admin-key": key} for a server started with
             --grpc-restricted-protocol=model-repository:admin-key=<key> (Triton expects gRPC header
             names with the `triton-grpc-protocol-` prefix); server.admin_headers(key) builds it.
+        replicas: `host:port` of every server sharing one model repository (see replica_urls); each
+            call is then made on all of them in turn, and the first one's answer is returned.
     """
 
     def __init__(self, url: str = "localhost:8001", model_name: str = "dino", *, model_version: str = "",
-                 timeout_s: float = 60.0, headers: dict[str, str] | None = None) -> None:
-        if "://" in url:
-            raise ConfigError(f"gRPC url {url!r} must be host:port without a scheme, e.g. localhost:8001")
+                 timeout_s: float = 60.0, headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> None:
+        for address in (url, *replicas):
+            if "://" in address:
+                raise ConfigError(f"gRPC url {address!r} must be host:port without a scheme, e.g. localhost:8001")
         self.url, self.model_name, self.model_version, self.timeout_s = url, model_name, model_version, timeout_s
         self.headers = headers
+        self.replicas = tuple(replicas)
         self._local = threading.local()
 
     @property
     def raw(self):
-        """This thread's tritonclient.grpc.InferenceServerClient."""
+        """This thread's tritonclient.grpc.InferenceServerClient (one per replica behind a Replicas)."""
         if getattr(self._local, "client", None) is None:
             import tritonclient.grpc as grpcclient
 
-            self._local.client = grpcclient.InferenceServerClient(url=self.url)
+            clients = [grpcclient.InferenceServerClient(url=url) for url in self.replicas or (self.url,)]
+            self._local.client = clients[0] if len(clients) == 1 else Replicas(clients)
         return self._local.client
 
     def call(self, what: str, fn, *args, **kwargs):
@@ -152,6 +158,43 @@ class EmbeddingClient:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             parts = list(pool.map(lambda chunk: self.infer(chunk)[EMBEDDING], chunks))
         return np.concatenate(parts) if parts else np.zeros((0, self.served.contract.embed_dim), np.float32)
+
+
+class Replicas:
+    """tritonclient calls made on every replica in turn: a model is loaded, or unloaded, everywhere.
+
+    The first failure stops the round and propagates (a deploy then rolls every replica back); the
+    first replica's answer is returned.
+    """
+
+    def __init__(self, clients: Sequence) -> None:
+        self.clients = list(clients)
+
+    def __getattr__(self, name: str):
+        methods = [getattr(client, name) for client in self.clients]
+
+        def on_every_replica(*args, **kwargs):
+            return [method(*args, **kwargs) for method in methods][0]
+
+        on_every_replica.__name__ = name  # EmbeddingClient.call recognises restricted calls by name
+        return on_every_replica
+
+
+def replica_urls(url: str) -> list[str]:
+    """`host:port` for every address `url`'s host resolves to: one per ready pod behind a headless Service.
+
+    A Kubernetes Service with a cluster IP resolves to that one address (and would reach a single
+    replica), so deploys name the headless Service (k8s/base/triton/service.yaml, triton-grpc).
+    """
+    host, _, port = url.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"gRPC url {url!r} must be host:port, e.g. triton-grpc.dino-mlops.svc:8001")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ServingError(f"cannot resolve Triton's host {host!r} ({exc.strerror})") from None
+    addresses = sorted({info[4][0] for info in infos})
+    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
 
 
 def check_finite(array: np.ndarray, what: str, images: np.ndarray) -> None:

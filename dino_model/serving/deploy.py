@@ -45,7 +45,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,12 +126,13 @@ class Journal:
 def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
            smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
            lineage: dict[str, str] | None = None, record: LineageRecord | None = None, load_timeout_s: float = 600.0,
-           headers: dict[str, str] | None = None) -> dict[str, Any]:
+           headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> dict[str, Any]:
     """Roll `onnx_path` out as the next version of `model_name` on the Triton at `url`.
 
     An interrupted earlier deploy of the model is finished first (see `recover`). `record` is the
     file's export record (default: the export report beside it); `headers` (the admin key of a server
     that restricts its repository API; default: the key found for `repository`) go with repository calls only.
+    `replicas` are all servers of `repository` (client.replica_urls); each step is then taken on every one.
 
     Raises:
         ConfigError: a bad model name, or the file changes the serving contract.
@@ -142,7 +143,8 @@ def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_nam
     started = time.monotonic()
     model_dir = Path(repository) / check_model_name(model_name)
     with _deploy_lock(model_dir):
-        client = EmbeddingClient(url, model_name, timeout_s=60.0, headers=headers or admin_headers_for(repository))
+        client = EmbeddingClient(url, model_name, timeout_s=60.0, headers=headers or admin_headers_for(repository),
+                                 replicas=replicas)
         recovered = _recover(client, Path(repository), load_timeout_s=load_timeout_s)
         config = read_config(model_dir)
         serving = ready_versions(client)
@@ -173,7 +175,7 @@ def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_nam
 
 
 def recover(repository: str | Path, *, url: str, model_name: str = "dino", load_timeout_s: float = 600.0,
-            headers: dict[str, str] | None = None) -> dict[str, Any]:
+            headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> dict[str, Any]:
     """Finish a deploy of `model_name` that was killed: roll it forward or back per its journal, clean up.
 
     Returns what was done and the versions serving afterwards; a repository with nothing to finish is
@@ -185,7 +187,8 @@ def recover(repository: str | Path, *, url: str, model_name: str = "dino", load_
     """
     model_dir = Path(repository) / check_model_name(model_name)
     with _deploy_lock(model_dir):
-        client = EmbeddingClient(url, model_name, timeout_s=60.0, headers=headers or admin_headers_for(repository))
+        client = EmbeddingClient(url, model_name, timeout_s=60.0, headers=headers or admin_headers_for(repository),
+                                 replicas=replicas)
         result = _recover(client, Path(repository), load_timeout_s=load_timeout_s)
     return {"model": model_name, "url": url, "repository": str(repository), **result,
             "serving_versions": ready_versions(client)}
@@ -225,7 +228,8 @@ def run_candidate(client: EmbeddingClient, repository: Path, onnx_path: str | Pa
     shutil.rmtree(folder, ignore_errors=True)  # a leftover of an interrupted deploy
     write_version(onnx_path, folder, 1, flavour=flavour)
     write_config(folder, config | {"name": name, "version_policy": {"latest": {"num_versions": 1}}})
-    candidate = EmbeddingClient(client.url, name, timeout_s=client.timeout_s, headers=client.headers)
+    candidate = EmbeddingClient(client.url, name, timeout_s=client.timeout_s, headers=client.headers,
+                                replicas=client.replicas)
     try:
         _load(client, name, load_timeout_s=load_timeout_s)
         _pause_point("candidate-loaded")

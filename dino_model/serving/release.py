@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,17 @@ logger = logging.getLogger(__name__)
 
 def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
             flavour: str = "gpu", load_timeout_s: float = 600.0, record: LineageRecord | None = None,
-            gateway: str | None = None) -> dict[str, Any]:
+            gateway: str | None = None, replicas: Sequence[str] = ()) -> dict[str, Any]:
     """Deploy `onnx_path` as the next version of `model_name`; returns the deployment record.
 
-    A successful deployment is recorded at the Pushgateway `gateway` (None: $DINO_PUSHGATEWAY).
+    `replicas`: every server sharing `repository` (client.replica_urls), all switched together. A
+    successful deployment is recorded at the Pushgateway `gateway` (None: $DINO_PUSHGATEWAY).
     """
-    client = EmbeddingClient(url, check_model_name(model_name), timeout_s=60.0,
+    client = EmbeddingClient(url, check_model_name(model_name), timeout_s=60.0, replicas=replicas,
                              headers=admin_headers_for(repository))  # the key of the server of `repository`
     if ready_versions(client):
         result = deploy(onnx_path, repository, url=url, model_name=model_name, load_timeout_s=load_timeout_s,
-                        record=record)
+                        record=record, replicas=replicas)
     else:
         result = _first_release(client, onnx_path, Path(repository), flavour=flavour, load_timeout_s=load_timeout_s,
                                 record=record)

@@ -170,8 +170,9 @@ class TritonServer:
     def __init__(self, repository: str | Path, *, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, address: str = "127.0.0.1", models: Sequence[str] = ("*",),
                  binary: str | Path | None = None, startup_timeout_s: float = 120.0,
-                 extra_args: Sequence[str] = (), admin_key: str | None = None) -> None:
-        """`admin_key` opens the restricted APIs; None generates one per start, written to admin_key_path()."""
+                 extra_args: Sequence[str] = (), admin_key: str | None = None, log_to_stderr: bool = False) -> None:
+        """`admin_key` opens the restricted APIs; None generates one per start, written to admin_key_path().
+        `log_to_stderr`: tritonserver's log on this process's stderr instead of a file in its work folder."""
         if admin_key is None and not is_loopback(address):
             raise ConfigError(f"serving on {address or '0.0.0.0'} would open Triton's model control (which runs "
                               f"uploaded code) to the network: give an admin key with --admin-key-file or "
@@ -187,6 +188,7 @@ class TritonServer:
         self.binary = Path(binary) if binary else pytriton_root() / "tritonserver" / "bin" / "tritonserver"
         self.bundled = binary is None
         self.extra_args = list(extra_args)
+        self.log_to_stderr = log_to_stderr
         self.admin_key = admin_key
         self.generated_key = admin_key is None
         self.key_file: Path | None = None  # written by start() when the key is generated
@@ -249,7 +251,8 @@ class TritonServer:
             self._remove_stale_key_file()
         self.workdir = Path(tempfile.mkdtemp(prefix="dino-triton-"))
         backend_dir = self._python_backend_dir(self.workdir) if self.bundled else None
-        log = (self.workdir / "tritonserver.log").open("wb")
+        # in a container the log belongs on stderr (`kubectl logs`); else in a file read for diagnoses
+        log = sys.stderr.fileno() if self.log_to_stderr else (self.workdir / "tritonserver.log").open("wb")
         try:
             self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
                                             env=self._environment(), start_new_session=True)
@@ -257,7 +260,8 @@ class TritonServer:
             self.stop()  # removes the work folder and the generated key file
             raise ServingError(f"cannot run {self.binary}: {exc}") from exc
         finally:
-            log.close()
+            if not isinstance(log, int):
+                log.close()
         logger.info("started tritonserver (pid %d) on %s: gRPC %d, HTTP %d, metrics %d", self.process.pid,
                     self.repository, self.ports["grpc"], self.ports["http"], self.ports["metrics"])
         try:
@@ -379,8 +383,11 @@ class TritonServer:
             raise ServingError(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub})")
         target = workdir / "backends" / "python"
         target.mkdir(parents=True)
-        for source in (*(root / "backends" / "python").glob("*.*"), stub):
+        for source in (root / "backends" / "python").glob("*.*"):
             (target / source.name).symlink_to(source)
+        # a copy: the backend makes the stub executable, which a read-only install (an image) forbids
+        shutil.copy(stub, target / stub.name)
+        (target / stub.name).chmod(0o755)
         return workdir / "backends"
 
     def _environment(self) -> dict[str, str]:

@@ -39,8 +39,7 @@ from dino_model.logs import JsonlWriter
 from dino_model.loss import DINOLoss
 from dino_model.models.factory import build_student_teacher, has_batchnorm
 from dino_model.models.teacher import ema_update
-from dino_model.train import monitor
-from dino_model.train.checkpoint import (
+from dino_model.runtime.checkpoint import (
     LATEST,
     METRICS,
     load_checkpoint,
@@ -48,7 +47,8 @@ from dino_model.train.checkpoint import (
     save_atomic,
     write_text_atomic,
 )
-from dino_model.train.distributed import DistInfo, all_reduce_sum, init_distributed
+from dino_model.runtime.distributed import DistInfo, all_reduce_sum, init_distributed
+from dino_model.train import monitor
 from dino_model.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients, param_groups
 from dino_model.train.schedules import cosine_schedule, effective_lr
 

@@ -14,7 +14,7 @@ import torch
 
 from dino_model.config import MonitorConfig
 from dino_model.errors import TrainingDivergedError
-from dino_model.train.distributed import all_reduce_sum
+from dino_model.runtime.distributed import all_reduce_sum
 
 
 def check_finite(loss: torch.Tensor, *, epoch: int, step: int, checkpoint: str) -> None:

@@ -2,7 +2,7 @@
 
 Matches `utils.cosine_scheduler` of the official code: an inclusive linear warm-up (step 0 is
 `start_warmup_value`), then a half cosine from `base` towards `final` that never quite reaches it.
-The teacher temperature is per epoch: a linear warm-up, then constant.
+The teacher temperature, per epoch, is the loss's own (`dino_model.loss.teacher_temp_schedule`).
 """
 
 import numpy as np
@@ -24,13 +24,6 @@ def cosine_schedule(
     j = np.arange(total - warmup_steps)
     cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * j / max(len(j), 1)))
     return np.concatenate((warmup, cosine))
-
-
-def teacher_temp_schedule(warmup_temp: float, temp: float, warmup_epochs: int, epochs: int) -> np.ndarray:
-    """Teacher temperature for each epoch: linspace(warmup_temp, temp, warmup_epochs), then temp."""
-    return np.concatenate(
-        (np.linspace(warmup_temp, temp, warmup_epochs), np.ones(epochs - warmup_epochs) * temp)
-    )
 
 
 def effective_lr(base_lr: float, global_batch: int) -> float:

@@ -15,7 +15,7 @@ from typing import Any
 
 from dino_model.config import TrainConfig, dump_config, load_config
 from dino_model.logs import read_jsonl, setup_logging
-from dino_model.train.distributed import cleanup, launch
+from dino_model.runtime.distributed import cleanup, launch
 
 logger = logging.getLogger(__name__)
 

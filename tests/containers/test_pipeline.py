@@ -81,9 +81,9 @@ def test_pipeline_in_containers_from_a_git_url_to_triton_then_a_new_version(
         image, docker_env, data_repository, tmp_path, monkeypatch):
     from dino_model.monitoring.prometheus import find_binary, run_pushgateway
     from dino_model.serving.client import EmbeddingClient
-    from dino_model.serving.local_server import stop_local_server
     from dino_model.serving.server import free_ports
     from dino_model.versioning.sync import snapshot
+    from pipelines.local_server import stop_local_server
 
     find_binary("prometheus-pushgateway")
     monkeypatch.setenv("DOCKER_HOST", docker_env["DOCKER_HOST"])

@@ -157,6 +157,9 @@ def played(podman: Podman, tmp_path: Path) -> Iterator[list[Path]]:
     yield files
     for file in files:
         podman("kube", "down", str(file), timeout=120)
+        for doc in yaml.safe_load_all(file.read_text()):  # podman keeps a played ConfigMap's volume
+            if doc["kind"] == "ConfigMap":
+                podman("volume", "rm", "-f", doc["metadata"]["name"])
 
 
 def _container_names(file: Path) -> list[str]:
@@ -198,7 +201,7 @@ def test_master_and_worker_pods_train_like_one_process(podman: Podman, image: st
                                                        tmp_path: Path, played: list[Path]) -> None:
     """Training Operator v1.9 env, two pods of the dev overlay, gloo: one checkpoint equal to a single process."""
     from dino_model.config import load_config_text
-    from dino_model.train.checkpoint import load_checkpoint
+    from dino_model.runtime.checkpoint import load_checkpoint
 
     resources = _render()
     job, configmap = _one(resources, "PyTorchJob"), _one(resources, "ConfigMap")

@@ -18,10 +18,17 @@ def test_paths_in_the_guide_exist() -> None:
         assert all(any(REPO_ROOT.glob(p.rstrip("/"))) for p in expanded), path
 
 
-def test_guide_covers_install_order_settings_and_rollouts() -> None:
+def test_guide_covers_install_order_settings_and_model_rollouts() -> None:
     text = GUIDE.read_text()
-    for heading in ("## Install order", "## What to set", "## Rolling out a new model and watching it"):
+    for heading in ("## Install order", "## What to set", "## Putting a new model in service"):
         assert heading in text
     for command in ("kubectl apply -k k8s/overlays/prod-gpu", "rollout status deployment/triton",
-                    "rollout undo deployment/triton", "get hpa triton"):
+                    "dino-mlops pipeline upload", "dino-mlops pipeline submit", "get hpa triton",
+                    "dino-mlops deploy --recover", "dino-mlops pretrain --cluster"):
         assert command in text, command
+
+
+def test_guide_names_the_tests_that_played_its_steps() -> None:
+    text = GUIDE.read_text()
+    for test in re.findall(r"`(tests/[\w/]+\.py)`", text):
+        assert (REPO_ROOT / test).is_file(), test

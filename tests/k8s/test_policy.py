@@ -94,6 +94,7 @@ patches:
     violations = check(render(tmp_path))
     assert {(v.where, v.rule) for v in violations} == {
         ("Deployment/triton/tritonserver", "image-tag"),
+        ("Deployment/triton/model-repository", "image-tag"),  # the init container uses the same image
         ("Deployment/triton/tritonserver", "limits"),
         ("Deployment/triton/tritonserver", "probes"),
     }

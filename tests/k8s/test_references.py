@@ -10,7 +10,6 @@ OPERATIONS_GUIDE = REPO_ROOT / "docs" / "operations.md"
 # Secrets the operator creates (docs/operations.md); a required one stops the pod from starting
 OPERATOR_SECRETS = {
     "triton-admin-key": "required in prod-gpu",
-    "triton-model-store": "optional: s3:// model repository",
     "dvc-remote-credentials": "optional: S3-compatible DVC remote",
     "data-repo-credentials": "optional: private data repository",
 }

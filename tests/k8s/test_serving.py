@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-from k8s_render import ADAPTER_VALUES, INSTALLS, find, one, render, selector_matches
+from k8s_render import ADAPTER_VALUES, INSTALLS, find, one, selector_matches
 
 RULES_SOURCE = Path(__file__).resolve().parents[2] / "dino_model" / "monitoring" / "rules.yml"
 ENVS = sorted(INSTALLS)
@@ -37,30 +36,90 @@ def test_rolling_update_is_gated_on_readiness(rendered, env: str) -> None:
         assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "model loading needs minutes"
-    args = c["args"]
-    for flag in ("--model-control-mode=explicit", "--strict-readiness=true", "--load-model=$(MODEL_NAME)",
+    args = _triton_args(c)
+    for flag in ("--model-control-mode=explicit", "--strict-readiness=true", "--load-model=*",
                  "--model-repository=$(MODEL_REPOSITORY)", "--http-port=8000", "--grpc-port=8001",
                  "--metrics-port=8002", "--metrics-config=summary_latencies=true"):
         assert flag in args, flag
+    restriction = "model-repository,shared-memory,trace,logging:admin-key=$(TRITON_ADMIN_KEY)"
+    assert {f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"} <= set(args)
+
+
+def _triton_args(container: dict) -> list[str]:
+    """tritonserver's flags: the container's own, or those `dino-mlops serve` (dev) passes for its args."""
+    if container["command"] == ["tritonserver"]:
+        return container["args"]
+    from dino_model.cli.main import build_parser
+    from dino_model.serving.server import TritonServer
+
+    assert container["command"] == ["dino-mlops", "serve"]
+    args = build_parser().parse_args(["serve", *container["args"]])
+    server = TritonServer(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
+                          metrics_port=args.metrics_port, address=args.address, models=args.model or ("*",),
+                          admin_key="$(TRITON_ADMIN_KEY)")
+    return [a.replace("--model-repository=" + str(server.repository), "--model-repository=$(MODEL_REPOSITORY)")
+            for a in server.command(None)[1:]]
+
+
+def test_triton_images(rendered) -> None:
+    """prod-gpu: NVIDIA's image, pinned; dev (CPU): the project image, whose Python has onnxruntime."""
+    from components._image import IMAGE
+
+    prod = _triton(rendered, "prod-gpu")["spec"]["template"]["spec"]
+    for container in (*prod["containers"], *prod["initContainers"]):
+        assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", container["image"])
+    dev = _triton(rendered, "dev")["spec"]["template"]["spec"]
+    assert {c["image"] for c in (*dev["containers"], *dev["initContainers"])} == {IMAGE}
+    assert dev["securityContext"]["runAsUser"] == 10001  # the project image's user
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_triton_image_is_a_pinned_release(rendered, env: str) -> None:
-    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", _container(_triton(rendered, env))["image"])
-
-
-@pytest.mark.parametrize("env", ENVS)
-def test_model_repository_is_a_read_only_claim(rendered, env: str) -> None:
+def test_model_repository_is_a_claim_triton_only_reads(rendered, env: str) -> None:
+    """Triton mounts the claim read-only; its init container only creates the repository folder on it."""
     deployment = _triton(rendered, env)
     pod = deployment["spec"]["template"]["spec"]
     mount = next(m for m in _container(deployment)["volumeMounts"] if m["mountPath"] == "/models")
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    assert mount["readOnly"] and volume["persistentVolumeClaim"]["readOnly"]
+    assert mount["readOnly"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["sh", "-c", 'mkdir -p "$MODEL_REPOSITORY"']
+    assert [m["mountPath"] for m in init["volumeMounts"]] == ["/models"]
     claim = one(rendered[env], "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
     cm_name = next(e for e in _container(deployment)["env"] if e["name"] == "MODEL_REPOSITORY")
     config = one(rendered[env], "ConfigMap", cm_name["valueFrom"]["configMapKeyRef"]["name"])
-    assert config["data"]["MODEL_REPOSITORY"].startswith("/models/releases/")
+    assert config["data"]["MODEL_REPOSITORY"] == "/models/repository"
     assert claim["spec"]["accessModes"] == (["ReadWriteMany"] if env == "prod-gpu" else ["ReadWriteOnce"])
+
+
+def test_the_pipeline_deploy_step_writes_where_triton_reads(rendered, tmp_path) -> None:
+    """The compiled pipeline's deploy step mounts Triton's claim at the same path, gets the admin key from the
+    Secret Triton reads, and names the headless Service (every replica), all as the manifests define them."""
+    import inspect
+
+    from kfp import compiler
+
+    from pipelines.training import dino_training_pipeline
+
+    compiler.Compiler().compile(dino_training_pipeline, str(tmp_path / "p.yaml"))
+    docs = list(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    deploy = next(v for k, v in executors.items() if "deploy-to-triton" in k)
+    (pvc,) = deploy["pvcMount"]
+    triton = _triton(rendered, "prod-gpu")
+    pod = triton["spec"]["template"]["spec"]
+    mount = next(m for m in _container(triton)["volumeMounts"] if m["name"] == "models")
+    claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]["claimName"]
+    assert pvc["constant"] == claim and pvc["mountPath"] == mount["mountPath"]
+    (secret,) = deploy["secretAsEnv"]
+    key_ref = next(e for e in _container(triton)["env"] if e["name"] == "TRITON_ADMIN_KEY")["valueFrom"]["secretKeyRef"]
+    assert secret["secretNameParameter"]["runtimeValue"]["constant"] == key_ref["name"]
+    assert secret["keyToEnv"] == [{"envVar": "TRITON_ADMIN_KEY", "secretKey": key_ref["key"]}]
+    assert deploy["podMetadata"]["labels"] == {"dino-mlops/triton-client": "true"}
+    defaults = inspect.signature(dino_training_pipeline.pipeline_func).parameters
+    assert defaults["triton_repository"].default == "/models/repository"
+    host = defaults["triton_url"].default.split(":")[0]
+    service = one(rendered["prod-gpu"], "Service", host.split(".")[0])
+    assert service["spec"]["clusterIP"] == "None" and host.split(".")[1] == service["metadata"]["namespace"]
 
 
 def test_gpu_only_in_prod(rendered) -> None:
@@ -70,34 +129,6 @@ def test_gpu_only_in_prod(rendered) -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
         prod["spec"]["template"]["spec"]["tolerations"])
     assert "nvidia.com/gpu" not in str(_container(dev)["resources"])
-
-
-def test_a_new_model_release_rolls_the_deployment(rendered, tmp_path) -> None:
-    """Changing MODEL_REPOSITORY changes only the generated ConfigMap's name in the pod template."""
-    overlay = os.path.relpath(INSTALLS["prod-gpu"], tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(f"""\
-resources:
-  - {overlay}
-configMapGenerator:
-  - name: triton-model
-    behavior: merge
-    literals:
-      - MODEL_REPOSITORY=/models/releases/2
-""")
-    before = _triton(rendered, "prod-gpu")["spec"]["template"]
-    after_resources = render(tmp_path)
-    after = one(after_resources, "Deployment", "triton")["spec"]["template"]
-    assert before != after
-    old_name = _env_source(before, "MODEL_REPOSITORY")
-    new_name = _env_source(after, "MODEL_REPOSITORY")
-    assert old_name != new_name
-    assert one(after_resources, "ConfigMap", new_name)["data"]["MODEL_REPOSITORY"] == "/models/releases/2"
-    assert yaml.safe_dump(before).replace(old_name, new_name) == yaml.safe_dump(after)
-
-
-def _env_source(template, name: str) -> str:
-    env = next(e for e in template["spec"]["containers"][0]["env"] if e["name"] == name)
-    return env["valueFrom"]["configMapKeyRef"]["name"]
 
 
 @pytest.mark.parametrize("env", ENVS)

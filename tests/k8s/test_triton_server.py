@@ -4,8 +4,8 @@ The nvidia-pytriton wheel ships a real tritonserver (2.51, python backend only).
 the rendered prod-gpu container's args (ports and paths mapped to this machine, a python-backend
 stand-in for the ONNX model), to show that the flags parse, that the probe paths answer as the
 probes expect, that the metrics the alerts and the autoscaler read are exported, that the
-repository API is closed without the admin key, and that a model that cannot load keeps the pod
-from ever becoming ready (the rolling update then stops with the old pods serving).
+repository API is closed without the admin key, and that a model in the repository that cannot load
+keeps the pod from ever becoming ready (every model is loaded at start, with strict readiness).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _get(url: str, *, data: bytes | None = None, headers: dict[str, str] | None 
 
 @pytest.fixture
 def triton_command(rendered, tmp_path):
-    """A function (model name) -> (argv, env, ports) built from the rendered prod-gpu Deployment."""
+    """A function () -> (argv, env, ports, repository) built from the rendered prod-gpu Deployment."""
     pkg = _pytriton_dir()
     backend = tmp_path / "backends" / "python"
     backend.mkdir(parents=True)
@@ -98,21 +98,21 @@ def triton_command(rendered, tmp_path):
     libs = f"{sysconfig.get_config_var('LIBDIR')}:{pkg.parent / 'nvidia_pytriton.libs'}"
     env = {**os.environ, "LD_LIBRARY_PATH": libs, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
-    def build(model_name: str):
+    def build():
         ports = {name: _free_port() for name in ("http", "grpc", "metrics")}
-        values = {"MODEL_REPOSITORY": str(repository), "MODEL_NAME": model_name, "TRITON_ADMIN_KEY": "test-key"}
+        values = {"MODEL_REPOSITORY": str(repository), "MODEL_NAME": model.name, "TRITON_ADMIN_KEY": "test-key"}
         args = [expand_env(a, values) for a in container["args"]]
         args = [a.replace("=8000", f"={ports['http']}").replace("=8001", f"={ports['grpc']}")
                 .replace("=8002", f"={ports['metrics']}") if a.endswith(("=8000", "=8001", "=8002")) else a
                 for a in args]
         exe = pkg / "tritonserver" / "bin" / container["command"][0]
-        return [str(exe), *args, f"--backend-directory={backend.parent}"], env, ports
+        return [str(exe), *args, f"--backend-directory={backend.parent}"], env, ports, repository
 
     return build
 
 
 def test_deployment_args_serve_probe_and_export_metrics(triton_command, tmp_path) -> None:
-    argv, env, ports = triton_command("dino")
+    argv, env, ports, _ = triton_command()
     log = (tmp_path / "triton.log").open("w")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     http = f"http://127.0.0.1:{ports['http']}"
@@ -143,12 +143,16 @@ def test_deployment_args_serve_probe_and_export_metrics(triton_command, tmp_path
 
 
 def test_a_model_that_cannot_load_never_becomes_ready(triton_command, tmp_path) -> None:
-    argv, env, ports = triton_command("no-such-model")
+    argv, env, ports, repository = triton_command()
+    broken = repository / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "config.pbtxt").write_text(CONFIG)
+    (broken / "1" / "model.py").write_text("raise RuntimeError('this model cannot load')\n")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    assert "no-such-model" in out and "failed to load" in out
+    assert "broken" in out and "failed to load" in out

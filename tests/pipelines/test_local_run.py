@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dino_model.runtime.checkpoint import load_checkpoint
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.local_server import stop_local_server
 from dino_model.serving.server import free_ports
-from dino_model.train.checkpoint import load_checkpoint
 from pipelines.local import run_local
+from pipelines.local_server import stop_local_server
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["train.epochs=1", "model.out_dim=256", "crops.local_crops_number=2", "train.batch_size=16"]

@@ -22,7 +22,7 @@ from dino_model.export.onnx import EmbeddingModel, export_onnx, read_contract
 from dino_model.export.parity import check_parity, parity_inputs
 from dino_model.models.backbone import build_backbone
 from dino_model.models.loading import load_backbone
-from dino_model.train.checkpoint import load_checkpoint
+from dino_model.runtime.checkpoint import load_checkpoint
 
 
 def test_export_writes_one_checked_self_contained_file(tiny_export, tiny_onnx: Path) -> None:

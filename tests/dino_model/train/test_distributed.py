@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from dino_model.train.checkpoint import load_checkpoint
+from dino_model.runtime.checkpoint import load_checkpoint
 from dino_model.train.loop import fit
 from dino_model.train.worker import launch_training
 

@@ -21,8 +21,8 @@ import pytest
 from dino_model.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dino_model.logs import read_jsonl
 from dino_model.loss import DINOLoss
-from dino_model.train import checkpoint as checkpoint_module
-from dino_model.train.checkpoint import load_checkpoint, save_atomic
+from dino_model.runtime import checkpoint as checkpoint_module
+from dino_model.runtime.checkpoint import load_checkpoint, save_atomic
 from dino_model.train.loop import fit
 
 from .conftest import small_cfg
@@ -96,7 +96,7 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_cleanly(run_cli, small_
 
 
 def test_only_this_runs_temporaries_in_its_own_folder_are_removed(tmp_path: Path):
-    from dino_model.train.checkpoint import remove_stale_temporaries
+    from dino_model.runtime.checkpoint import remove_stale_temporaries
 
     out, other = tmp_path / "run", tmp_path / "other"
     out.mkdir(), other.mkdir()

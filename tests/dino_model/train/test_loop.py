@@ -8,7 +8,7 @@ import torch
 from dino_model.errors import TrainingDivergedError
 from dino_model.logs import read_jsonl
 from dino_model.loss import DINOLoss
-from dino_model.train.checkpoint import load_checkpoint
+from dino_model.runtime.checkpoint import load_checkpoint
 from dino_model.train.loop import fit
 
 from .conftest import small_cfg

@@ -14,8 +14,8 @@ import pytest
 
 from dino_model.cli.main import main
 from dino_model.cli.retrain import is_git_url
-from dino_model.retrain import read_state
 from dino_model.versioning.sync import snapshot
+from pipelines.retrain import read_state
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t.invalid"}

@@ -11,9 +11,9 @@ import pytest
 
 from dino_model.cli.main import main
 from dino_model.errors import PipelineError
-from dino_model.retrain import check, kfp_submitter, read_state
 from dino_model.versioning.sync import snapshot
 from dino_model.versioning.versions import version_at
+from pipelines.retrain import check, kfp_submitter, read_state
 
 
 class CountingSubmitter:
