@@ -21,12 +21,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dino_model.errors import ServingError
+from dino_model.runtime import processes
 from dino_model.serving.server import admin_key_path, write_admin_key
 
 logger = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ class LocalServer:
         return "serve" in command and self.repository in command
 
     def alive(self) -> bool:
-        return self.is_ours() and _ready(self.http_url)
+        return self.is_ours() and processes.is_ready(f"{self.http_url}/v2/health/ready")
 
 
 def ensure_local_server(state_dir: str | Path, *, grpc_port: int = 8001, http_port: int = 8000,
@@ -95,14 +94,13 @@ def ensure_local_server(state_dir: str | Path, *, grpc_port: int = 8001, http_po
             raise
     server = LocalServer(process.pid, str(repository), grpc_port, http_port, metrics_port, str(log),
                          started=process_start_time(process.pid) or 0, admin_key_file=str(key_file))
-    deadline = time.monotonic() + startup_timeout_s
-    while not _ready(server.http_url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_pid(process.pid)
-            key_file.unlink(missing_ok=True)
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
-            raise ServingError(f"the local tritonserver did not become ready (see {log}):\n{tail}")
-        time.sleep(0.5)
+    reason = processes.wait_ready(process, f"{server.http_url}/v2/health/ready", timeout_s=startup_timeout_s,
+                                  poll_s=0.5)
+    if reason is not None:
+        stop_pid(process.pid)
+        key_file.unlink(missing_ok=True)
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
+        raise ServingError(f"the local tritonserver {reason} (see {log}):\n{tail}")
     (state_dir / STATE_FILE).write_text(json.dumps(asdict(server), indent=2))
     logger.info("local tritonserver (pid %d) ready at %s", server.pid, server.grpc_url)
     return server
@@ -191,11 +189,3 @@ def _reaped(pid: int) -> bool:
     except ChildProcessError:
         return False
     return done == pid
-
-
-def _ready(http_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False

@@ -147,20 +147,10 @@ def _find_run(client, host: str, *, experiment: str, name: str, namespace: str |
 
 
 def deployed_data_version(url: str, model: str = "dino") -> str | None:
-    """The data md5 in the lineage of the model Triton serves, or None when nothing (reachable) serves."""
-    from tritonclient.grpc import InferenceServerClient
-    from tritonclient.utils import InferenceServerException
+    """The data md5 in the verified lineage of the model Triton serves, or None when nothing (reachable) serves.
 
-    from dino_model.export.lineage import verified_lineage
+    A file that merely claims a data version must not stop retraining, so unverified lineage counts as none.
+    """
+    from dino_model.serving.gate import served_lineage
 
-    try:
-        client = InferenceServerClient(url=url)
-        if not client.is_model_ready(model, client_timeout=10):
-            return None
-        params = client.get_model_config(model, as_json=True, client_timeout=10)["config"].get("parameters", {})
-    except InferenceServerException as exc:
-        logger.warning("cannot read the serving model at %s (%s)", url, exc)
-        return None
-    strings = {k: v.get("string_value", "") for k, v in params.items()}
-    lineage = verified_lineage(strings)  # a file that merely claims a data version must not stop retraining
-    return (lineage or {}).get("data_version") or None
+    return (served_lineage(url, model) or {}).get("data_version") or None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,13 +41,10 @@ def _seed() -> None:
 
 @pytest.fixture
 def free_port() -> int:
-    return find_free_port()
+    """A loopback port that was free a moment ago (dino_model.runtime.processes.free_ports for several)."""
+    from dino_model.runtime.processes import free_ports
 
-
-def find_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="session")

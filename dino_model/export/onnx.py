@@ -3,7 +3,7 @@
 The graph maps FP32 images (B, 3, S, S) to the L2-normalised CLS feature (the k-NN feature of
 Caron et al., ICCV 2021, Sec. 4.1), optionally with the patch tokens. Only the batch axis is
 dynamic: DINO's position-embedding interpolation branches on the patch grid in Python, so export
-fixes the resolution (MLOPS_REFERENCE §2.3). torch's exporter writes weights to a side file by
+fixes the resolution. torch's exporter writes weights to a side file by
 default; this module always produces one self-contained `.onnx` file, since Triton loads a single
 `model.onnx` per version folder. The opset defaults to 18: the dynamo exporter's functions are
 written at opset 18 (lower opsets go through a version converter that may fail silently), and every

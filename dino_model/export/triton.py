@@ -2,8 +2,8 @@
 
 Each version folder holds the self-contained `model.onnx` (and, for the `cpu` flavour, the Python
 backend's `model.py`). Folders are written under a hidden name and renamed into place, so a server
-never sees half a version (Triton ignores names that are not positive integers; MLOPS_REFERENCE
-§2.1). The config's parameters carry the contract and the lineage of the model being written; the
+never sees half a version (Triton ignores names that are not positive integers).
+The config's parameters carry the contract and the lineage of the model being written; the
 lineage is marked verified only when the file matches its export record (dino_model/export/lineage.py),
 and a file that contradicts its record is refused. Model names and versions are checked before any
 path is built from them (triton_config.check_model_name / check_version).

@@ -7,7 +7,7 @@ Triton without the onnxruntime backend, such as the binary in nvidia-pytriton: t
 runs the same ONNX file with onnxruntime (python_backend/model.py). Both take `images` FP32
 [-1, 3, S, S] and answer `embedding` FP32 [-1, D]. Configurations are built as dicts and validated
 against Triton's own `model_config.proto` (shipped in tritonclient) before they are written, so a
-misspelt field fails here rather than at load time (MLOPS_REFERENCE §2.2).
+misspelt field fails here rather than at load time.
 
 A model name becomes a folder of the repository and a version a folder below it, so both are checked
 wherever they enter (`check_model_name`, `check_version`): a name such as `../x` or `/etc` would

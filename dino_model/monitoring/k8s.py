@@ -2,7 +2,7 @@
 Prometheus run the same rules from one source.
 
 The PrometheusRule carries the `release` label, because kube-prometheus-stack's default
-`ruleSelector` ignores rules without it (MLOPS_REFERENCE §3.1); the dashboard goes into a ConfigMap
+`ruleSelector` ignores rules without it; the dashboard goes into a ConfigMap
 labelled `grafana_dashboard: "1"`, the label Grafana's dashboard sidecar watches by default.
 Namespace and common labels are left to kustomize (k8s/base/kustomization.yaml).
 `dino-mlops monitoring render-k8s` writes both files; a test keeps the committed copies current.

@@ -1,6 +1,6 @@
 """A local Prometheus and Pushgateway: the config file, and the real processes as context managers.
 
-Prometheus scrapes Triton's metrics port (:8002, MLOPS_REFERENCE §2.5), the Pushgateway that batch
+Prometheus scrapes Triton's metrics port (:8002, /metrics), the Pushgateway that batch
 jobs push to (with `honor_labels: true`, so pushed `job` labels survive) and any process that
 serves prometheus-client metrics itself, and evaluates rules.yml, the same rules the Kubernetes
 PrometheusRule carries. Debian's `prometheus` and `prometheus-pushgateway` start no service here,
@@ -15,8 +15,6 @@ import logging
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from dino_model.errors import ServingError
+from dino_model.runtime import processes
 
 logger = logging.getLogger(__name__)
 
@@ -123,41 +122,13 @@ def _server(args: list[str], *, port: int, log: Path, ready_timeout_s: float) ->
     with log.open("wb") as log_file:
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(process, f"{url}/-/ready", timeout_s=ready_timeout_s, name=name, log=log)
+            reason = processes.wait_ready(process, f"{url}/-/ready", timeout_s=ready_timeout_s, poll_s=0.2)
+            if reason is not None:
+                raise ServingError(f"{name} {reason} before it was ready; its log ({log}) ends with: {_tail(log)}")
             logger.info("%s ready at %s (pid %d)", name, url, process.pid)
             yield url
         finally:
-            stop_process(process)
-
-
-def _wait_ready(process: subprocess.Popen, ready_url: str, *, timeout_s: float, name: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServingError(f"{name} exited with code {process.returncode} before it was ready; "
-                               f"its log ({log}) ends with: {_tail(log)}")
-        try:
-            with urllib.request.urlopen(ready_url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise ServingError(f"{name} was not ready at {ready_url} within {timeout_s:.0f} s; "
-                       f"its log ({log}) ends with: {_tail(log)}")
-
-
-def stop_process(process: subprocess.Popen, *, timeout_s: float = 15.0) -> None:
-    """SIGTERM (Prometheus flushes its head block), then SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        logger.warning("pid %d ignored SIGTERM for %.0f s; killing it", process.pid, timeout_s)
-        process.kill()
-        process.wait()
+            processes.stop(process)  # SIGTERM: Prometheus flushes its head block
 
 
 def _tail(log: Path, n: int = 5) -> str:

@@ -121,8 +121,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    path = Path(output_dir) / LATEST
-    return path if path.is_file() else None

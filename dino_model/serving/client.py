@@ -7,7 +7,7 @@ too: a model fed pixels far out of range, or a broken model, produces them, and 
 check (Triton's onnxruntime backend) return them without an error. The admin key (`headers`) travels
 only with calls to Triton's restricted APIs (repository, shared memory, trace, logging), never with
 inference. One tritonclient connection per thread, since batches are sent concurrently
-(MLOPS_REFERENCE §2.8: gRPC urls are host:port, without a scheme).
+(gRPC urls are host:port, without a scheme).
 """
 
 from __future__ import annotations

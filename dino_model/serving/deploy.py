@@ -1,6 +1,6 @@
 """`dino-mlops deploy`: put a new model version into service on a live Triton, or leave the old one serving.
 
-Triton no longer documents an EXPLICIT-mode reload as free of downtime (MLOPS_REFERENCE §2.4), and it
+Triton no longer documents an EXPLICIT-mode reload as free of downtime, and it
 answers unpinned requests with the highest ready version, so a new version must be proven before it
 ever becomes ready under the served name. The rollout therefore runs in two stages:
 

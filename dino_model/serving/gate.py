@@ -4,7 +4,8 @@ The rule lives here, not in a pipeline component, so that it is tested on the CP
 decision is made by the pipeline, the CLI and the retraining loop. The serving model's score, the bar
 a candidate must not fall below, is read only from lineage that serving verified against the file's
 export record (the `lineage_verified` parameter, dino_model/export/lineage.py): metrics that a file
-merely claims in its own metadata never set the bar.
+merely claims in its own metadata never set the bar. `served_lineage` is that one reading of a live
+server's lineage; the retraining check (pipelines/retrain.py) reads the deployed data version through it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from dino_model.export.lineage import verified_lineage
+from dino_model.export.lineage import RECORDED_KEYS, verified_lineage
 from dino_model.export.triton_config import check_model_name, config_parameters
 
 logger = logging.getLogger(__name__)
@@ -46,12 +47,12 @@ def decide(candidate: float, *, threshold: float, serving: float | None = None,
                                 f"{'none' if serving is None else f'{serving:.2f}'})", candidate, serving)
 
 
-def serving_score(url: str, model: str, metric: str, *, timeout_s: float = 10.0) -> float | None:
-    """The `metric` recorded in the verified lineage of the model Triton serves at `url` (gRPC), or None.
+def served_lineage(url: str, model: str, *, timeout_s: float = 10.0) -> dict[str, str] | None:
+    """The verified lineage of the model Triton serves at `url` (gRPC), or None.
 
-    None when nothing is served yet, the served model carries no such metric, or its lineage is not
-    verified; an unreachable server also gives None (with a warning), since a first deployment has no
-    server to compare with.
+    None when nothing is served yet or the served lineage is not verified; an unreachable server also
+    gives None (with a warning), since a first deployment has no server to compare with. The quality
+    gate and the retraining check both read the serving model's lineage here.
     """
     from tritonclient.grpc import InferenceServerClient
     from tritonclient.utils import InferenceServerException
@@ -63,21 +64,36 @@ def serving_score(url: str, model: str, metric: str, *, timeout_s: float = 10.0)
             return None
         config = client.get_model_config(model, as_json=True, client_timeout=timeout_s)["config"]
     except InferenceServerException as exc:
-        logger.warning("cannot read the serving model %s at %s (%s): comparing with nothing", model, url, exc)
+        logger.warning("cannot read the serving model %s at %s (%s): taking it as none", model, url, exc)
         return None
-    return verified_score(config, metric, source=f"model {model!r} at {url}")
+    return config_lineage(config, source=f"model {model!r} at {url}")
+
+
+def config_lineage(config: dict[str, Any], *, source: str = "the serving model") -> dict[str, str] | None:
+    """The lineage in a served config, or None (with a warning when it claims one) unless verified at deploy."""
+    params = config_parameters(config)
+    lineage = verified_lineage(params)
+    if lineage is None and any(params.get(key) for key in RECORDED_KEYS):
+        logger.warning("the lineage of %s was not verified against an export record: it is ignored", source)
+    return lineage
+
+
+def serving_score(url: str, model: str, metric: str, *, timeout_s: float = 10.0) -> float | None:
+    """The `metric` recorded in the verified lineage of the model Triton serves at `url` (gRPC), or None.
+
+    None when nothing is served yet, the served model carries no such metric, or its lineage is not
+    verified; an unreachable server also gives None (see served_lineage).
+    """
+    return _metric(served_lineage(url, model, timeout_s=timeout_s), metric)
 
 
 def verified_score(config: dict[str, Any], metric: str, *, source: str = "the serving model") -> float | None:
     """`metric` from a served config's lineage, or None unless that lineage was verified at deploy."""
-    params = config_parameters(config)
-    lineage = verified_lineage(params)
-    if lineage is None:
-        if params.get("metrics"):
-            logger.warning("the lineage of %s was not verified against an export record: its metrics do not set "
-                           "the bar, comparing with nothing", source)
-        return None
-    raw = lineage.get("metrics", "")
+    return _metric(config_lineage(config, source=source), metric)
+
+
+def _metric(lineage: dict[str, str] | None, metric: str) -> float | None:
+    raw = (lineage or {}).get("metrics", "")
     try:
         value = json.loads(raw).get(metric) if raw else None
     except (json.JSONDecodeError, AttributeError):

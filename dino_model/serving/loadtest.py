@@ -2,7 +2,7 @@
 
 Each client sends the same seeded batch in a closed loop (a new request as soon as the previous
 answer arrives), so offered load scales with the number of clients, like perf_analyzer's
-`--concurrency-range` (MLOPS_REFERENCE §2.7). The generator also runs in the background, which is
+`--concurrency-range`. The generator also runs in the background, which is
 how the rollout test keeps clients busy while a new version goes live.
 """
 

@@ -1,12 +1,13 @@
 """A local Triton Inference Server: the real `tritonserver` binary, started, awaited and stopped.
 
 By default the binary that ships in the `nvidia-pytriton` wheel runs (Triton 2.51, Python backend
-only), which needs three things PLATFORM.md records: a backend directory holding the Python
-backend and the stub for the running interpreter, the interpreter's LIBDIR and the wheel's
-`nvidia_pytriton.libs` on LD_LIBRARY_PATH, and this environment's `bin/` first on PATH so the stub's
-embedded Python finds numpy and onnxruntime. Models load in EXPLICIT mode (the repository API is
-live for `dino-mlops deploy`), readiness is awaited on `/v2/health/ready`, and every failure to
-start says which port, binary or model is to blame. Usable as a context manager, in tests too.
+only), which needs three things: a backend directory holding the Python backend and the stub for
+the running interpreter (a copy, which the backend may make executable), the interpreter's LIBDIR
+(libpython) and the wheel's `nvidia_pytriton.libs` on LD_LIBRARY_PATH, and this environment's `bin/`
+first on PATH so the stub's embedded Python finds numpy and onnxruntime. Models load in EXPLICIT
+mode (the repository API is live for `dino-mlops deploy`), readiness is awaited on
+`/v2/health/ready`, and every failure to start says which port, binary or model is to blame.
+Usable as a context manager, in tests too.
 
 Model control is code execution: a load request may carry a config and a `model.py` inline, which
 the Python backend then runs as this user. So every server started here restricts Triton's
@@ -27,23 +28,19 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from dino_model.errors import ConfigError, ServingError
+from dino_model.runtime import processes
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 ADMIN_HEADER = "admin-key"  # the header name k8s/base/triton uses
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # the variable k8s/base/triton fills from the triton-admin-key Secret
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton matches gRPC metadata under this prefix
@@ -60,18 +57,6 @@ def pytriton_root() -> Path:
         raise ServingError("nvidia-pytriton is not installed, so there is no bundled tritonserver; "
                            "`pip install nvidia-pytriton` or pass --tritonserver PATH")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def free_ports(n: int, address: str = "127.0.0.1") -> list[int]:
-    """n distinct ports that were free a moment ago (all sockets are held until all are chosen)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind((address, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def is_loopback(address: str) -> bool:
@@ -275,16 +260,7 @@ class TritonServer:
         """SIGTERM (Triton drains in-flight requests), then SIGKILL of its process group if needed."""
         code = None
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    logger.warning("tritonserver pid %d ignored SIGTERM for %.0f s: killing it", self.process.pid,
-                                   timeout_s)
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                    self.process.wait()
-            code = self.process.returncode
+            code = processes.stop(self.process, timeout_s=timeout_s, group=True)
             logger.info("tritonserver pid %d stopped (exit code %s)", self.process.pid, code)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -347,21 +323,14 @@ class TritonServer:
                         f"pick another with --{kind}-port or stop the process holding it") from None
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        url = f"{self.http_url}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServingError(f"tritonserver exited with code {self.process.returncode} while starting"
-                                   f"{self._diagnosis()}:\n{self.log_errors()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        logger.info("tritonserver ready at %s", self.grpc_url)
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        raise ServingError(f"tritonserver was not ready within {self.startup_timeout_s:.0f} s:\n{self.log_errors()}")
+        reason = processes.wait_ready(self.process, f"{self.http_url}/v2/health/ready",
+                                      timeout_s=self.startup_timeout_s)
+        if reason is None:
+            logger.info("tritonserver ready at %s", self.grpc_url)
+        elif self.process.poll() is not None:
+            raise ServingError(f"tritonserver {reason} while starting{self._diagnosis()}:\n{self.log_errors()}")
+        else:
+            raise ServingError(f"tritonserver {reason}:\n{self.log_errors()}")
 
     def _diagnosis(self) -> str:
         tail = self.log_tail(200)

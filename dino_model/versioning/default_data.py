@@ -2,7 +2,7 @@
 
 A fresh clone carries data.dvc and .dvc/config but not the data, and its default remote (the
 git-ignored `.dvc-remote/` folder) is empty. The digits ship inside scikit-learn, so the data set can
-be rebuilt instead of downloaded (nothing can be downloaded at run time, PLATFORM.md).
+be rebuilt instead of downloaded (the platform runs without network access).
 `ensure_default_data` pulls the recorded version when a remote holds it; otherwise it materialises the
 digits (train/val class folders of 32x32 PNGs, dino_model.data.materialize), checks them against
 data.dvc, and pushes them to the remote so that later pulls work. PNG bytes depend on the Pillow and

@@ -2,7 +2,7 @@
 
 The committed `.dvc/config` names a local directory (`.dvc-remote/`, beside the checkout and ignored
 by git) as the default remote, so the platform works with no storage service. S3-compatible stores
-(AWS, MinIO, Ceph) go through the optional dvc-s3 plugin and `endpointurl` (MLOPS_REFERENCE §4.3).
+(AWS, MinIO, Ceph) go through the optional dvc-s3 plugin and `endpointurl`.
 Secrets never enter `.dvc/config`, which is committed: they come from the standard AWS_* environment
 variables, or are copied from them into the git-ignored `.dvc/config.local` on request. DVC writes its
 config files with the process umask (usually world-readable), so `.dvc/config.local` is created, or

@@ -1,7 +1,7 @@
 """Opening the project's DVC repository quietly, running git, and turning DVC failures into DataError.
 
 Every other versioning module reaches DVC through `open_repo`, so the same rules hold everywhere:
-usage analytics stay off (`DVC_NO_ANALYTICS`, MLOPS_REFERENCE §4.4); the site cache can be moved off
+usage analytics stay off (`DVC_NO_ANALYTICS`); the site cache can be moved off
 `/var/tmp/dvc`, which is not writable in read-only containers (iterative/dvc #9184); a switch of data/
 that a killed process left half-done is completed before anything reads data/ or data.dvc (switch.py),
 so every command sees one consistent version; DVC's own console

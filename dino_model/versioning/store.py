@@ -1,7 +1,7 @@
 """The objects behind a data version: its file listing, the local cache, the remote, the workspace.
 
 A version is a `.dir` object (a JSON list of `{md5, relpath}`) plus one object per file, kept under
-`.dvc/cache/files/md5/` and mirrored by the remote (MLOPS_REFERENCE §4.2). Fetching a version copies
+`.dvc/cache/files/md5/` and mirrored by the remote. Fetching a version copies
 every missing object into the local cache *before* the workspace is touched, and checks that nothing
 is missing afterwards, so an interrupted or incomplete transfer never reaches `data/`.
 

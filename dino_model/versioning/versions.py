@@ -1,6 +1,6 @@
 """Data versions: what `data.dvc` records, and resolving a version from a git revision or an md5.
 
-The `.dvc` file *is* the version (MLOPS_REFERENCE §4.2): `outs[0].md5` is the md5 of the JSON listing
+The `.dvc` file *is* the version: `outs[0].md5` is the md5 of the JSON listing
 of every file in `data/` (hence its `.dir` suffix), with `nfiles` and `size` beside it. A version is
 named either by a git revision, read through `git show REV:data.dvc`, or by that md5, looked up in the
 history of `data.dvc`. An md5 that no commit records is still a version if the remote holds its

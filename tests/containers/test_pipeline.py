@@ -80,8 +80,8 @@ def _gateway_groups(gateway: str) -> list[dict]:
 def test_pipeline_in_containers_from_a_git_url_to_triton_then_a_new_version(
         image, docker_env, data_repository, tmp_path, monkeypatch):
     from dino_model.monitoring.prometheus import find_binary, run_pushgateway
+    from dino_model.runtime.processes import free_ports
     from dino_model.serving.client import EmbeddingClient
-    from dino_model.serving.server import free_ports
     from dino_model.versioning.sync import snapshot
     from pipelines.local_server import stop_local_server
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -44,6 +43,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
+
+from dino_model.runtime.processes import free_ports
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
@@ -72,10 +73,6 @@ def _one(resources: list[Resource], kind: str) -> Resource:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _operator_env(job: Resource, role: str, index: int, port: int) -> list[dict[str, str]]:
@@ -214,7 +211,7 @@ def test_master_and_worker_pods_train_like_one_process(podman: Podman, image: st
     data = _digits_subset(digits_root, tmp_path / "data")
     runs = _runs_folder(tmp_path / "runs")
     suffix = uuid.uuid4().hex[:8]
-    file = _played_file(resources, suffix, _free_port(), data, runs, tmp_path / "pytorchjob-pods.yaml")
+    file = _played_file(resources, suffix, free_ports(1)[0], data, runs, tmp_path / "pytorchjob-pods.yaml")
     played.append(file)
     result = podman("kube", "play", "--network=host", str(file), timeout=300)
     assert result.returncode == 0, result.stderr

@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -46,6 +45,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+
+from dino_model.runtime.processes import free_ports
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
@@ -74,10 +75,6 @@ def _render() -> list[Resource]:
     return list(yaml.safe_load_all(out.stdout))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _played(rendered: list[Resource], tag: str, *, claim: str, secret: str, shm: Path
@@ -99,7 +96,7 @@ def _played(rendered: list[Resource], tag: str, *, claim: str, secret: str, shm:
     rendered_secret = next(d for d in rendered if d["kind"] == "Secret" and d["metadata"]["name"] == secret_name)
     ports = {}
     for port in container["ports"]:
-        port["hostPort"] = ports[port["name"]] = _free_port()
+        port["hostPort"] = ports[port["name"]] = free_ports(1)[0]
     for volume in pod["volumes"]:
         if volume.get("persistentVolumeClaim", {}).get("claimName") == "triton-models":
             volume["persistentVolumeClaim"]["claimName"] = claim

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -13,6 +12,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 from k8s_render import INSTALLS, find, one
+
+from dino_model.runtime.processes import free_ports
 
 ENVS = sorted(INSTALLS)
 
@@ -88,10 +89,6 @@ def test_launcher_rights_are_minimal(rendered, env: str) -> None:
     assert find(rendered[env], "ClusterRole") == [] and find(rendered[env], "ClusterRoleBinding") == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -113,7 +110,7 @@ def test_two_nodes_started_like_the_training_operator(rendered, digits_root, tmp
 
     workers = job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"]
     roles = [("Master", 0)] + [("Worker", i + 1) for i in range(workers)]
-    nnodes, nproc, port = len(roles), int(job["spec"]["nprocPerNode"]), _free_port()
+    nnodes, nproc, port = len(roles), int(job["spec"]["nprocPerNode"]), free_ports(1)[0]
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     procs = []
     for role, rank in roles:

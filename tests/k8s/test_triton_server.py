@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import pytest
 from k8s_render import expand_env, one
+
+from dino_model.runtime.processes import free_ports
 
 pytestmark = pytest.mark.triton
 
@@ -57,10 +58,6 @@ def _pytriton_dir() -> Path:
     return Path(spec.origin).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -92,14 +89,15 @@ def triton_command(rendered, tmp_path):
     (model / "1").mkdir(parents=True)
     (model / "config.pbtxt").write_text(CONFIG)
     (model / "1" / "model.py").write_text(MODEL_PY)
-    # The backend stub must load this interpreter's libpython (PLATFORM.md) and find its packages: the
-    # stub's embedded Python takes its prefix from the `python3` first on PATH, so this environment's
-    # bin goes first (else another interpreter's numpy 2 is imported and outputs come back empty).
+    # The backend stub must load this interpreter's libpython, so its LIBDIR goes on LD_LIBRARY_PATH, and
+    # find its packages: the stub's embedded Python takes its prefix from the `python3` first on PATH, so
+    # this environment's bin goes first (else another interpreter's numpy 2 is imported and outputs come
+    # back empty).
     libs = f"{sysconfig.get_config_var('LIBDIR')}:{pkg.parent / 'nvidia_pytriton.libs'}"
     env = {**os.environ, "LD_LIBRARY_PATH": libs, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
     def build():
-        ports = {name: _free_port() for name in ("http", "grpc", "metrics")}
+        ports = {name: free_ports(1)[0] for name in ("http", "grpc", "metrics")}
         values = {"MODEL_REPOSITORY": str(repository), "MODEL_NAME": model.name, "TRITON_ADMIN_KEY": "test-key"}
         args = [expand_env(a, values) for a in container["args"]]
         args = [a.replace("=8000", f"={ports['http']}").replace("=8001", f"={ports['grpc']}")

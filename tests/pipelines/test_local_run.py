@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from dino_model.runtime.checkpoint import load_checkpoint
+from dino_model.runtime.processes import free_ports
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.server import free_ports
 from pipelines.local import run_local
 from pipelines.local_server import stop_local_server
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from dino_model.runtime.processes import free_ports
 from dino_model.serving.release import release
-from dino_model.serving.server import ADMIN_KEY_ENV, admin_key_path, free_ports
+from dino_model.serving.server import ADMIN_KEY_ENV, admin_key_path
 from pipelines.local_server import (
     STATE_FILE,
     ensure_local_server,

@@ -13,7 +13,7 @@ from dino_model.cli.main import main
 from dino_model.errors import PipelineError
 from dino_model.versioning.sync import snapshot
 from dino_model.versioning.versions import version_at
-from pipelines.retrain import check, kfp_submitter, read_state
+from pipelines.retrain import check, deployed_data_version, kfp_submitter, read_state
 
 
 class CountingSubmitter:
@@ -124,3 +124,7 @@ def test_a_kfp_host_that_never_answers_times_out_and_releases_the_lock(versioned
     assert read_state(state).pending_md5 == md5
     submit = CountingSubmitter()  # the lock was released: the next check proceeds at once
     assert check(md5, state_path=state, submit=submit)["action"] == "submitted"
+
+
+def test_unreachable_triton_means_no_deployed_version(free_port):
+    assert deployed_data_version(f"127.0.0.1:{free_port}") is None

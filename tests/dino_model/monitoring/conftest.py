@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-
-def find_free_port() -> int:
-    """tests/conftest.py's helper; its `free_port` fixture is function-scoped, these fixtures are not."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dino_model.runtime import processes
+from dino_model.runtime.processes import free_ports
 
 
 def require_binary(name: str) -> str:
@@ -53,7 +46,7 @@ def prometheus_bins() -> tuple[str, str]:
 @pytest.fixture
 def port_factory() -> Callable[[], int]:
     """Hands out free loopback ports, one per call."""
-    return find_free_port
+    return lambda: free_ports(1)[0]
 
 
 @dataclass
@@ -70,7 +63,7 @@ def stack(prometheus_bins: tuple[str, str], tmp_path_factory: pytest.TempPathFac
     from dino_model.monitoring.prometheus import run_prometheus, run_pushgateway, write_prometheus_config
 
     work = tmp_path_factory.mktemp("prometheus")
-    gateway_port, prometheus_port, triton_port = find_free_port(), find_free_port(), find_free_port()
+    gateway_port, prometheus_port, triton_port = free_ports(1)[0], free_ports(1)[0], free_ports(1)[0]
     gateway = f"127.0.0.1:{gateway_port}"
     config = write_prometheus_config(work, triton_targets=[f"127.0.0.1:{triton_port}"], pushgateway=gateway,
                                      scrape_interval="1s")
@@ -135,7 +128,7 @@ def triton(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     shutil.copy(stub / "triton_python_backend_stub", backend / "triton_python_backend_stub")
     libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
     env = {**os.environ, "LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:{libs}"}
-    http_port, grpc_port = find_free_port(), find_free_port()
+    http_port, grpc_port = free_ports(1)[0], free_ports(1)[0]
     args = [str(server / "bin" / "tritonserver"), f"--model-repository={work / 'repo'}",
             f"--backend-directory={work / 'backends'}", f"--http-port={http_port}", f"--grpc-port={grpc_port}",
             f"--metrics-port={stack.triton_metrics_port}", "--allow-gpu-metrics=false",
@@ -147,20 +140,10 @@ def triton(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
             _wait_ready(process, f"http://127.0.0.1:{http_port}/v2/health/ready", log)
             yield f"127.0.0.1:{http_port}"
         finally:
-            from dino_model.monitoring.prometheus import stop_process
-
-            stop_process(process)
+            processes.stop(process)
 
 
 def _wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"tritonserver exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    pytest.fail(f"tritonserver not ready within {timeout_s} s: {log.read_text(errors='replace')[-2000:]}")
+    reason = processes.wait_ready(process, url, timeout_s=timeout_s, poll_s=0.3)
+    if reason is not None:
+        pytest.fail(f"tritonserver {reason}: {log.read_text(errors='replace')[-2000:]}")

@@ -53,7 +53,8 @@ def write_cpu_repository(onnx_path: Path, root: Path) -> Path:
 
 def start_triton(repository: Path, **options):
     """A started TritonServer on free loopback ports (the caller stops it); options go to TritonServer."""
-    from dino_model.serving.server import TritonServer, free_ports
+    from dino_model.runtime.processes import free_ports
+    from dino_model.serving.server import TritonServer
 
     require_triton()
     http, grpc, metrics = free_ports(3)

@@ -1,8 +1,9 @@
-"""Quality gate rule."""
+"""Quality gate rule, and the one reading of a served model's lineage."""
 
 import pytest
 
-from dino_model.serving.gate import DEPLOY, HOLD, decide, serving_score
+from dino_model.export.lineage import VERIFIED_KEY
+from dino_model.serving.gate import DEPLOY, HOLD, config_lineage, decide, served_lineage, serving_score
 
 
 @pytest.mark.parametrize(
@@ -21,3 +22,11 @@ def test_not_worse_can_be_disabled_or_tolerant():
 
 def test_unreachable_server_means_nothing_to_compare(free_port):
     assert serving_score(f"127.0.0.1:{free_port}", "dino", "knn_top1", timeout_s=1.0) is None
+    assert served_lineage(f"127.0.0.1:{free_port}", "dino", timeout_s=1.0) is None
+
+
+def test_only_verified_lineage_is_read():
+    claimed = {"data_version": {"string_value": "abc.dir"}, "metrics": {"string_value": '{"knn_top1": 99.9}'}}
+    assert config_lineage({"parameters": claimed}) is None
+    verified = config_lineage({"parameters": {**claimed, VERIFIED_KEY: {"string_value": "record.json"}}})
+    assert verified is not None and verified["data_version"] == "abc.dir"

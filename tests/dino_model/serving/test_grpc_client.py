@@ -15,9 +15,9 @@ from dino_model.errors import ConfigError, ServingError
 from dino_model.eval.features import extract_features
 from dino_model.export.onnx import read_contract
 from dino_model.models.loading import load_backbone
+from dino_model.runtime.processes import free_ports
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.inference import embed_images, knn_predict, write_embeddings
-from dino_model.serving.server import free_ports
 
 pytestmark = pytest.mark.triton
 

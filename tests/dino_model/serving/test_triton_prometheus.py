@@ -12,8 +12,8 @@ import pytest
 from dino_model.errors import ServingError
 from dino_model.monitoring.prometheus import find_binary, run_prometheus, write_prometheus_config
 from dino_model.monitoring.promql import query, wait_for_series
+from dino_model.runtime.processes import free_ports
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.server import free_ports
 
 pytestmark = [pytest.mark.triton, pytest.mark.prometheus]
 
