@@ -83,6 +83,8 @@ build() {
   base_image
   log "building $IMAGE on $BASE"
   DOCKER_BUILDKIT=0 docker build --quiet --network=host --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" . >/dev/null
+  # the image a rebuild replaced (7 GB each) is dangling now: drop it, the layers in use stay cached
+  docker image prune --force >/dev/null
   docker image inspect --format '{{.Id}}' "$IMAGE"
 }
 
@@ -100,6 +102,7 @@ podman_image() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$id" ] || ! podman image exists "$IMAGE"; then
     log "copying $IMAGE into podman's storage"
     docker save "$IMAGE" | podman load --quiet >/dev/null
+    podman image prune --force >/dev/null  # the copy it replaced
     echo "$id" > "$stamp"
   fi
   echo "CONTAINERS_CONF=$conf"
