@@ -25,7 +25,8 @@ from dino_model.eval.davis.config import DavisConfig
 from dino_model.eval.davis.run import run_davis_eval
 from dino_model.eval.features import extract_features
 from dino_model.eval.knn import knn_classify
-from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
+from dino_model.eval.linear import LinearProbeConfig
+from dino_model.eval.linear_run import run_linear_eval
 from dino_model.logs import setup_logging
 from dino_model.models.backbone import build_backbone
 from dino_model.runtime.checkpoint import save_atomic

@@ -33,8 +33,8 @@ from dino_model.config import load_config
 from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dino_model.export.contract import ModelContract
 from dino_model.export.onnx import EmbeddingModel, export_onnx
-from dino_model.export.triton import write_model_repository
 from dino_model.export.triton_config import RepositoryOptions
+from dino_model.export.triton_repository import write_model_repository
 from dino_model.models.backbone import build_backbone
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.client import EmbeddingClient

@@ -27,7 +27,7 @@ def eval_knn(model: Input[Model], data: Input[Dataset], train_subdir: str, val_s
     """
     from pathlib import Path
 
-    from dino_model.eval.knn_eval import run_knn_eval
+    from dino_model.eval.knn_run import run_knn_eval
     from dino_model.eval.settings import pipeline_eval_config
     from dino_model.monitoring.metrics import push_eval_metrics
 
@@ -54,7 +54,8 @@ def eval_linear(model: Input[Model], data: Input[Dataset], train_subdir: str, va
     """
     from pathlib import Path
 
-    from dino_model.eval.linear import LinearProbeConfig, run_linear_eval
+    from dino_model.eval.linear import LinearProbeConfig
+    from dino_model.eval.linear_run import run_linear_eval
     from dino_model.eval.settings import pipeline_eval_config
     from dino_model.monitoring.metrics import push_eval_metrics
 

@@ -153,7 +153,7 @@ def test_same_layer_and_downward_imports_pass() -> None:
         Edge("dino_model.train.loop", "dino_model.train.optim"),
         Edge("dino_model.export.export_run", "dino_model.eval.report"),
         Edge("dino_model.models.loading", "dino_model.runtime.checkpoint"),
-        Edge("dino_model.cli.serving", "dino_model.serving.deploy"),
+        Edge("dino_model.cli.serving", "dino_model.serving.rollout"),
         Edge("dino_model.config", "dino_model.errors"),
     ]) == []
 

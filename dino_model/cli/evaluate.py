@@ -102,7 +102,7 @@ def _register_attention(ev: argparse._SubParsersAction) -> None:
 
 
 def run_knn(args: argparse.Namespace) -> int:
-    from dino_model.eval.knn_eval import run_knn_eval
+    from dino_model.eval.knn_run import run_knn_eval
 
     cfg = checkpoint_config_from_args(args)
     result = run_knn_eval(
@@ -114,7 +114,7 @@ def run_knn(args: argparse.Namespace) -> int:
 
 
 def run_linear(args: argparse.Namespace) -> int:
-    from dino_model.eval.linear import run_linear_eval
+    from dino_model.eval.linear_run import run_linear_eval
 
     cfg = checkpoint_config_from_args(args)
     probe = LinearProbeConfig(n_last_blocks=args.n_last_blocks, avgpool_patchtokens=args.avgpool, epochs=args.epochs,

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "dino_model.cli.pretrain",
     "dino_model.cli.evaluate",
     "dino_model.cli.data",
+    "dino_model.cli.export",
     "dino_model.cli.serving",
     "dino_model.cli.monitoring",
     "dino_model.cli.pipeline",

@@ -1,4 +1,4 @@
-"""Argument helpers shared by subcommands: the config files plus `a.b=value` overrides."""
+"""Argument helpers shared by subcommands: the config files plus `a.b=value` overrides, the lineage flags."""
 
 from __future__ import annotations
 
@@ -43,3 +43,19 @@ def print_result(result: dict[str, Any]) -> None:
     """The command's result on stdout as indented JSON."""
     json.dump(result, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def add_lineage_args(p: argparse.ArgumentParser) -> None:
+    after_export = p.prog.split()[-1] != "export"
+    note = "; overrides the export record, so the lineage is served unverified" if after_export else ""
+    p.add_argument("--data-version", default="", help=f"DVC md5 of the training data (default: recorded one){note}")
+    p.add_argument("--metrics", action="append", default=[], help=f"metrics-JSON report(s) (repeatable){note}")
+
+
+def lineage_from_args(args: argparse.Namespace) -> dict[str, str]:
+    from dino_model.export.lineage import read_metrics
+
+    lineage = {"data_version": args.data_version}
+    if args.metrics:
+        lineage["metrics"] = json.dumps(read_metrics(args.metrics), sort_keys=True)
+    return lineage

@@ -1,27 +1,18 @@
-"""`dino-mlops export | triton-repo | serve | deploy | infer`: from a checkpoint to answered gRPC requests."""
+"""`dino-mlops serve | deploy | infer`: from a model repository to answered gRPC requests."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
-import json
 import logging
 import signal
 import threading
 from typing import Any
 
-from dino_model.cli.options import print_result
-from dino_model.export.triton_config import RepositoryOptions
+from dino_model.cli.options import add_lineage_args, lineage_from_args, print_result
 from dino_model.serving.server import TritonServer
 
 logger = logging.getLogger(__name__)
-
-
-def _option(name: str) -> Any:
-    """RepositoryOptions' default of field `name`, so that a flag's default lives in one place."""
-    field = next(f for f in dataclasses.fields(RepositoryOptions) if f.name == name)
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 def _server(name: str) -> Any:
@@ -30,56 +21,9 @@ def _server(name: str) -> Any:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    _register_export(sub)
-    _register_repo(sub)
     _register_serve(sub)
     _register_deploy(sub)
     _register_infer(sub)
-
-
-def _register_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export the teacher backbone to one self-contained ONNX file, parity-checked")
-    p.add_argument("--checkpoint", required=True, help="training checkpoint or official DINO weights")
-    p.add_argument("--output", required=True, help="the .onnx file to write (a <stem>.export.json report lands beside)")
-    p.add_argument("--patch-tokens", action="store_true", help="add the patch_tokens output (B, N, D)")
-    p.add_argument("--fp16", action="store_true", help="also write <stem>.fp16.onnx for GPUs (FP32 in and out)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18: runs on Triton 23.04 and later)")
-    p.add_argument("--image-size", type=int, help="input resolution (default: the checkpoint's eval.image_size)")
-    p.add_argument("--parity-images", help="image folder for the parity check (default: the run's data)")
-    p.add_argument("--parity-random", type=int, default=8, help="random inputs in the parity check")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max |PyTorch - onnxruntime| in fp32")
-    _add_lineage_args(p)
-    p.set_defaults(func=run_export)
-
-
-def _register_repo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("triton-repo", help="write (or add a version to) a Triton model repository")
-    p.add_argument("--onnx", required=True, help="file written by `dino-mlops export`")
-    p.add_argument("--repository", required=True, help="model repository root")
-    p.add_argument("--flavour", choices=("gpu", "cpu"), default=_option("flavour"),
-                   help="gpu: onnxruntime backend, KIND_GPU; cpu: Python backend running onnxruntime, KIND_CPU")
-    p.add_argument("--model-name", default=_option("model_name"))
-    p.add_argument("--version", type=int, help="version folder (default: one above the highest present)")
-    p.add_argument("--max-batch-size", type=int, default=_option("max_batch_size"))
-    p.add_argument("--preferred-batch-sizes", type=int, nargs="*", default=_option("preferred_batch_sizes"))
-    p.add_argument("--queue-delay-us", type=int, default=_option("max_queue_delay_us"),
-                   help="dynamic batching max_queue_delay_microseconds")
-    p.add_argument("--no-dynamic-batching", action="store_true")
-    p.add_argument("--instances", type=int, default=_option("instance_count"),
-                   help="model instances (instance_group count)")
-    p.add_argument("--instance-kind", choices=("gpu", "cpu"), default=_option("instance_kind"),
-                   help="override the flavour's instance kind (gpu flavour on CPUs: NVIDIA's image without GPUs)")
-    p.add_argument("--keep-versions", type=int, default=_option("keep_versions"),
-                   help="version_policy latest { num_versions }")
-    p.add_argument("--no-warmup", action="store_true")
-    p.add_argument("--tensorrt", action="store_true", help="gpu: TensorRT execution accelerator")
-    p.add_argument("--tensorrt-precision", choices=("FP16", "FP32"), default=_option("tensorrt_precision"))
-    p.add_argument("--tensorrt-cache", default=_option("tensorrt_cache_path"),
-                   help="engine cache path (mount a volume)")
-    p.add_argument("--intra-op-threads", type=int, default=_option("intra_op_threads"),
-                   help="cpu: onnxruntime threads per instance")
-    _add_lineage_args(p)
-    p.set_defaults(func=run_repo)
 
 
 def _register_serve(sub: argparse._SubParsersAction) -> None:
@@ -122,7 +66,7 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admin-key-env", default="TRITON_ADMIN_KEY", help="environment variable holding that key")
     p.add_argument("--admin-key-file", help="file holding that key (default: <repository>.admin-key, written by "
                                             "`dino-mlops serve`, else the variable of --admin-key-env)")
-    _add_lineage_args(p)
+    add_lineage_args(p)
     p.set_defaults(func=run_deploy)
 
 
@@ -139,49 +83,6 @@ def _register_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--temperature", type=float, default=0.07)
     p.set_defaults(func=run_infer)
-
-
-def _add_lineage_args(p: argparse.ArgumentParser) -> None:
-    after_export = p.prog.split()[-1] != "export"
-    note = "; overrides the export record, so the lineage is served unverified" if after_export else ""
-    p.add_argument("--data-version", default="", help=f"DVC md5 of the training data (default: recorded one){note}")
-    p.add_argument("--metrics", action="append", default=[], help=f"metrics-JSON report(s) (repeatable){note}")
-
-
-def _lineage(args: argparse.Namespace) -> dict[str, str]:
-    from dino_model.export.lineage import read_metrics
-
-    lineage = {"data_version": args.data_version}
-    if args.metrics:
-        lineage["metrics"] = json.dumps(read_metrics(args.metrics), sort_keys=True)
-    return lineage
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from dino_model.export.export_run import ExportOptions, export_checkpoint
-
-    opts = ExportOptions(patch_tokens=args.patch_tokens, fp16=args.fp16, opset=args.opset, image_size=args.image_size,
-                         parity_images=args.parity_images, n_random=args.parity_random, tolerance=args.tolerance,
-                         metrics_reports=args.metrics, data_version=args.data_version)
-    print_result(export_checkpoint(args.checkpoint, args.output, opts))
-    return 0
-
-
-def run_repo(args: argparse.Namespace) -> int:
-    from dino_model.export.triton import write_model_repository
-    from dino_model.export.triton_config import RepositoryOptions
-
-    opts = RepositoryOptions(
-        flavour=args.flavour, model_name=args.model_name, max_batch_size=args.max_batch_size,
-        dynamic_batching=not args.no_dynamic_batching, preferred_batch_sizes=args.preferred_batch_sizes,
-        max_queue_delay_us=args.queue_delay_us, instance_count=args.instances, instance_kind=args.instance_kind,
-        keep_versions=args.keep_versions,
-        warmup=not args.no_warmup, tensorrt=args.tensorrt, tensorrt_precision=args.tensorrt_precision,
-        tensorrt_cache_path=args.tensorrt_cache, intra_op_threads=args.intra_op_threads,
-    )
-    print_result(write_model_repository(args.onnx, args.repository, opts, version=args.version,
-                                        lineage=_lineage(args)))
-    return 0
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -213,7 +114,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_deploy(args: argparse.Namespace) -> int:
     from dino_model.errors import ConfigError
-    from dino_model.serving.deploy import deploy, recover
+    from dino_model.serving.rollout import deploy, recover
     from dino_model.serving.server import admin_headers_for
 
     headers = admin_headers_for(args.repository, args.admin_key_file, env=args.admin_key_env, header=args.admin_header)
@@ -227,7 +128,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     if not args.onnx:
         raise ConfigError("deploy needs --onnx FILE (or --recover to finish an interrupted deploy)")
     print_result(deploy(args.onnx, args.repository, url=args.url, model_name=args.model_name,
-                        smoke_image_dir=args.smoke_images, tolerance=args.tolerance, lineage=_lineage(args),
+                        smoke_image_dir=args.smoke_images, tolerance=args.tolerance, lineage=lineage_from_args(args),
                         load_timeout_s=args.load_timeout, headers=headers))
     return 0
 

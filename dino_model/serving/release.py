@@ -1,6 +1,6 @@
 """Releasing an exported model to a live Triton: the first version, or a rollout over the serving one.
 
-`deploy.deploy` rolls N+1 out over a loaded model N; a server that serves nothing yet gets version 1
+`rollout.deploy` rolls N+1 out over a loaded model N; a server that serves nothing yet gets version 1
 written, loaded and smoke-tested instead (and unloaded again if the smoke test fails). Either way a
 successful release is recorded for Prometheus (deployed version, time, data version). Either path
 checks the file against its export record (`record`, default the export report beside the file)
@@ -17,10 +17,10 @@ from typing import Any
 
 from dino_model.errors import ServingError
 from dino_model.export.lineage import LineageRecord
-from dino_model.export.triton import served_contract, write_model_repository
 from dino_model.export.triton_config import RepositoryOptions, check_model_name
+from dino_model.export.triton_repository import served_contract, write_model_repository
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.deploy import deploy, ready_versions
+from dino_model.serving.rollout import deploy, ready_versions
 from dino_model.serving.server import admin_headers_for
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
 

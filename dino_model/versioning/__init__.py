@@ -1,4 +1,22 @@
-"""Data versioning with DVC: data.dvc at the repository root tracks data/ (see docs/data.md)."""
+"""Data versioning with DVC: data.dvc at the repository root tracks data/ (see docs/data.md).
+
+Which module holds which `dino-mlops data` command (dino_model/cli/data.py):
+
+| command                        | module                                                            |
+|--------------------------------|-------------------------------------------------------------------|
+| `data init`                    | repo.py (`init_repo`)                                             |
+| `data snapshot` (add and push) | sync.py (`snapshot`: records data/ as a version, pushes it)       |
+| `data pull`                    | sync.py (`checkout_version`), over store.py (fetch) and switch.py |
+| `data status`                  | changes.py (`status`)                                             |
+| `data diff`                    | changes.py (`diff`)                                               |
+| `data log`                     | versions.py (`history`)                                           |
+| `data ensure`                  | default_data.py (`ensure_default_data`)                           |
+| `data remote add/list/default` | remotes.py (`add_remote`, `list_remotes`, `set_default_remote`)   |
+
+There is no separate `data add` or `data push`: `data snapshot` adds and pushes in one transaction.
+`data materialize` writes a packaged data set and is not versioning (dino_model.data.materialize).
+clone.py (a data version from a git URL, for pipeline steps) backs no `data` command.
+"""
 
 from dino_model.versioning.changes import DataDiff, diff, status
 from dino_model.versioning.default_data import default_data_root, ensure_default_data

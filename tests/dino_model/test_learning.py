@@ -14,7 +14,8 @@ import torch
 from dino_model.config import TrainConfig, load_config
 from dino_model.eval.features import extract_features
 from dino_model.eval.knn import knn_classify
-from dino_model.eval.linear import LinearProbeConfig, probe_backbone
+from dino_model.eval.linear import LinearProbeConfig
+from dino_model.eval.linear_run import probe_backbone
 from dino_model.models.backbone import build_backbone
 from dino_model.models.loading import load_backbone
 from dino_model.train.loop import fit

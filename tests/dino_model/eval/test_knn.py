@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dino_model.eval.knn import knn_classify, knn_predict
-from dino_model.eval.knn_eval import confusion_matrix
+from dino_model.eval.knn_run import confusion_matrix
 
 
 def test_hand_computed_weighted_vote():

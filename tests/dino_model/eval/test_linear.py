@@ -25,9 +25,8 @@ from dino_model.eval.linear import (
     accuracy,
     feature_layout,
     frozen_features,
-    probe_backbone,
-    run_linear_eval,
 )
+from dino_model.eval.linear_run import probe_backbone, run_linear_eval
 from dino_model.models.backbone import intermediate_tokens
 from dino_model.models.loading import load_backbone
 

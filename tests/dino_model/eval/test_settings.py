@@ -37,10 +37,10 @@ def trained_32px(tiny_cfg, digits_root: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def input_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """(H, W) of every batch the k-NN evaluation feeds its backbone."""
-    import dino_model.eval.knn_eval as knn_eval
+    import dino_model.eval.knn_run as knn_run
 
     sizes: list[tuple[int, int]] = []
-    extract = knn_eval.extract_features
+    extract = knn_run.extract_features
 
     def spy(backbone, *args, **kwargs):
         handle = backbone.register_forward_pre_hook(lambda _m, inputs: sizes.append(tuple(inputs[0].shape[-2:])))
@@ -49,7 +49,7 @@ def input_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
         finally:
             handle.remove()
 
-    monkeypatch.setattr(knn_eval, "extract_features", spy)
+    monkeypatch.setattr(knn_run, "extract_features", spy)
     return sizes
 
 

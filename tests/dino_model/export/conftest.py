@@ -24,7 +24,7 @@ DATA_VERSION = "digits-8-per-class.dir"
 def trained_checkpoint(base: Path, digits_root: Path) -> Path:
     """base/tiny-dino/run/checkpoint.pth, trained once, with run/eval/knn.json beside it."""
     from dino_model.config import load_config
-    from dino_model.eval.knn_eval import run_knn_eval
+    from dino_model.eval.knn_run import run_knn_eval
     from dino_model.train.loop import fit
 
     root = base / "tiny-dino"

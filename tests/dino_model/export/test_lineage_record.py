@@ -16,8 +16,8 @@ import pytest
 from dino_model.errors import ExportError
 from dino_model.export.lineage import VERIFIED_KEY, find_record
 from dino_model.export.onnx import read_contract
-from dino_model.export.triton import read_config, write_model_repository
 from dino_model.export.triton_config import RepositoryOptions
+from dino_model.export.triton_repository import read_config, write_model_repository
 from dino_model.serving.gate import verified_score
 
 CLAIMS = {"metrics": json.dumps({"knn_top1": 99.9}), "data_version": "forged.dir"}

@@ -43,8 +43,8 @@ def require_triton() -> None:
 
 
 def write_cpu_repository(onnx_path: Path, root: Path) -> Path:
-    from dino_model.export.triton import write_model_repository
     from dino_model.export.triton_config import RepositoryOptions
+    from dino_model.export.triton_repository import write_model_repository
 
     write_model_repository(onnx_path, root, RepositoryOptions(flavour="cpu", max_batch_size=16,
                                                               preferred_batch_sizes=[]))

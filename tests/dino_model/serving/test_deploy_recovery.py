@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 
 from dino_model.export.lineage import VERIFIED_KEY, file_sha256
-from dino_model.export.triton import read_config, version_folders
 from dino_model.export.triton_config import config_parameters
+from dino_model.export.triton_repository import read_config, version_folders
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.deploy import (
+from dino_model.serving.loadtest import LoadGenerator
+from dino_model.serving.rollout import (
     JOURNAL_FILE,
     PAUSE_ENV,
     PAUSE_POINTS,
@@ -35,7 +36,6 @@ from dino_model.serving.deploy import (
     ready_versions,
     recover,
 )
-from dino_model.serving.loadtest import LoadGenerator
 
 pytestmark = pytest.mark.triton
 

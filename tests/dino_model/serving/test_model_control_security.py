@@ -27,12 +27,12 @@ import pytest
 from onnx import numpy_helper
 
 from dino_model.errors import ServingError
-from dino_model.export.triton import write_model_repository
 from dino_model.export.triton_config import RepositoryOptions
+from dino_model.export.triton_repository import write_model_repository
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.deploy import ready_versions
 from dino_model.serving.release import release
+from dino_model.serving.rollout import ready_versions
 from dino_model.serving.server import ADMIN_KEY_ENV, admin_key_path
 
 pytestmark = pytest.mark.triton

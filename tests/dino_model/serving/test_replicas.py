@@ -13,8 +13,8 @@ import pytest
 
 from dino_model.errors import ConfigError, ServingError
 from dino_model.serving.client import EmbeddingClient, replica_urls
-from dino_model.serving.deploy import deploy, ready_versions
 from dino_model.serving.loadtest import LoadGenerator
+from dino_model.serving.rollout import deploy, ready_versions
 
 pytestmark = pytest.mark.triton
 KEY = "replicas-test-admin-key"

@@ -21,8 +21,8 @@ from dino_model.errors import ExportError
 from dino_model.export.lineage import LineageRecord, file_sha256, find_record
 from dino_model.export.onnx import read_contract
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.deploy import deploy, ready_versions
 from dino_model.serving.gate import serving_score
+from dino_model.serving.rollout import deploy, ready_versions
 
 pytestmark = pytest.mark.triton
 
