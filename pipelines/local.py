@@ -68,7 +68,8 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
             triton_flavour="cpu", pushgateway=pushgateway,
         )
     except RuntimeError as exc:  # kfp.local reports a failed task this way; its log is above
-        raise PipelineError(f"{exc} (task logs above; artifacts under {pipeline_root})") from None
+        raise PipelineError(f"{exc} (the failing task's output is in the run's log; artifacts under "
+                            f"{pipeline_root})") from None
     return summarize(pipeline_root, started, server=server,
                      data_version=resolved.to_dict() if resolved is not None else None)
 

@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_upload)
 
     p = cmds.add_parser("run", help="run the pipeline; --local runs it on this machine through kfp.local")
-    p.add_argument("--local", action="store_true", required=True)
+    p.add_argument("--local", action="store_true",
+                   help="run on this machine through kfp.local (the only place `run` runs; on a cluster use "
+                        "`pipeline upload` and `pipeline submit`)")
     p.add_argument("--config", default="digits_vit_tiny", help="training config (path or packaged name)")
     p.add_argument("--min-knn-top1", type=float, default=30.0, help="quality gate threshold (%%)")
     p.add_argument("--allow-worse", action="store_true", help="deploy even if worse than the serving model")
@@ -56,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="git URL of a data repository to train on (default: this checkout's digits version)")
     p.add_argument("--dvc-remote", default="", help="DVC remote of --data-repo (default: its own default remote)")
     p.add_argument("--data-version", default="", help="git revision or md5 in --data-repo (default: its head)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show every task's full output here (default: stages, epochs, scores and errors; "
+                        "everything in <output-dir>/run.log)")
     p.add_argument("overrides", nargs="*", help="training config overrides such as train.epochs=2")
     p.set_defaults(func=run_local_cmd)
 
@@ -88,15 +93,27 @@ def run_upload(args: argparse.Namespace) -> int:
 
 
 def run_local_cmd(args: argparse.Namespace) -> int:
-    from dino_model.versioning.repo import find_repo_root
-    from pipelines.local import run_local
+    import contextlib
 
-    result = run_local(find_repo_root(), config=args.config, overrides=args.overrides,
-                       min_knn_top1=args.min_knn_top1, require_not_worse=not args.allow_worse,
-                       grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
-                       output_dir=args.output_dir, pushgateway=args.pushgateway, containers=args.containers,
-                       data_repo=args.data_repo, dvc_remote=args.dvc_remote, data_version=args.data_version)
-    print_result(result)
+    from dino_model.versioning.repo import find_repo_root
+    from pipelines.local import LOCAL_DIR, run_local
+    from pipelines.run_log import run_log
+
+    if not args.local:
+        from dino_model.errors import ConfigError
+
+        raise ConfigError("`pipeline run` runs the pipeline on this machine: add --local. To run it on a cluster, "
+                          "register it with `dino-mlops pipeline upload --host URL --version V` and start runs "
+                          "with `dino-mlops pipeline submit --host URL` (or from the KFP UI)")
+    root = find_repo_root()
+    log = (Path(args.output_dir) if args.output_dir else root / LOCAL_DIR) / "run.log"
+    with contextlib.nullcontext() if args.verbose else run_log(log):
+        result = run_local(root, config=args.config, overrides=args.overrides,
+                           min_knn_top1=args.min_knn_top1, require_not_worse=not args.allow_worse,
+                           grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
+                           output_dir=args.output_dir, pushgateway=args.pushgateway, containers=args.containers,
+                           data_repo=args.data_repo, dvc_remote=args.dvc_remote, data_version=args.data_version)
+    print_result(result if args.verbose else {**result, "log": str(log)})
     return 0
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from dino_model.errors import ConfigError
 from dino_model.eval.features import extract
 from dino_model.eval.settings import LinearProbeConfig
+from dino_model.logs import progress
 from dino_model.models.backbone import intermediate_tokens
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def fit_classifier(classifier: nn.Module, epoch_batches: Callable[[], Iterable[t
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=probe.epochs, eta_min=0)
     best: dict[str, Any] = {"top1": -1.0}
     history = []
-    for epoch in range(probe.epochs):
+    for epoch in progress(range(probe.epochs), desc="linear probe", total=probe.epochs):
         loss = _train_epoch(classifier, opt, epoch_batches(), device)
         sched.step()
         if (epoch + 1) % probe.val_freq == 0 or epoch + 1 == probe.epochs:

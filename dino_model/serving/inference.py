@@ -21,6 +21,7 @@ import torch
 from dino_model.errors import DataError
 from dino_model.eval.knn import weighted_vote
 from dino_model.export.contract import EMBEDDING
+from dino_model.logs import progress
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.images import ImageItem, collect_images, load_batch, transform_for
 
@@ -51,7 +52,7 @@ def embed_images(inputs: list[str | Path], client: EmbeddingClient, *, batch_siz
         return kept, client.infer(images)[EMBEDDING] if kept else None, bad
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        results = list(pool.map(work, batches))
+        results = list(progress(pool.map(work, batches), desc="infer", total=len(batches)))
     kept = [item for r in results for item in r[0]]
     skipped += [bad for r in results for bad in r[2]]
     if not kept:

@@ -35,7 +35,7 @@ from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.loaders import SeededMultiCropDataset, batches, build_train_loader
 from dino_model.data.transforms import MultiCropTransform
 from dino_model.errors import CheckpointError, ConfigError, DinoError, TrainingDivergedError
-from dino_model.logs import JsonlWriter
+from dino_model.logs import JsonlWriter, progress
 from dino_model.loss import DINOLoss
 from dino_model.models.factory import build_student_teacher, has_batchnorm
 from dino_model.models.teacher import ema_update
@@ -192,7 +192,8 @@ def train_one_epoch(t: Trainer, loader, epoch: int, ckpt_path: Path) -> dict[str
     t.student.train()
     sums = torch.zeros(3, dtype=torch.float64, device=t.dist.device)  # loss, teacher entropy, files skipped
     start, steps, n_images = time.perf_counter(), 0, 0
-    for i, (crops, _, skipped) in enumerate(batches(loader)):
+    steps_iter = progress(batches(loader), desc=f"epoch {epoch}", total=t.steps_per_epoch, enabled=t.dist.is_main)
+    for i, (crops, _, skipped) in enumerate(steps_iter):
         it = epoch * t.steps_per_epoch + i
         loss = train_step(t, crops, epoch, it, ckpt_path)
         sums += torch.stack([loss.detach().double(), t.loss.last_teacher_entropy.double(),
