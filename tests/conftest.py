@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny configuration, materialised digits, seeds, free ports, shared data sets."""
+"""Shared fixtures: tiny configuration, materialised digits, seeds, free ports, shared data sets, and the
+plugins in tests/fixtures/ (the exported tiny model, git + DVC repositories, tritonservers)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# fixtures several folders share (tests/fixtures/, importable through pyproject's pytest pythonpath);
+# pytest reads pytest_plugins from the root conftest only
+pytest_plugins = ["fixtures.export", "fixtures.versioning", "fixtures.triton"]
 
 
 def shared_datasets_dir() -> Path:

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dino_model.cli.options import print_result
+from dino_model.cli.options import add_renamed, print_result
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.set_defaults(func=_up)
 
     render = sub.add_parser("render-k8s", help="write the PrometheusRule and Grafana dashboard ConfigMap")
-    render.add_argument("--out-dir", type=Path, default=Path("k8s/base/monitoring"))
+    add_renamed(render, "--output-dir", "--out-dir", type=Path, default=Path("k8s/base/monitoring"),
+                help="folder the manifests are written to")
     render.add_argument("--release", default="kube-prometheus-stack",
                         help="kube-prometheus-stack Helm release (the PrometheusRule `release` label)")
     render.add_argument("--check", action="store_true", help="write nothing; exit 1 when the files are stale")
@@ -84,12 +85,12 @@ def _render(args: argparse.Namespace) -> int:
     from dino_model.monitoring.k8s import render_k8s, stale_manifests
 
     if args.check:
-        stale = stale_manifests(args.out_dir, release=args.release)
+        stale = stale_manifests(args.output_dir, release=args.release)
         print_result({"stale": [str(p) for p in stale]})
         if stale:
-            logger.error("stale manifests; run `dino-mlops monitoring render-k8s --out-dir %s`", args.out_dir)
+            logger.error("stale manifests; run `dino-mlops monitoring render-k8s --output-dir %s`", args.output_dir)
         return 1 if stale else 0
-    print_result({"written": [str(p) for p in render_k8s(args.out_dir, release=args.release)]})
+    print_result({"written": [str(p) for p in render_k8s(args.output_dir, release=args.release)]})
     return 0
 
 

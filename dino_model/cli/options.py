@@ -25,6 +25,14 @@ def add_config_args(parser: argparse.ArgumentParser, *, default: str = "default"
     parser.add_argument("overrides", nargs="*", help="config overrides such as train.epochs=5")
 
 
+def add_renamed(parser: argparse.ArgumentParser, name: str, *old: str, **kwargs: Any) -> argparse.Action:
+    """`name` as the option, `old` spellings still accepted but left out of --help."""
+    action = parser.add_argument(name, **kwargs)
+    alias = {k: v for k, v in kwargs.items() if k in ("action", "type", "choices", "nargs", "const")}
+    parser.add_argument(*old, dest=action.dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **alias)
+    return action
+
+
 def config_from_args(args: argparse.Namespace, *extra: str, default: str = "default"):
     from dino_model.config import load_config
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from dino_model.cli.options import print_result
+from dino_model.cli.options import add_renamed, print_result
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="KFP multi-user profile namespace the run belongs to (not given: standalone KFP)")
         p.add_argument("--host", default=os.environ.get("KFP_HOST", ""), help="KFP API; submits a pipeline run")
         p.add_argument("--local", action="store_true", help="run the pipeline on this machine (kfp.local)")
-        p.add_argument("--triton-url", default=os.environ.get("DINO_TRITON_URL", ""),
-                       help="serving Triton (gRPC host:port), whose model lineage names the deployed data version")
+        add_renamed(p, "--url", "--triton-url", default=os.environ.get("DINO_TRITON_URL", ""),
+                    help="serving Triton (gRPC host:port), whose model lineage names the deployed data version")
         p.add_argument("--state", default=os.environ.get("DINO_RETRAIN_STATE", "runs/retrain/state.json"))
         p.add_argument("--timeout", type=float, default=float(os.environ.get("DINO_KFP_TIMEOUT", "120")),
                        help="seconds a KFP submission may take before the check gives up (the trigger stays pending)")
@@ -92,7 +92,7 @@ def _check_once(args: argparse.Namespace) -> dict:
             current = current_version(repo)
         else:
             current = version_at(repo, _tracked_rev(repo, args.rev) if remote else args.rev)
-    deployed = deployed_data_version(args.triton_url) if args.triton_url else None
+    deployed = deployed_data_version(args.url) if args.url else None
     if args.local:
         submit = _local_submitter(repo, params)
     else:

@@ -40,7 +40,9 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-port", type=int, default=_server("grpc_port"))
     p.add_argument("--metrics-port", type=int, default=_server("metrics_port"), help="Prometheus metrics (/metrics)")
     p.add_argument("--address", default=_server("address"), help="bind address (0.0.0.0 for every interface)")
-    p.add_argument("--model", action="append", help="model to load at start (repeatable; default: all)")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="a model of the repository to load at start, by its folder name (repeatable; default: "
+                        "every model); not a served-model selector like --model-name of deploy and infer")
     p.add_argument("--tritonserver", help="tritonserver binary (default: the one in nvidia-pytriton)")
     p.add_argument("--startup-timeout", type=float, default=_server("startup_timeout_s"),
                    help="seconds to wait for readiness")

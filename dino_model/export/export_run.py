@@ -23,6 +23,7 @@ from dino_model.export.contract import EMBEDDING, PATCH_TOKENS, ModelContract
 from dino_model.export.lineage import build_lineage, default_metric_reports, file_sha256, read_metrics
 from dino_model.export.onnx import DEFAULT_OPSET, EmbeddingModel, export_onnx
 from dino_model.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity, parity_inputs
+from dino_model.logs import progress
 from dino_model.models.loading import load_backbone
 from dino_model.runtime.checkpoint import load_checkpoint
 
@@ -66,8 +67,12 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     if opts.fp16:
         fp16 = EmbeddingModel(backbone, patch_tokens=opts.patch_tokens, fp16=True)
         variants.append(("fp16", output.with_suffix(".fp16.onnx"), fp16, max(opts.tolerance, FP16_TOLERANCE)))
-    for precision, path, model, tolerance in variants:
-        export_onnx(model, path, replace(contract, precision=precision), opset=opts.opset)
+    # the bar's stages: each precision's export, then its parity check
+    stages = [(variant, stage) for variant in variants for stage in ("onnx", "parity")]
+    for (precision, path, model, tolerance), stage in progress(stages, desc="export", total=len(stages)):
+        if stage == "onnx":
+            export_onnx(model, path, replace(contract, precision=precision), opset=opts.opset)
+            continue
         report = check_parity(fp32, path, inputs, output_names=model.output_names, tolerance=tolerance)
         parity[precision] = report.to_dict()
         if not report.passed:

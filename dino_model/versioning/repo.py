@@ -6,7 +6,10 @@ usage analytics stay off (`DVC_NO_ANALYTICS`); the site cache can be moved off
 that a killed process left half-done is completed before anything reads data/ or data.dvc (switch.py),
 so every command sees one consistent version; DVC's own console
 handlers, which write to stdout, are removed so that the CLI's stdout carries only its result; and DVC's
-exceptions become `DataError` messages saying what to do. DVC's `Repo` API is used in-process rather
+exceptions become `DataError` messages saying what to do. DVC's own progress bars (add, push, fetch
+from the remote, and the checkout into data/ in switch.py) stay on: DVC draws them on an interactive
+terminal only (dvc.progress.Tqdm disables itself when stderr is not a TTY), so pods, CI and logs get
+none. DVC's `Repo` API is used in-process rather
 than the `dvc` command, whose messages are meant for a terminal.
 """
 

@@ -126,17 +126,20 @@ def _link_unchanged(tree: Tree, workspace: Tree | None, data_dir: Path, staging:
 
 def _stage(repo: Repo, tree: Tree, staging: Path, *, reuse: Tree | None) -> None:
     """Check the files of `tree` that `reuse` lacks out of the local cache into `staging` (cache link types)."""
+    from dvc.fs.callbacks import TqdmCallback
     from dvc_data.hashfile.checkout import checkout
     from dvc_objects.fs.local import localfs
-    from fsspec.callbacks import Callback
 
-    class _PauseHalfWay(Callback):
+    class _PauseHalfWay(TqdmCallback):
+        """DVC's file bar (drawn on a terminal only, like its push and fetch bars); a test pause half-way."""
+
         def relative_update(self, inc: int = 1) -> None:
             super().relative_update(inc)
             if self.size and self.value * 2 >= self.size:
                 pause_point("staging")
 
-    checkout(str(staging), localfs, tree, repo.cache.local, force=True, old=reuse, progress_callback=_PauseHalfWay())
+    with _PauseHalfWay(desc="Checkout", unit="file") as callback:
+        checkout(str(staging), localfs, tree, repo.cache.local, force=True, old=reuse, progress_callback=callback)
 
 
 def _remember_hashes(repo: Repo, data_dir: Path, tree: Tree) -> None:

@@ -2,11 +2,11 @@
 
 Skipped where no container engine can run (not root, no Docker): unless DINO_REQUIRE_CONTAINERS=1, as
 in CI, where a missing engine is a failure. The daemon is stopped again if this session started it.
+The trained and exported tiny model comes from tests/fixtures/export.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -17,20 +17,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "image.sh"
-
-
-def _export_fixtures():
-    """The session's trained and exported tiny model (tests/dino_model/export/conftest.py)."""
-    path = REPO_ROOT / "tests" / "dino_model" / "export" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("dino_export_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_export = _export_fixtures()
-tiny_checkpoint = _export.tiny_checkpoint
-tiny_export = _export.tiny_export
 
 
 def _unavailable(reason: str) -> None:

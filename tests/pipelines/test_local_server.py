@@ -8,15 +8,13 @@ admin key, while the pipeline's deploy step (release) finds that key beside the 
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from fixtures.triton import http_load
 
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.release import release
@@ -31,38 +29,6 @@ from pipelines.local_server import (
 
 pytestmark = pytest.mark.triton
 
-INJECTED = '''import pathlib
-
-pathlib.Path({marker!r}).write_text("this ran inside tritonserver")
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return []
-'''
-
-
-def _injected(marker: Path, name: str) -> tuple[str, bytes]:
-    """(config JSON, model.py) of a Python-backend model whose import writes `marker`."""
-    config = {"name": name, "backend": "python", "max_batch_size": 0,
-              "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}],
-              "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [1]}]}
-    return json.dumps(config), INJECTED.format(marker=str(marker)).encode()
-
-
-def _http_load(http_url: str, marker: Path, name: str = "injected_http",
-               headers: dict[str, str] | None = None) -> tuple[int, str]:
-    """POST /v2/repository/models/<name>/load with the config and model.py inline; (status, body)."""
-    config, code = _injected(marker, name)
-    body = json.dumps({"parameters": {"config": config, "file:1/model.py": base64.b64encode(code).decode()}})
-    request = urllib.request.Request(f"{http_url}/v2/repository/models/{name}/load", data=body.encode(),
-                                     headers=headers or {}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
 
 def test_the_local_pipeline_server_is_guarded_and_stop_local_stops_it(tmp_path: Path, tiny_onnx: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,7 +41,7 @@ def test_the_local_pipeline_server_is_guarded_and_stop_local_stops_it(tmp_path: 
         key_file = Path(server.admin_key_file)
         assert key_file == admin_key_path(server.repository) and key_file.stat().st_mode & 0o777 == 0o600
         marker = tmp_path / "ran-in-local-server"
-        assert _http_load(server.http_url, marker)[0] == 403 and not marker.exists()
+        assert http_load(server.http_url, marker)[0] == 403 and not marker.exists()
         assert ensure_local_server(state_dir, grpc_port=grpc, http_port=http, metrics_port=metrics) == server
         result = release(tiny_onnx, server.repository, url=server.grpc_url, flavour="cpu")
         assert result["status"] == "deployed" and result["serving_versions"] == [1]

@@ -18,12 +18,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_render_k8s_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["monitoring", "render-k8s", "--out-dir", str(tmp_path)]) == 0
+    assert main(["monitoring", "render-k8s", "--output-dir", str(tmp_path)]) == 0
     written = json.loads(capsys.readouterr().out)["written"]
     assert sorted(Path(p).name for p in written) == sorted([k8s.RULE_FILE, k8s.DASHBOARD_FILE])
-    assert main(["monitoring", "render-k8s", "--out-dir", str(tmp_path), "--check"]) == 0
+    assert main(["monitoring", "render-k8s", "--output-dir", str(tmp_path), "--check"]) == 0
     (tmp_path / k8s.DASHBOARD_FILE).write_text("edited\n")
-    assert main(["monitoring", "render-k8s", "--out-dir", str(tmp_path), "--check"]) == 1
+    assert main(["monitoring", "render-k8s", "--output-dir", str(tmp_path), "--check"]) == 1
     assert json.loads(capsys.readouterr().out.split("}\n")[-2] + "}")["stale"] == [str(tmp_path / k8s.DASHBOARD_FILE)]
 
 

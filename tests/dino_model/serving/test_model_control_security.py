@@ -10,7 +10,6 @@ here: no request is answered with NaN.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from fixtures.triton import http_load, injected
 from onnx import numpy_helper
 
 from dino_model.errors import ServingError
@@ -37,15 +37,6 @@ from dino_model.serving.server import ADMIN_KEY_ENV, admin_key_path
 
 pytestmark = pytest.mark.triton
 
-INJECTED = '''import pathlib
-
-pathlib.Path({marker!r}).write_text("this ran inside tritonserver")
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return []
-'''
 
 # What Triton's onnxruntime backend (the `gpu` flavour) does: answer whatever the graph computes.
 UNCHECKED_BACKEND = '''from pathlib import Path
@@ -69,32 +60,10 @@ class TritonPythonModel:
 '''
 
 
-def _injected(marker: Path, name: str) -> tuple[str, bytes]:
-    """(config JSON, model.py) of a Python-backend model whose import writes `marker`."""
-    config = {"name": name, "backend": "python", "max_batch_size": 0,
-              "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}],
-              "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [1]}]}
-    return json.dumps(config), INJECTED.format(marker=str(marker)).encode()
-
-
-def _http_load(http_url: str, marker: Path, name: str = "injected_http",
-               headers: dict[str, str] | None = None) -> tuple[int, str]:
-    """POST /v2/repository/models/<name>/load with the config and model.py inline; (status, body)."""
-    config, code = _injected(marker, name)
-    body = json.dumps({"parameters": {"config": config, "file:1/model.py": base64.b64encode(code).decode()}})
-    request = urllib.request.Request(f"{http_url}/v2/repository/models/{name}/load", data=body.encode(),
-                                     headers=headers or {}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def _grpc_load(grpc_url: str, marker: Path, name: str, headers: dict[str, str] | None = None) -> None:
     import tritonclient.grpc as grpcclient
 
-    config, code = _injected(marker, name)
+    config, code = injected(marker, name)
     grpcclient.InferenceServerClient(grpc_url).load_model(name, config=config, files={"file:1/model.py": code},
                                                           headers=headers, client_timeout=120)
 
@@ -116,8 +85,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path, triton_to
 
 def test_an_inline_model_py_over_http_is_refused_without_the_key(guarded, tmp_path: Path) -> None:
     marker = tmp_path / "ran-over-http"
-    status, body = _http_load(guarded.http_url, marker)
-    guessed, _ = _http_load(guarded.http_url, marker, headers={"admin-key": "a-guess"})
+    status, body = http_load(guarded.http_url, marker)
+    guessed, _ = http_load(guarded.http_url, marker, headers={"admin-key": "a-guess"})
     assert not marker.exists(), "the uploaded model.py ran inside tritonserver"
     assert status == guessed == 403 and "restricted" in body and "admin-key" in body
     with urllib.request.urlopen(f"{guarded.http_url}/v2/models/dino/ready", timeout=5) as response:
