@@ -4,6 +4,11 @@ Each module in COMMAND_MODULES exposes `register(subparsers)`, adding its parser
 `func(args) -> int` default. A DinoError becomes one line on stderr and exit code 2; results go
 to stdout, logs to stderr. Help is uniform, set up here once for every parser: each option with a
 default shows it, and each command ends with an example from EXAMPLES.
+
+The client-only distribution, dino-mlops-client (client/pyproject.toml: the same package without
+torch, kfp or dvc), installs `client_main` as its `dino-mlops`: it runs CLIENT_COMMANDS, `--help`
+and `--version`, and answers any other command, its --help included, with one line naming the full
+platform, rather than a traceback from a missing dependency half-way through the command.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ COMMAND_MODULES = (
     "dino_model.cli.pipeline",
     "dino_model.cli.retrain",
 )
+
+FULL_DISTRIBUTION = "dino-mlops"
+CLIENT_DISTRIBUTION = "dino-mlops-client"
+# what dino-mlops-client runs: gRPC inference needs numpy, Pillow and tritonclient only
+CLIENT_COMMANDS = frozenset({"infer"})
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +91,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description and the example's layout; option defaults come from `_show_defaults`."""
 
 
-def package_version() -> str:
+def package_version(distribution: str = FULL_DISTRIBUTION) -> str:
     try:
-        return importlib.metadata.version("dino-mlops")
+        return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(distribution: str = FULL_DISTRIBUTION) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dino-mlops", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=package_version(), help="print the version and exit")
+    parser.add_argument("--version", action="version", version=package_version(distribution),
+                        help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -127,7 +138,34 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser(), argv)
+
+
+def client_main(argv: Sequence[str] | None = None) -> int:
+    """`dino-mlops` of dino-mlops-client: CLIENT_COMMANDS run; any other command is one line on stderr, exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(CLIENT_DISTRIBUTION)
+    full_only = sorted(set(subcommands(parser)) - CLIENT_COMMANDS)
+    parser.epilog = (f"Example:\n  {EXAMPLES['infer']}\n\nThis client-only install ({CLIENT_DISTRIBUTION}) runs: "
+                     f"{', '.join(sorted(CLIENT_COMMANDS))}.\nThe other commands need the full platform: "
+                     f"pip install {FULL_DISTRIBUTION}")
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # top-level options take no value
+    if command in full_only:
+        print(f"dino-mlops: error: `dino-mlops {command}` needs the full platform: pip install {FULL_DISTRIBUTION}",
+              file=sys.stderr)
+        return 2
+    return run(parser, argv)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    """The names of the parser's commands (the words right after `dino-mlops`)."""
+    return [name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices]
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse `argv`, set up logging and run the chosen command; a DinoError is one line, exit code 2."""
+    args = parser.parse_args(argv)
     import os
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, rank=int(os.environ.get("RANK", 0)))

@@ -1,47 +1,27 @@
-"""Image folders: class sub-folders when labels exist, flat when they do not.
+"""Image folders as a torch Dataset: class sub-folders when labels exist, flat when they do not.
 
-Unreadable or corrupt files are found when the folder is scanned, skipped, and counted in the log,
-so a bad file never stops a long run. That includes images PIL refuses to decode because their
-declared size makes them decompression bombs (a 48 KB PNG can declare 20000 x 20000 pixels), and
-files that vanish between the scan and their first read. Labels follow sorted class-folder names
-(torchvision's ImageFolder order); a flat folder has label -1 everywhere.
+Scanning, labels and skipping unreadable files live in folders.py (torch-free, for the client-only
+install); this module adds the Dataset the training and evaluation loaders read.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from dino_model.errors import DataError
-
-logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
-
-
-# What PIL raises for a file that is not a decodable image of a sane size; OSError covers missing
-# files and truncated data. Anything else is a bug and keeps its traceback.
-UNREADABLE_ERRORS: tuple[type[Exception], ...] = (
-    UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: int
-
-
-@dataclass(frozen=True)
-class FolderScan:
-    classes: list[str]
-    samples: list[Sample]
-    skipped: list[tuple[Path, str]]  # (file, why it cannot be read)
+from dino_model.data.folders import (  # noqa: F401  (re-exported: the names callers import from here)
+    IMAGE_EXTENSIONS,
+    UNREADABLE_ERRORS,
+    FolderScan,
+    Sample,
+    load_rgb,
+    scan_folder,
+    unreadable_reason,
+)
 
 
 class ImageFolderDataset(Dataset):
@@ -72,63 +52,7 @@ class ImageFolderDataset(Dataset):
         return (self.transform(image) if self.transform else image), self.samples[index].label
 
 
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
-
-
-def unreadable_reason(exc: BaseException) -> str:
-    """Why an image file cannot be used, in words, for logs and skip lists."""
-    if isinstance(exc, Image.DecompressionBombError):
-        return f"image too large to decode safely ({exc})"
-    if isinstance(exc, FileNotFoundError):
-        return "file no longer exists"
-    return f"not a readable image: {exc}"
-
-
 def scan_image_folder(root: Path) -> tuple[list[str], list[Sample], int]:
     """(class names, readable samples, number of skipped files) for an image folder."""
     scan = scan_folder(root)
     return scan.classes, scan.samples, len(scan.skipped)
-
-
-def scan_folder(root: Path) -> FolderScan:
-    """The folder's classes, its readable samples, and each skipped file with the reason."""
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist or is not a directory")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = [d.name for d in class_dirs if any(_image_files(d))]
-    if classes:
-        candidates = [(p, i) for i, name in enumerate(classes) for p in _image_files(root / name)]
-    else:
-        candidates = [(p, -1) for p in _image_files(root)]
-    samples, bad = [], []
-    for path, label in candidates:
-        reason = _unreadable(path)
-        (bad.append((path, reason)) if reason else samples.append(Sample(path, label)))
-    if bad:
-        shown = ", ".join(f"{p} ({why})" for p, why in bad[:5])
-        logger.warning("skipped %d unreadable image(s) in %s: %s%s", len(bad), root, shown,
-                       " ..." if len(bad) > 5 else "")
-    if not samples:
-        raise DataError(
-            f"{root} holds no readable image ({len(bad)} file(s) skipped as unreadable; "
-            f"looked for {', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return FolderScan(classes, samples, bad)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _unreadable(path: Path) -> str | None:
-    """None when the whole file decodes; else why it does not."""
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        with Image.open(path) as img:
-            img.load()
-    except UNREADABLE_ERRORS as exc:
-        return unreadable_reason(exc)
-    return None

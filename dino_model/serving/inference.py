@@ -3,7 +3,9 @@
 Batches are loaded, preprocessed and sent concurrently. An `.npz` written from labelled class
 folders is itself a k-NN index (embeddings, labels, classes): passing it back with `--knn-index`
 labels new images by the weighted vote of DINO's k-NN evaluation (Caron et al., ICCV 2021,
-Sec. 4.1; dino_model/eval/knn.py), computed here on the served embeddings.
+Sec. 4.1): the same vote as `dino_model.eval.knn.weighted_vote`, written in numpy and computed here
+on the served embeddings, because this path runs in the client-only install, which has no PyTorch
+(a test holds the two votes equal).
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from dino_model.errors import DataError
-from dino_model.eval.knn import weighted_vote
+from dino_model.errors import ConfigError, DataError
 from dino_model.export.contract import EMBEDDING
 from dino_model.logs import progress
 from dino_model.serving.client import EmbeddingClient
@@ -65,16 +65,26 @@ def embed_images(inputs: list[str | Path], client: EmbeddingClient, *, batch_siz
 def knn_predict(result: EmbeddingResult, index_path: str | Path, *, k: int = 20, temperature: float = 0.07
                 ) -> list[str]:
     """Labels by weighted k-NN vote over a stored index of labelled embeddings."""
+    if k < 1 or temperature <= 0:
+        raise ConfigError(f"k-NN labels need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
     index = load_index(index_path)
     if index["embeddings"].shape[1] != result.embeddings.shape[1]:
         raise DataError(f"index {index_path} holds {index['embeddings'].shape[1]}-d embeddings; the model "
                         f"returns {result.embeddings.shape[1]}-d ones: build the index with the same model")
-    bank = torch.from_numpy(index["embeddings"]).float()
-    queries = torch.from_numpy(result.embeddings).float()
-    sims, idx = (queries @ bank.T).topk(min(k, len(bank)), dim=1)
-    labels = torch.from_numpy(index["labels"]).long()[idx]
-    votes = weighted_vote(sims, labels, len(index["classes"]), temperature)
-    return [str(index["classes"][i]) for i in votes.argmax(dim=1).tolist()]
+    similarity = result.embeddings.astype(np.float32) @ index["embeddings"].astype(np.float32).T
+    k = min(k, similarity.shape[1])
+    nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    sims = np.take_along_axis(similarity, nearest, axis=1)
+    votes = weighted_vote(sims, index["labels"].astype(np.int64)[nearest], len(index["classes"]), temperature)
+    return [str(index["classes"][i]) for i in votes.argmax(axis=1).tolist()]
+
+
+def weighted_vote(sims: np.ndarray, labels: np.ndarray, n_classes: int, temperature: float) -> np.ndarray:
+    """Per query row, the summed weights exp(sim / T) of its neighbours of each class: (n, C)."""
+    weights = np.exp(sims / temperature)
+    scores = np.zeros((sims.shape[0], n_classes), dtype=weights.dtype)
+    np.add.at(scores, (np.arange(sims.shape[0])[:, None], labels), weights)
+    return scores
 
 
 def load_index(path: str | Path) -> dict[str, np.ndarray]:
