@@ -2,6 +2,9 @@
 
 Defaults are the official DINO code's (facebookresearch/dino, `main_dino.py`); packaged YAML files
 under `dino_model/configs/` hold differences only (the paper's settings, the test and demo sizes).
+One default differs: `train.precision` is `auto`, resolved by the trainer for its device: bf16 on
+GPUs with native bf16 (no loss scaling, no fp16 overflow), fp16 with the gradient scaler on other
+GPUs (the official `use_fp16=True`), fp32 on CPUs. Checkpoints record the resolved value.
 Struct mode rejects unknown keys and wrong types, so a misspelt override fails loudly instead of
 being ignored. This module imports no torch so that pipelines can build configs cheaply.
 """
@@ -19,11 +22,12 @@ from dino_model.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ARCHS = ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "lars")
 POS_INTERPOLATIONS = ("dino", "timm")
 GLOBAL_POOLS = ("token", "avg")
 DEVICES = ("auto", "cpu", "cuda")
+INIT_PARTS = ("auto", "all", "backbone")
 
 # Ranges of the values users set by hand; a value outside them fails at load time, naming the key,
 # instead of deep inside PyTorch or, worse, training silently with it.
@@ -144,7 +148,8 @@ class OptimConfig:
 class RunConfig:
     epochs: int = 100
     batch_size: int = 64  # per process
-    precision: str = "fp32"  # fp32 | bf16 (CPU and CUDA autocast) | fp16 (CUDA, grad scaler)
+    # auto (CUDA: bf16 if native, else fp16; CPU: fp32) | fp32 | bf16 (CPU and CUDA autocast) | fp16 (CUDA, scaler)
+    precision: str = "auto"
     seed: int = 0
     output_dir: str = "runs/dino"
     device: str = "auto"  # auto | cpu | cuda
@@ -154,6 +159,10 @@ class RunConfig:
     channels_last: bool = False
     compile: bool = False
     allow_config_change: bool = False  # resume although optimisation settings differ from the checkpoint's
+    # a new run (epoch 0, fresh optimiser and schedules) starting from these weights: a full checkpoint
+    # (ours or official) or a backbone-only state dict; "" = random initialisation. Not --resume.
+    init_weights: str = ""
+    init_parts: str = "auto"  # auto (all when the file has student and teacher) | all | backbone (fresh heads)
 
 
 @dataclass
@@ -188,6 +197,7 @@ class TrainConfig:
         _choice("model.arch", self.model.arch, ARCHS)
         _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("train.device", self.train.device, DEVICES)
+        _choice("train.init_parts", self.train.init_parts, INIT_PARTS)
         _choice("optim.name", self.optim.name, OPTIMIZERS)
         _choice("model.pos_interpolation", self.model.pos_interpolation, POS_INTERPOLATIONS)
         _choice("model.global_pool", self.model.global_pool, GLOBAL_POOLS)
@@ -276,10 +286,12 @@ def _pair(key: str, values: Sequence[float]) -> tuple[float, float]:
 
 # Keys that may differ between a checkpoint and the run resuming it: where files go, how data is
 # read, how progress is logged and evaluated. Every other key shapes the optimisation itself.
+# The initial weights only matter at epoch 0: a resumed run ignores train.init_* and keeps the
+# checkpoint's values, so its lineage still names the weights the run started from.
 RESUME_MAY_CHANGE = (
     "data.root", "data.knn_train", "data.knn_val", "data.num_workers", "data.revision",
     "train.output_dir", "train.device", "train.log_every_steps", "train.saveckp_freq", "train.stop_after_epochs",
-    "train.channels_last", "train.compile", "train.allow_config_change",
+    "train.channels_last", "train.compile", "train.allow_config_change", "train.init_weights", "train.init_parts",
     "monitor.", "eval.",
 )
 

@@ -52,6 +52,9 @@ def _register_linear(ev: argparse._SubParsersAction) -> None:
                    help="centre crops only: features are computed once and cached (fast on CPU)")
     p.add_argument("--random-init", action="store_true", help="baseline: a randomly initialised backbone")
     p.add_argument("--seed", type=int, default=_default(LinearProbeConfig, "seed"))
+    p.add_argument("--head", metavar="PATH",
+                   help="score this trained classifier on --val-dir instead of training one: official linear "
+                        "weights (state_dict of module.linear.*) or a linear.pth of this command")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     add_config_args(p, checkpoint=True)
     p.set_defaults(func=run_linear)
@@ -119,11 +122,25 @@ def run_linear(args: argparse.Namespace) -> int:
     cfg = checkpoint_config_from_args(args)
     probe = LinearProbeConfig(n_last_blocks=args.n_last_blocks, avgpool_patchtokens=args.avgpool, epochs=args.epochs,
                               lr=args.lr, batch_size=args.batch_size, augment=not args.no_augment, seed=args.seed)
+    if args.head:
+        return _score_linear_head(args, cfg, probe)
     result = run_linear_eval(
         args.checkpoint, cfg.eval, train_dir=args.train_dir or cfg.data.knn_train,
         val_dir=args.val_dir or cfg.data.knn_val, probe=probe, output=args.output,
         device=_device(args.device), random_init=args.random_init,
     )
+    print_result(_summary(result))
+    return 0
+
+
+def _score_linear_head(args: argparse.Namespace, cfg: Any, probe: LinearProbeConfig) -> int:
+    from dino_model.errors import ConfigError
+    from dino_model.eval.linear_run import run_linear_head_eval
+
+    if args.random_init:
+        raise ConfigError("--head scores a trained classifier on the checkpoint's backbone; drop --random-init")
+    result = run_linear_head_eval(args.checkpoint, args.head, cfg.eval, val_dir=args.val_dir or cfg.data.knn_val,
+                                  probe=probe, output=args.output, device=_device(args.device))
     print_result(_summary(result))
     return 0
 

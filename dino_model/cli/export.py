@@ -1,4 +1,4 @@
-"""`dino-mlops export | triton-repo`: from a checkpoint to an ONNX file and a Triton model repository."""
+"""`dino-mlops export | triton-repo`: from a checkpoint to an ONNX file (or timm weights) and a Triton repository."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ import dataclasses
 from typing import Any
 
 from dino_model.cli.options import add_lineage_args, lineage_from_args, print_result
+from dino_model.errors import ExportError
+from dino_model.export.options import FORMATS, ExportOptions, onnx_only_set
 from dino_model.export.triton_config import RepositoryOptions
 
+# the ONNX-only ExportOptions fields and their flags
+ONNX_FLAGS = {"patch_tokens": "--patch-tokens", "fp16": "--fp16", "opset": "--opset",
+              "parity_images": "--parity-images", "n_random": "--parity-random", "tolerance": "--tolerance"}
 
-def _option(name: str) -> Any:
-    """RepositoryOptions' default of field `name`, so that a flag's default lives in one place."""
-    field = next(f for f in dataclasses.fields(RepositoryOptions) if f.name == name)
+
+def _option(name: str, of: type = RepositoryOptions) -> Any:
+    """The default of field `name` of the options dataclass `of`, so that a flag's default lives in one place."""
+    field = next(f for f in dataclasses.fields(of) if f.name == name)
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
@@ -22,16 +28,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export the teacher backbone to one self-contained ONNX file, parity-checked")
+    p = sub.add_parser("export", help="export the teacher backbone: one self-contained ONNX file, parity-checked, "
+                                      "or timm weights (.safetensors) with a model card")
     p.add_argument("--checkpoint", required=True, help="training checkpoint or official DINO weights")
-    p.add_argument("--output", required=True, help="the .onnx file to write (a <stem>.export.json report lands beside)")
-    p.add_argument("--patch-tokens", action="store_true", help="add the patch_tokens output (B, N, D)")
-    p.add_argument("--fp16", action="store_true", help="also write <stem>.fp16.onnx for GPUs (FP32 in and out)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18: runs on Triton 23.04 and later)")
+    p.add_argument("--output", required=True,
+                   help="onnx: the .onnx file to write (a <stem>.export.json report lands beside); "
+                        "safetensors: the .safetensors file (its model card <stem>.md lands beside)")
+    p.add_argument("--format", choices=FORMATS, default=FORMATS[0],
+                   help="onnx: for Triton; safetensors: the backbone's weights for plain timm and torch.hub")
     p.add_argument("--image-size", type=int, help="input resolution (default: the checkpoint's eval.image_size)")
-    p.add_argument("--parity-images", help="image folder for the parity check (default: the run's data)")
-    p.add_argument("--parity-random", type=int, default=8, help="random inputs in the parity check")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max |PyTorch - onnxruntime| in fp32")
+    onnx = p.add_argument_group("ONNX only", "refused with --format safetensors")
+    onnx.add_argument("--patch-tokens", action="store_true", help="add the patch_tokens output (B, N, D)")
+    onnx.add_argument("--fp16", action="store_true", help="also write <stem>.fp16.onnx for GPUs (FP32 in and out)")
+    onnx.add_argument("--opset", type=int, default=_option("opset", ExportOptions),
+                      help="ONNX opset (default %(default)s: runs on Triton 23.04 and later)")
+    onnx.add_argument("--parity-images", help="image folder for the parity check (default: the run's data)")
+    onnx.add_argument("--parity-random", type=int, default=_option("n_random", ExportOptions),
+                      help="random inputs in the parity check")
+    onnx.add_argument("--tolerance", type=float, default=_option("tolerance", ExportOptions),
+                      help="max |PyTorch - onnxruntime| in fp32")
     add_lineage_args(p)
     p.set_defaults(func=run_export)
 
@@ -67,11 +82,21 @@ def _register_repo(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from dino_model.export.export_run import ExportOptions, export_checkpoint
-
     opts = ExportOptions(patch_tokens=args.patch_tokens, fp16=args.fp16, opset=args.opset, image_size=args.image_size,
                          parity_images=args.parity_images, n_random=args.parity_random, tolerance=args.tolerance,
                          metrics_reports=args.metrics, data_version=args.data_version)
+    if args.format == "safetensors":
+        refused = [ONNX_FLAGS[name] for name in onnx_only_set(opts)]
+        if refused:
+            raise ExportError(f"{', '.join(refused)} only apply to --format onnx, not to --format safetensors")
+        from dino_model.export.safetensors_run import export_safetensors
+
+        print_result(export_safetensors(args.checkpoint, args.output, opts))
+        return 0
+    if args.output.endswith(".safetensors"):
+        raise ExportError(f"--output {args.output} is a .safetensors file: add --format safetensors")
+    from dino_model.export.export_run import export_checkpoint
+
     print_result(export_checkpoint(args.checkpoint, args.output, opts))
     return 0
 

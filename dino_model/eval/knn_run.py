@@ -46,7 +46,7 @@ def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, train
     results = knn_classify(train_x, train_y, val_x, val_y, ks=cfg.knn_k, temperature=cfg.knn_temperature,
                            chunk_size=cfg.knn_chunk_size)
     metrics = {f"knn_top1_k{k}": r["top1"] for k, r in results.items()}
-    metrics |= {f"knn_top5_k{k}": r["top5"] for k, r in results.items()}
+    metrics |= {f"knn_top5_k{k}": r["top5"] for k, r in results.items() if "top5" in r}  # > 5 classes only
     k_main = REPORTED_K if REPORTED_K in results else min(results)
     metrics["knn_top1"] = results[k_main]["top1"]
     predictions = knn_predict(train_x, train_y, val_x, k=k_main, temperature=cfg.knn_temperature,

@@ -7,27 +7,40 @@ last block (ViT-S: n = 4 without pooling; ViT-B: n = 1 with pooling). The classi
 decay, lr 0.001 per 256 images, cosine-annealed per epoch) on random-resized crops and flips,
 validated on centre crops, and the best validation epoch is reported. With `augment=False` the
 training features are computed once (centre crops) and cached, which makes the probe cheap on CPU.
-The official code interleaves CLS and pooled features when pooling (and fails for n > 1); here
-they are concatenated in order [CLS of block -n, ..., CLS of the last block, pooled patches].
+
+Feature order, which a saved classifier depends on: without pooling, [CLS of block -n, ..., CLS of
+the last block]. With pooling and n = 1 (the official ViT-B setting) the official order, CLS and
+pooled values interleaved [cls_0, avg_0, cls_1, avg_1, ...] (the official code stacks them on a new
+last axis and flattens), so the released linear weights apply unchanged. The official code fails
+for pooling with n > 1; here that layout is the concatenation [CLS of block -n, ..., CLS of the
+last block, pooled patches] (no interleaving is defined for n CLS vectors and one pooled vector).
+
+A trained classifier file is read in either format: the official one (`state_dict` holding
+`module.linear.weight` and `module.linear.bias`, as `eval_linear.py` saves it and the released
+`*_linearweights.pth` files hold it) or this project's `linear.pth` (`state_dict` holding `weight` and
+`bias`, plus the feature layout and class names it was trained on).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from dino_model.errors import ConfigError
+from dino_model.errors import CheckpointError, ConfigError
 from dino_model.eval.features import extract
 from dino_model.eval.settings import LinearProbeConfig
 from dino_model.logs import progress
 from dino_model.models.backbone import intermediate_tokens
+from dino_model.runtime.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +60,29 @@ def feature_layout(probe: LinearProbeConfig, *, width: int, depth: int) -> tuple
 
 
 def frozen_features(backbone: nn.Module, images: Tensor, *, n_last_blocks: int, avgpool: bool) -> Tensor:
-    """(B, D * (n + avgpool)) probe features of a ViT, or the pooled (B, D) features of a ResNet."""
+    """(B, D * (n + avgpool)) probe features of a ViT, in the order of `feature_order`, or the pooled
+    (B, D) features of a ResNet."""
     if not hasattr(backbone, "blocks"):
         return backbone(images).float()
     tokens = intermediate_tokens(backbone, images, n_last_blocks)
     parts = [t[:, 0] for t in tokens]
     if avgpool:
-        parts.append(tokens[-1][:, backbone.num_prefix_tokens :].mean(dim=1))
+        pooled = tokens[-1][:, backbone.num_prefix_tokens :].mean(dim=1)
+        if n_last_blocks == 1:  # the official interleaving
+            return torch.stack([parts[0], pooled], dim=-1).flatten(1).float()
+        parts.append(pooled)
     return torch.cat(parts, dim=1).float()
+
+
+def feature_order(n_last_blocks: int, avgpool: bool) -> str:
+    """How `frozen_features` lays out its vector: "interleaved" (n = 1 with pooling) or "concatenated"."""
+    return "interleaved" if avgpool and n_last_blocks == 1 else "concatenated"
+
+
+def interleave_columns(weight: Tensor) -> Tensor:
+    """A (C, 2D) classifier weight for [CLS, pooled] concatenated, re-ordered for the interleaved features."""
+    classes, dim = weight.shape
+    return weight.reshape(classes, 2, dim // 2).transpose(1, 2).reshape(classes, dim)
 
 
 class LinearClassifier(nn.Linear):
@@ -65,6 +93,49 @@ class LinearClassifier(nn.Linear):
         with torch.no_grad():
             self.weight.normal_(0.0, 0.01, generator=generator)
             self.bias.zero_()
+
+
+@dataclass
+class LinearHead:
+    """A trained classifier read from a file: logits = features @ weight.T + bias."""
+
+    weight: Tensor  # (classes, features), columns in `frozen_features` order
+    bias: Tensor  # (classes,)
+    format: str  # "official" (module.linear.*) or "project" (this project's linear.pth)
+    n_last_blocks: Optional[int] = None  # the layout it was trained on, when the file records it
+    avgpool: Optional[bool] = None
+    classes: Optional[list[str]] = None
+
+    def __call__(self, features: Tensor) -> Tensor:
+        return F.linear(features, self.weight.to(features), self.bias.to(features))
+
+
+def read_linear_head(path: str | Path) -> LinearHead:
+    """A classifier file, official or ours; CheckpointError naming what it holds when it is neither."""
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: `state_dict` is not a dict of tensors")
+    official = any(k.startswith(("module.linear.", "linear.")) for k in state)
+    weights = {k.removeprefix("module.").removeprefix("linear."): v for k, v in state.items()}
+    if set(weights) != {"weight", "bias"}:
+        raise CheckpointError(f"{path} is not a linear classifier file: expected `state_dict` with "
+                              f"module.linear.weight and module.linear.bias (official) or weight and bias "
+                              f"(linear.pth); found {sorted(state)[:6]}")
+    weight, bias = weights["weight"], weights["bias"]
+    if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+        raise CheckpointError(f"{path}: classifier weight {tuple(weight.shape)} and bias {tuple(bias.shape)} do not "
+                              f"form a linear layer (weight (classes, features), bias (classes,))")
+    head = LinearHead(weight.float(), bias.float(), "official" if official else "project",
+                      n_last_blocks=ckpt.get("n_last_blocks"), avgpool=ckpt.get("avgpool"),
+                      classes=list(ckpt["classes"]) if ckpt.get("classes") else None)
+    if head.avgpool and head.n_last_blocks == 1 and ckpt.get("feature_order") != "interleaved":
+        # written before the probe used the official order: [CLS, pooled] concatenated
+        logger.info("%s: classifier trained on [CLS, pooled] concatenated; columns re-ordered to the interleaved "
+                    "features", path)
+        head.weight = interleave_columns(head.weight)
+    return head
 
 
 def extract_probe_features(backbone: nn.Module, loader: DataLoader, *, n_last_blocks: int, avgpool: bool,

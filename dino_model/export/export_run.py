@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ from dino_model.errors import ExportError
 from dino_model.eval.report import build_report, write_report
 from dino_model.export.contract import EMBEDDING, PATCH_TOKENS, ModelContract
 from dino_model.export.lineage import build_lineage, default_metric_reports, file_sha256, read_metrics
-from dino_model.export.onnx import DEFAULT_OPSET, EmbeddingModel, export_onnx
-from dino_model.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, check_parity, parity_inputs
+from dino_model.export.onnx import EmbeddingModel, export_onnx
+from dino_model.export.options import ExportOptions
+from dino_model.export.parity import FP16_TOLERANCE, check_parity, parity_inputs
 from dino_model.logs import progress
 from dino_model.models.loading import load_backbone
 from dino_model.runtime.checkpoint import load_checkpoint
@@ -30,19 +31,6 @@ from dino_model.runtime.checkpoint import load_checkpoint
 logger = logging.getLogger(__name__)
 
 DINO_RESIZE_RATIO = 256 / 224  # resize before the centre crop, as the official evaluations do
-
-
-@dataclass
-class ExportOptions:
-    patch_tokens: bool = False
-    fp16: bool = False  # also write <stem>.fp16.onnx (half precision inside, FP32 in and out)
-    opset: int = DEFAULT_OPSET
-    image_size: int | None = None  # default: eval.image_size of the checkpoint's config
-    parity_images: str | None = None  # default: the checkpoint's data.knn_val / data.root, else skimage photos
-    n_random: int = 8
-    tolerance: float = FP32_TOLERANCE
-    metrics_reports: list[str] = field(default_factory=list)  # default: <run>/eval/*.json
-    data_version: str = ""  # default: the checkpoint's
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, options: ExportOptions | None = None

@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from dino_model.errors import ExportError
 from dino_model.export.contract import EMBEDDING, INPUT_NAME, PATCH_TOKENS, ModelContract
+from dino_model.export.options import DEFAULT_OPSET
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(17, 24)  # 17: LayerNormalization; 23: the newest torch 2.14 emits
 
 

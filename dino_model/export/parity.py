@@ -21,10 +21,10 @@ from dino_model.config import EvalConfig
 from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.transforms import eval_transform
 from dino_model.export.contract import INPUT_NAME, ModelContract
+from dino_model.export.options import FP32_TOLERANCE
 
 logger = logging.getLogger(__name__)
 
-FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
 
 

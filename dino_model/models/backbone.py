@@ -59,18 +59,24 @@ def interpolate_pos_embed_dino(pos_embed: Tensor, h: int, w: int, n_prefix: int 
     return torch.cat([prefix, grid.permute(0, 2, 3, 1).reshape(1, h * w, dim)], dim=1)
 
 
-def build_backbone(cfg: ModelConfig, *, drop_path_rate: float | None = None) -> tuple[nn.Module, int]:
-    """A backbone returning (B, D) features (ViT: CLS token after the final norm) and D."""
+def timm_spec(cfg: ModelConfig) -> tuple[str, dict]:
+    """The timm model name and `create_model` keyword arguments of the backbone of `cfg` (no training-only ones)."""
     if cfg.arch not in TIMM_NAMES:
         raise ConfigError(f"model.arch={cfg.arch!r} is not one of {', '.join(TIMM_NAMES)}")
-    rate = cfg.drop_path_rate if drop_path_rate is None else drop_path_rate
-    kwargs: dict = {"pretrained": False, "num_classes": 0, "drop_path_rate": rate}
+    kwargs: dict = {"num_classes": 0}
     if is_vit(cfg):
-        kwargs |= {"patch_size": cfg.patch_size, "img_size": cfg.img_size, "dynamic_img_size": True,
-                   "global_pool": cfg.global_pool}
+        kwargs |= {"img_size": cfg.img_size, "patch_size": cfg.patch_size, "global_pool": cfg.global_pool,
+                   "dynamic_img_size": True}
         overrides = {"depth": cfg.depth, "embed_dim": cfg.embed_dim, "num_heads": cfg.num_heads}
         kwargs |= {k: v for k, v in overrides.items() if v is not None}
-    model = timm.create_model(TIMM_NAMES[cfg.arch], **kwargs)
+    return TIMM_NAMES[cfg.arch], kwargs
+
+
+def build_backbone(cfg: ModelConfig, *, drop_path_rate: float | None = None) -> tuple[nn.Module, int]:
+    """A backbone returning (B, D) features (ViT: CLS token after the final norm) and D."""
+    name, kwargs = timm_spec(cfg)
+    rate = cfg.drop_path_rate if drop_path_rate is None else drop_path_rate
+    model = timm.create_model(name, pretrained=False, drop_path_rate=rate, **kwargs)
     if is_vit(cfg) and cfg.pos_interpolation == "dino":
         model.__class__ = DinoVisionTransformer
     return model, model.num_features

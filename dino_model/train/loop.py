@@ -11,11 +11,17 @@ checkpoint write that was killed, and metrics records of epochs the checkpoint d
 (a run killed between writing an epoch's record and its checkpoint replays that epoch), so each
 epoch appears once in metrics.jsonl. A resume refuses settings that differ from the checkpoint's
 unless train.allow_config_change is set.
+
+`train.init_weights` starts a new run (epoch 0, fresh optimiser, loss centre and schedules) from
+given weights instead of a random initialisation; `--resume` continues a run exactly. When both
+are given and the output folder has a checkpoint, the resume wins: the weights already moved on
+from their initialisation, and the checkpoint keeps the record of where they started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -30,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dino_model.config import TrainConfig, describe_changes, dump_config, resume_changes
+from dino_model.config import RunConfig, TrainConfig, describe_changes, dump_config, resume_changes
 from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.loaders import SeededMultiCropDataset, batches, build_train_loader
 from dino_model.data.transforms import MultiCropTransform
@@ -38,6 +44,7 @@ from dino_model.errors import CheckpointError, ConfigError, DinoError, TrainingD
 from dino_model.logs import JsonlWriter, progress
 from dino_model.loss import DINOLoss
 from dino_model.models.factory import build_student_teacher, has_batchnorm
+from dino_model.models.loading import init_student_teacher
 from dino_model.models.teacher import ema_update
 from dino_model.runtime.checkpoint import (
     LATEST,
@@ -50,6 +57,7 @@ from dino_model.runtime.checkpoint import (
 from dino_model.runtime.distributed import DistInfo, all_reduce_sum, init_distributed
 from dino_model.train import monitor
 from dino_model.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients, param_groups
+from dino_model.train.precision import resolve_precision
 from dino_model.train.schedules import cosine_schedule, effective_lr
 
 logger = logging.getLogger(__name__)
@@ -82,6 +90,7 @@ class Trainer:
     scaler: torch.amp.GradScaler
     schedules: Schedules
     steps_per_epoch: int
+    init: dict[str, Any] = field(default_factory=dict)  # where the initial weights came from ({} = random)
 
     @property
     def student_module(self) -> nn.Module:
@@ -93,11 +102,15 @@ class Trainer:
 
 
 def _module(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
-    """Train DINO as configured; with `resume`, continue from output_dir/checkpoint.pth."""
+    """Train DINO as configured; with `resume`, continue from output_dir/checkpoint.pth.
+
+    Without a checkpoint to resume, the run starts at epoch 0 from `train.init_weights` when set.
+    """
     dist = init_distributed(cfg.train.device)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,12 +124,18 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
         seed=cfg.train.seed, num_workers=cfg.data.num_workers, pin_memory=dist.device.type == "cuda",
     )
     trainer = build_trainer(cfg, dist, steps_per_epoch=len(loader))
-    start_epoch = _resume(trainer, out) if resume else 0
+    start_epoch = _resume(trainer, out) if resume else None
+    if start_epoch is None:
+        start_epoch = 0
+        if cfg.train.init_weights:
+            _initialise(trainer)
+    cfg = trainer.cfg  # a resumed run keeps the checkpoint's train.init_* record
     if dist.is_main:
         _write_output(lambda: dump_config(cfg, out / "config.yaml"), out / "config.yaml")
         drop_metrics_from(out / METRICS, start_epoch)
-        logger.info("training %d images (%d unreadable file(s) skipped), %d steps/epoch, %d process(es), device %s",
-                    len(images), images.n_skipped, len(loader), dist.world_size, dist.device)
+        logger.info("training %d images (%d unreadable file(s) skipped), %d steps/epoch, %d process(es), device %s, "
+                    "precision %s", len(images), images.n_skipped, len(loader), dist.world_size, dist.device,
+                    cfg.train.precision)
     metrics: dict[str, Any] = {}
     last_epoch = cfg.train.epochs if not cfg.train.stop_after_epochs else min(
         cfg.train.epochs, cfg.train.stop_after_epochs)
@@ -139,11 +158,12 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
             logger.info("epoch %d: %s", epoch, _fmt(metrics))
     return TrainResult(
         output_dir=out, checkpoint=out / LATEST, epochs_done=last_epoch, final_metrics=metrics,
-        lineage={"data_version": cfg.data.version},
+        lineage={"data_version": cfg.data.version} | _init_lineage(trainer.init),
     )
 
 
 def build_trainer(cfg: TrainConfig, dist: DistInfo, *, steps_per_epoch: int) -> Trainer:
+    cfg = _with_resolved_precision(cfg, dist)  # the trainer, its checkpoints and config.yaml hold the resolved value
     student, teacher = build_student_teacher(cfg.model)
     if cfg.train.channels_last:
         student, teacher = student.to(memory_format=torch.channels_last), teacher.to(
@@ -259,6 +279,18 @@ def _push(cfg: TrainConfig, metrics: dict[str, Any]) -> None:
     push_training_metrics(metrics, labels=labels, out_dim=cfg.model.out_dim)
 
 
+def _with_resolved_precision(cfg: TrainConfig, dist: DistInfo) -> TrainConfig:
+    """cfg with train.precision=auto replaced by what this device trains in (dino_model.train.precision).
+
+    Recorded so, a resume on the same kind of device resolves to the checkpoint's value again. fit()
+    logs the value with the device once the run is set up (after a resume's config check).
+    """
+    precision = resolve_precision(cfg.train.precision, dist.device)
+    if dist.is_main and precision != cfg.train.precision:
+        logger.debug("train.precision=%s resolved to %s on %s", cfg.train.precision, precision, dist.device)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+
+
 def _autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -284,17 +316,35 @@ def _save(t: Trainer, out: Path, epoch: int) -> None:
         "iteration": (epoch + 1) * t.steps_per_epoch,
         "config": t.cfg.to_dict(),
         "data_version": t.cfg.data.version,
+        "init": dict(t.init),
     }
     save_atomic(state, out / LATEST)
     if t.cfg.train.saveckp_freq and epoch % t.cfg.train.saveckp_freq == 0:
         save_atomic(state, out / f"checkpoint{epoch:04d}.pth")
 
 
-def _resume(t: Trainer, out: Path) -> int:
+def _initialise(t: Trainer) -> None:
+    """Load train.init_weights into the student and teacher of a run that starts at epoch 0."""
+    path = t.cfg.train.init_weights
+    t.init = init_student_teacher(path, t.student_module, t.teacher_module, t.cfg.model,
+                                  parts=t.cfg.train.init_parts)
+    if t.dist.is_main:
+        logger.info("initialised %s from %s (%s file%s, sha256 %s...); a new run from epoch 0",
+                    "student and teacher" if t.init["parts"] == "all" else "both backbones (fresh heads)",
+                    path, t.init["format"],
+                    f", epoch {t.init['source_epoch']}" if "source_epoch" in t.init else "", t.init["sha256"][:12])
+
+
+def _init_lineage(init: dict[str, Any]) -> dict[str, str]:
+    return {"init_weights": str(init["path"]), "init_sha256": str(init["sha256"])} if init else {}
+
+
+def _resume(t: Trainer, out: Path) -> int | None:
+    """Restore the run in `out`; the epoch to continue from, or None when there is no checkpoint."""
     path = out / LATEST
     if not path.is_file():
-        logger.info("no checkpoint at %s: starting from scratch", path)
-        return 0
+        logger.info("no checkpoint at %s: starting a new run", path)
+        return None
     state = load_checkpoint(path, map_location=t.dist.device)
     missing = {"config", "epoch", "student", "teacher", "optimizer", "scaler", "dino_loss"} - set(state)
     if missing:
@@ -305,8 +355,21 @@ def _resume(t: Trainer, out: Path) -> int:
     t.optimizer.load_state_dict(state["optimizer"])
     t.scaler.load_state_dict(state["scaler"])
     t.loss.load_state_dict(state["dino_loss"])
+    _keep_init_record(t, state)
     logger.info("resumed from %s at epoch %d", path, state["epoch"])
     return int(state["epoch"])
+
+
+def _keep_init_record(t: Trainer, state: dict[str, Any]) -> None:
+    """A resumed run's weights come from the checkpoint: train.init_* as given now are ignored, and the
+    checkpoint's record of the initial weights is carried on (older checkpoints have none)."""
+    saved = state["config"].get("train", {})
+    kept = {key: saved.get(key, getattr(RunConfig(), key)) for key in ("init_weights", "init_parts")}
+    if t.cfg.train.init_weights and t.cfg.train.init_weights != kept["init_weights"] and t.dist.is_main:
+        logger.warning("train.init_weights=%s is ignored: the run resumes from its checkpoint (which started from %s)",
+                       t.cfg.train.init_weights, kept["init_weights"] or "a random initialisation")
+    t.cfg = dataclasses.replace(t.cfg, train=dataclasses.replace(t.cfg.train, **kept))
+    t.init = dict(state.get("init") or {})
 
 
 def _check_resume_config(path: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -100,9 +101,11 @@ def read_mask(path: str | Path, *, mask_format: str = "auto") -> np.ndarray:
 
 
 def read_frame(path: str | Path) -> np.ndarray:
-    """RGB frame (H, W, 3) uint8."""
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"))
+    """RGB frame (H, W, 3) uint8, decoded by OpenCV as the official reader does (its JPEG decoder)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"cannot read frame {path}: missing or not an image OpenCV can decode")
+    return np.ascontiguousarray(img[:, :, ::-1])
 
 
 def write_indexed_png(path: str | Path, labels: np.ndarray) -> Path:

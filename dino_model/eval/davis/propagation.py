@@ -7,6 +7,16 @@ are exp(cos(f_target, f_source) / T) with T = 0.1, restricted to sources within 
 neighbourhood, keeping only the top k sources over all context frames jointly, then normalised to
 sum 1. The official 4-deep loop building the neighbourhood is a broadcast comparison here, and
 targets are processed in chunks so the affinity block stays (context x hw x chunk).
+
+Ties are broken deterministically, by source index. The official code keeps every source whose
+affinity is at least the k-th largest, so affinities equal at the k-th place keep more than k
+sources, a set that changes with the last bit of rounding. Here exactly k sources are kept: all
+above the k-th largest value, then those equal to it in source order, lower index first. Sources
+are ordered by context frame (the first frame, then the queue from oldest to newest) and, within a
+frame, in raster order: among exact ties the first frame's, then the older frames', then the
+upper-left patches win. Without a tie at the k-th place the selection is the official one. Values
+that differ, however slightly, are ranked by value, as there, so the rounding of the affinities
+(device, chunk size) can still decide between two nearly equal sources.
 """
 
 from __future__ import annotations
@@ -61,11 +71,24 @@ def propagate_frame(
             aff = aff * mask[start:stop]
         # (n_ctx * hw sources, chunk targets); top-k jointly over every context frame
         aff = aff.permute(0, 2, 1).reshape(n_ctx * hw, stop - start)
-        kth = aff.topk(min(params.topk, aff.shape[0]), dim=0).values.min(dim=0, keepdim=True).values
-        aff = torch.where(aff < kth, torch.zeros((), dtype=aff.dtype, device=aff.device), aff)
+        keep = top_k_sources(aff, min(params.topk, aff.shape[0]))
+        aff = torch.where(keep, aff, torch.zeros((), dtype=aff.dtype, device=aff.device))
         aff = aff / aff.sum(dim=0, keepdim=True)
         out[:, start:stop] = flat_labels @ aff
     return out
+
+
+def top_k_sources(aff: Tensor, k: int) -> Tensor:
+    """(sources, targets) bool: per target column, exactly k sources by (affinity descending, index).
+
+    Every source above the k-th largest value is kept, then sources equal to it in index order
+    until k are kept: a stable selection, the same whichever source `topk` happened to return.
+    """
+    kth = aff.topk(k, dim=0).values[-1:]  # (1, targets): the k-th largest value, unique per column
+    above = aff > kth
+    tied = aff == kth
+    room = k - above.sum(dim=0, keepdim=True)  # how many tied sources still fit
+    return above | (tied & (tied.cumsum(dim=0) <= room))
 
 
 def propagate_video(

@@ -1,0 +1,24 @@
+"""Which arithmetic a training run uses, decided once per run from `train.precision` and the device.
+
+The official code trains in fp16 with a gradient scaler on GPUs by default (`use_fp16=True`). The
+default here, `auto`, keeps mixed precision on GPUs but prefers bf16 where the GPU has it natively
+(compute capability 8.0 and later, or ROCm): bf16 has fp32's exponent range, so it needs no loss
+scaling and cannot overflow where fp16 would. Older GPUs get the official fp16 with the scaler. On
+a CPU, `auto` is fp32: CPU autocast to bf16 is slow on most processors and is only an opt-in.
+Explicit values (`fp32`, `bf16`, `fp16`) are used as given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+AUTO = "auto"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`precision` itself, or for `auto`: bf16 on CUDA with native bf16, fp16 on other CUDA, else fp32."""
+    if precision != AUTO:
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
