@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tomllib
 import zipfile
 from email.parser import Parser
@@ -28,6 +27,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fixtures.wheels import build_wheel, scratch_venv
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -199,16 +199,9 @@ def client_install(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         shutil.copy(CLIENT / name, source / "client" / name)
     shutil.copytree(REPO_ROOT / "dino_model", source / "dino_model", ignore=shutil.ignore_patterns("__pycache__"))
     (source / "client" / "dino_model").symlink_to((CLIENT / "dino_model").readlink())
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(root / "dist"), str(source / "client")], check=True, capture_output=True)
-    wheel = next((root / "dist").glob("dino_mlops_client-*.whl"))
+    wheel = build_wheel(source / "client", root / "dist", "dino_mlops_client-*.whl")
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.check_output([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig"
-                                         ".get_paths()['purelib'])"], text=True).strip())
-    (site / "test-env-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
-                    "--no-deps", str(wheel)], check=True)
+    site = scratch_venv(wheel, venv)
     (site / "sitecustomize.py").write_text(hook_source())  # after pip, which runs in the venv's interpreter
     return SimpleNamespace(bin=venv / "bin", wheel=wheel, venv=venv)
 

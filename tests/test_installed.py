@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+from fixtures.wheels import build_wheel, scratch_venv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,16 +29,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(REPO_ROOT / name, source / name)
     for name in ("dino_model", "components", "pipelines"):
         shutil.copytree(REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(root / "dist"), str(source)], check=True)
-    wheel = next((root / "dist").glob("dino_mlops-*.whl"))
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.check_output([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig"
-                                         ".get_paths()['purelib'])"], text=True).strip())
-    (site / "test-env-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
-                    "--no-deps", str(wheel)], check=True)
+    scratch_venv(build_wheel(source, root / "dist", "dino_mlops-*.whl"), venv)
     return venv / "bin"
 
 
