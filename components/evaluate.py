@@ -1,11 +1,12 @@
-"""Evaluation components: k-NN, linear probe, DAVIS label propagation, attention maps.
+"""Evaluation components: k-NN, linear probe, DAVIS label propagation, attention maps, image
+retrieval and copy detection.
 
 Each wraps one dino_model evaluation; scores go to Metrics (flat name -> number, what the KFP UI
 and the quality gate read), class confusion to ClassificationMetrics, reports to Markdown/HTML.
 k-NN and the linear probe run with the config saved in the trained checkpoint plus the run's
 `overrides` (dino_model.eval.settings.pipeline_eval_config): an `eval.*` override applies, and the
-model is evaluated at the resolution it was trained at. `config` and `config_yaml` only matter for a
-checkpoint that saved no config.
+model is evaluated at the resolution it was trained at (retrieval and copy detection too). `config`
+and `config_yaml` only matter for a checkpoint that saved no config.
 """
 
 from typing import List
@@ -100,3 +101,53 @@ def eval_davis(model: Input[Model], davis_root: str, short_side: int, max_frames
     Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
     push_eval_metrics("davis", result["metrics"], gateway=pushgateway, labels={"run": run_id})
     return float(result["metrics"]["davis_jf_mean"])
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def eval_retrieval(model: Input[Model], data: Input[Dataset], val_subdir: str, config: str, config_yaml: str,
+                   overrides: List[str], pushgateway: str, run_id: str, metrics: Output[Metrics],
+                   report: Output[Markdown], report_json: Output[Artifact]) -> float:
+    """Leave-one-out image retrieval on the labelled validation folder (frozen teacher CLS features,
+    relevance = same class); returns the mAP (%). Scores also go to the Pushgateway (evaluation="retrieval").
+    """
+    from pathlib import Path
+
+    from dino_model.eval.retrieval_run import run_retrieval_eval
+    from dino_model.eval.settings import pipeline_eval_config
+    from dino_model.monitoring.metrics import push_eval_metrics
+
+    checkpoint = f"{model.path}/checkpoint.pth"
+    cfg = pipeline_eval_config(checkpoint, config, config_yaml, overrides)
+    result = run_retrieval_eval(checkpoint, cfg.eval, database_dir=f"{data.path}/{val_subdir}",
+                                output=report_json.path)
+    for name, value in result["metrics"].items():
+        metrics.log_metric(name, value)
+    Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
+    push_eval_metrics("retrieval", result["metrics"], gateway=pushgateway, labels={"run": run_id})
+    return float(result["metrics"]["retrieval_map"])
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def eval_copydetection(model: Input[Model], data: Input[Dataset], image_subdir: str, originals: int, config: str,
+                       config_yaml: str, overrides: List[str], pushgateway: str, run_id: str,
+                       metrics: Output[Metrics], report: Output[Markdown], report_json: Output[Artifact]) -> float:
+    """Copy detection on `image_subdir`: `originals` seeded images edited into queries, the rest distractors
+    (CLS + GeM features, whitening learned on the distractors); returns the mAP (%). Scores also go to
+    the Pushgateway (evaluation="copydetection").
+    """
+    from pathlib import Path
+
+    from dino_model.eval.copydetection_run import run_copydetection_eval
+    from dino_model.eval.search_settings import CopyDetectionConfig
+    from dino_model.eval.settings import pipeline_eval_config
+    from dino_model.monitoring.metrics import push_eval_metrics
+
+    checkpoint = f"{model.path}/checkpoint.pth"
+    cfg = pipeline_eval_config(checkpoint, config, config_yaml, overrides)
+    result = run_copydetection_eval(checkpoint, cfg.eval, images_dir=f"{data.path}/{image_subdir}",
+                                    settings=CopyDetectionConfig(originals=originals), output=report_json.path)
+    for name, value in result["metrics"].items():
+        metrics.log_metric(name, value)
+    Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
+    push_eval_metrics("copydetection", result["metrics"], gateway=pushgateway, labels={"run": run_id})
+    return float(result["metrics"]["copydetection_map"])

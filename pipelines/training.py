@@ -13,7 +13,14 @@ from kfp import dsl
 
 from components.data import resolve_data_version
 from components.deploy import deploy_to_triton, export_onnx, quality_gate
-from components.evaluate import attention_maps, eval_davis, eval_knn, eval_linear
+from components.evaluate import (
+    attention_maps,
+    eval_copydetection,
+    eval_davis,
+    eval_knn,
+    eval_linear,
+    eval_retrieval,
+)
 from components.train import gpu_placement, pretrain
 from pipelines.resources import (
     request_gpus,
@@ -43,6 +50,7 @@ def dino_training_pipeline(
     linear_lr: float = 0.001,
     davis_root: str = "",
     davis_short_side: int = 480,
+    search_evals: bool = False,
     min_knn_top1: float = 70.0,
     require_not_worse: bool = True,
     triton_url: str = "triton-grpc.dino-mlops.svc:8001",
@@ -71,6 +79,8 @@ def dino_training_pipeline(
         linear_lr: Linear-probe learning rate per 256 images (official: 0.001).
         davis_root: DAVIS 2017 folder on a mounted volume; empty skips the video segmentation evaluation.
         davis_short_side: Frame short side for DAVIS (official: 480).
+        search_evals: Also run image retrieval (leave-one-out on the validation folder) and copy
+            detection (100 validation images edited into queries, the rest distractors).
         min_knn_top1: Quality gate: the k-NN top-1 (%) a model needs to be deployed (the paper's
             ViT-S/16 reaches 69.3 after 100 epochs and 74.5 after 300).
         require_not_worse: Quality gate: also require k-NN top-1 not below the serving model's.
@@ -109,6 +119,12 @@ def dino_training_pipeline(
         davis = eval_davis(model=model, davis_root=davis_root, short_side=davis_short_side, max_frames=0,
                            pushgateway=pushgateway, run_id=RUN_ID)
         request_resources(davis, cpu="8", memory="32Gi")
+    with dsl.If(search_evals == True, name="search-evals-asked"):  # noqa: E712 - a KFP condition, not Python
+        searched = {k: v for k, v in scored.items() if k not in ("train_subdir", "val_subdir")}
+        retrieval = eval_retrieval(**searched, val_subdir=val_subdir)
+        copies = eval_copydetection(**searched, image_subdir=val_subdir, originals=100)
+        for task in (retrieval, copies):
+            request_resources(task, cpu="4", memory="16Gi")
 
     gate = quality_gate(knn_top1=knn.outputs["Output"], min_top1=min_knn_top1, require_not_worse=require_not_worse,
                         triton_url=triton_url, model_name=model_name)

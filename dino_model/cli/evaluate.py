@@ -1,7 +1,9 @@
 """`dino-mlops eval ...`: evaluations of a trained checkpoint, each writing a metrics JSON.
 
 knn and linear score frozen features on labelled image folders; davis propagates first-frame
-masks through DAVIS videos and scores J and F; attention renders the last block's CLS attention.
+masks through DAVIS videos and scores J and F; attention renders the last block's CLS attention;
+retrieval ranks a labelled folder by feature similarity (mAP, recall@k); copydetection finds the
+originals of strongly edited copies among distractors.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from dino_model.cli.options import add_config_args, checkpoint_config_from_args, print_result
 from dino_model.eval.davis.config import FEATURE_SOURCES, MASK_FORMATS, DavisConfig, PropagationParams
+from dino_model.eval.search_settings import COPY_EDITS, CopyDetectionConfig, RetrievalConfig
 from dino_model.eval.settings import ATTENTION_IMAGE_SIZE, ATTENTION_THRESHOLD, LinearProbeConfig
 
 
@@ -33,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_linear(ev)
     _register_davis(ev)
     _register_attention(ev)
+    _register_retrieval(ev)
+    _register_copydetection(ev)
 
 
 def _register_linear(ev: argparse._SubParsersAction) -> None:
@@ -104,6 +109,43 @@ def _register_attention(ev: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_attention)
 
 
+def _register_retrieval(ev: argparse._SubParsersAction) -> None:
+    p = ev.add_parser("retrieval", help="nearest-neighbour image retrieval on frozen teacher features (mAP, recall@k)")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint or official DINO weights")
+    p.add_argument("--database-dir", help="labelled image folder searched (default data.knn_train)")
+    p.add_argument("--query-dir", help="labelled folder of queries; positives: database images of the same class "
+                                       "name (default: none, the database is searched leave-one-out)")
+    p.add_argument("--recall-k", type=int, nargs="+", default=_default(RetrievalConfig, "recall_ks"),
+                   help="cut-offs of recall@k and mP@k")
+    p.add_argument("--output", help="metrics JSON path (default: beside the checkpoint)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_config_args(p, checkpoint=True)
+    p.set_defaults(func=run_retrieval)
+
+
+def _register_copydetection(ev: argparse._SubParsersAction) -> None:
+    p = ev.add_parser("copydetection", help="find the originals of strongly edited copies among distractors "
+                                            "(CLS + GeM features, whitening; mAP, recall@1)")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint or official DINO weights")
+    p.add_argument("--images", help="image folder: seeded originals are edited into queries, the rest are "
+                                    "distractors (default data.knn_val)")
+    p.add_argument("--originals", type=int, default=_default(CopyDetectionConfig, "originals"),
+                   help="images held out as originals")
+    p.add_argument("--edits", nargs="+", choices=COPY_EDITS, default=_default(CopyDetectionConfig, "edits"),
+                   metavar="EDIT", help=f"one query per original and edit, of: {', '.join(COPY_EDITS)}")
+    p.add_argument("--seed", type=int, default=_default(CopyDetectionConfig, "seed"),
+                   help="picks the originals and every edit's parameters")
+    p.add_argument("--gem-p", type=float, default=_default(CopyDetectionConfig, "gem_p"),
+                   help="GeM exponent of the pooled patch tokens")
+    p.add_argument("--no-whitening", action="store_true", help="rank raw features (no PCA whitening)")
+    p.add_argument("--whiten-dim", type=int, help="whitening components kept (default: min(feature dim, "
+                                                  "distractors - 1))")
+    p.add_argument("--output", help="metrics JSON path (default: beside the checkpoint)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_config_args(p, checkpoint=True)
+    p.set_defaults(func=run_copydetection)
+
+
 def run_knn(args: argparse.Namespace) -> int:
     from dino_model.eval.knn_run import run_knn_eval
 
@@ -169,6 +211,29 @@ def run_attention(args: argparse.Namespace) -> int:
                                 image_size=None if args.native_size else tuple(args.image_size),
                                 threshold=args.threshold,
                                 device=_device(args.device))
+    print_result(_summary(result))
+    return 0
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    from dino_model.eval.retrieval_run import run_retrieval_eval
+
+    cfg = checkpoint_config_from_args(args)
+    result = run_retrieval_eval(args.checkpoint, cfg.eval, database_dir=args.database_dir or cfg.data.knn_train,
+                                query_dir=args.query_dir, settings=RetrievalConfig(recall_ks=args.recall_k),
+                                output=args.output, device=_device(args.device))
+    print_result(_summary(result))
+    return 0
+
+
+def run_copydetection(args: argparse.Namespace) -> int:
+    from dino_model.eval.copydetection_run import run_copydetection_eval
+
+    cfg = checkpoint_config_from_args(args)
+    settings = CopyDetectionConfig(originals=args.originals, edits=list(args.edits), seed=args.seed,
+                                   gem_p=args.gem_p, whitening=not args.no_whitening, whiten_dim=args.whiten_dim)
+    result = run_copydetection_eval(args.checkpoint, cfg.eval, images_dir=args.images or cfg.data.knn_val,
+                                    settings=settings, output=args.output, device=_device(args.device))
     print_result(_summary(result))
     return 0
 

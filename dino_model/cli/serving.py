@@ -82,8 +82,14 @@ def _register_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=4, help="batches in flight at once")
     p.add_argument("--knn-index", help=".npz written by `infer` on labelled folders: adds k-NN labels")
-    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--k", "-k", type=int, default=20,
+                   help="neighbours: voting for --knn-index labels, listed per image by --search")
     p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--search", metavar="INDEX_DIR",
+                   help="similarity index written by `dino-mlops index build`: adds each image's k nearest images "
+                        "(needs faiss-cpu and an .npz or .json output)")
+    p.add_argument("--allow-model-mismatch", action="store_true",
+                   help="search even when the server's model is not the one the index was built from")
     p.set_defaults(func=run_infer)
 
 
@@ -144,13 +150,31 @@ def run_infer(args: argparse.Namespace) -> int:
     if args.model_version:
         check_version(args.model_version)
     client = EmbeddingClient(args.url, args.model_name, model_version=args.model_version)
+    index = _search_index(args, client) if args.search else None
     result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency)
     if args.knn_index:
         result.predictions = knn_predict(result, args.knn_index, k=args.k, temperature=args.temperature)
+    if index is not None:
+        from dino_model.serving.index import neighbours
+
+        result.neighbours = neighbours(index, result.embeddings, args.k)
     path = write_embeddings(result, args.output, model=args.model_name)
     summary = {"output": str(path), "images": len(result.paths), "embedding_dim": int(result.embeddings.shape[1]),
                "skipped": result.skipped}
     if result.predictions:
         summary["predictions"] = dict(zip(result.paths[:20], result.predictions[:20], strict=True))
+    if result.neighbours:
+        summary["neighbours"] = {p: [n["path"] for n in found] for p, found in zip(result.paths[:20],
+                                                                                 result.neighbours, strict=False)}
     print_result(summary)
     return 0
+
+
+def _search_index(args: argparse.Namespace, client: Any):
+    """The --search index, checked against the served model before any image is sent."""
+    from dino_model.errors import ConfigError
+    from dino_model.serving.index import open_for_search
+
+    if not args.output.endswith((".npz", ".json")):
+        raise ConfigError(f"--search writes neighbours to .npz or .json; --output {args.output} holds embeddings only")
+    return open_for_search(args.search, client, allow_mismatch=args.allow_model_mismatch)

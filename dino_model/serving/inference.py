@@ -1,11 +1,12 @@
-"""`dino-mlops infer`: images in, embeddings out (.npy, .npz or JSON), with optional k-NN labels.
+"""`dino-mlops infer`: images in, embeddings out (.npy, .npz or JSON), with optional k-NN labels and neighbours.
 
 Batches are loaded, preprocessed and sent concurrently. An `.npz` written from labelled class
 folders is itself a k-NN index (embeddings, labels, classes): passing it back with `--knn-index`
 labels new images by the weighted vote of DINO's k-NN evaluation (Caron et al., ICCV 2021,
 Sec. 4.1): the same vote as `dino_model.eval.knn.weighted_vote`, written in numpy and computed here
 on the served embeddings, because this path runs in the client-only install, which has no PyTorch
-(a test holds the two votes equal).
+(a test holds the two votes equal). With `--search`, each image's nearest images in a similarity
+index (dino_model/serving/index.py) go into the output beside its embedding.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class EmbeddingResult:
     embeddings: np.ndarray  # (N, D) float32, L2-normalised by the model
     skipped: list[dict[str, str]] = field(default_factory=list)
     predictions: list[str] = field(default_factory=list)  # k-NN labels when an index was given
+    # per image, its nearest indexed images ({"path", "label" when known, "similarity"}) when searched
+    neighbours: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
 def embed_images(inputs: list[str | Path], client: EmbeddingClient, *, batch_size: int = 32,
@@ -106,6 +109,8 @@ def write_embeddings(result: EmbeddingResult, output: str | Path, *, model: str 
     output = Path(output)
     if output.suffix not in OUTPUT_SUFFIXES:
         raise DataError(f"output {output} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    if result.neighbours and output.suffix == ".npy":
+        raise DataError(f"output {output} holds embeddings only; write search results to .npz or .json")
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":
         np.save(output, result.embeddings)
@@ -113,15 +118,33 @@ def write_embeddings(result: EmbeddingResult, output: str | Path, *, model: str 
         classes = sorted({label for label in result.labels if label})
         labels = np.array([classes.index(label) if label else -1 for label in result.labels], dtype=np.int64)
         np.savez(output, embeddings=result.embeddings, paths=np.array(result.paths), labels=labels,
-                 classes=np.array(classes, dtype=str), predictions=np.array(result.predictions, dtype=str))
+                 classes=np.array(classes, dtype=str), predictions=np.array(result.predictions, dtype=str),
+                 **_neighbour_arrays(result.neighbours))
     else:
         output.write_text(json.dumps(_as_json(result, model), indent=1) + "\n")
     return output
+
+
+def _neighbour_arrays(neighbours: list[list[dict[str, Any]]]) -> dict[str, np.ndarray]:
+    """(N, k) neighbour_paths, neighbour_labels and neighbour_similarities; "" and NaN pad short rows."""
+    if not neighbours:
+        return {}
+    k = max(len(row) for row in neighbours)
+    paths = np.full((len(neighbours), k), "", dtype=object)
+    labels = np.full((len(neighbours), k), "", dtype=object)
+    similarities = np.full((len(neighbours), k), np.nan, dtype=np.float32)
+    for i, row in enumerate(neighbours):
+        for j, found in enumerate(row):
+            paths[i, j], labels[i, j], similarities[i, j] = found["path"], found.get("label", ""), found["similarity"]
+    return {"neighbour_paths": paths.astype(str), "neighbour_labels": labels.astype(str),
+            "neighbour_similarities": similarities}
 
 
 def _as_json(result: EmbeddingResult, model: str) -> dict[str, Any]:
     predictions = result.predictions or [""] * len(result.paths)
     items = [{"path": p, "label": label, "prediction": pred, "embedding": [round(float(v), 7) for v in emb]}
              for p, label, pred, emb in zip(result.paths, result.labels, predictions, result.embeddings, strict=True)]
+    for item, found in zip(items, result.neighbours, strict=False):
+        item["neighbours"] = found
     return {"model": model, "embedding_dim": int(result.embeddings.shape[1]), "items": items,
             "skipped": result.skipped}

@@ -69,6 +69,18 @@ def test_davis_runs_only_when_a_davis_set_is_given(ir):
     assert set(inner) == {"eval-davis"}
 
 
+def test_retrieval_and_copy_detection_run_only_when_asked_for(ir):
+    spec, _, _ = ir
+    assert spec["root"]["inputDefinitions"]["parameters"]["search_evals"]["defaultValue"] is False
+    name = _condition(spec, "search_evals")
+    assert spec["root"]["dag"]["tasks"][name]["triggerPolicy"]["condition"].endswith("== true")
+    inner = spec["components"][f"comp-{name}"]["dag"]["tasks"]
+    assert set(inner) == {"eval-retrieval", "eval-copydetection"}
+    for component in ("comp-eval-retrieval", "comp-eval-copydetection"):
+        outputs = spec["components"][component]["outputDefinitions"]["artifacts"]
+        assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+
+
 def test_gpu_request_toleration_and_node_selector_only_when_gpus_are_asked_for(ir):
     from dino_model.train.placement import gpu_node_selector, gpu_tolerations
 

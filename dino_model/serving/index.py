@@ -1,0 +1,292 @@
+"""Similarity search over served embeddings: an index folder built from one served model, queried by `infer`.
+
+An index is only meaningful for the model whose embeddings it holds: a neighbour list computed with
+query embeddings from another model (another version, other weights) is silently wrong, not an
+error. So the folder's manifest records the served model it was built from (name, version, the sha256
+of the ONNX file Triton serves and the export record that vouched for its lineage) and the data
+version of the images, and a search refuses a server that serves anything else unless told to.
+
+Embeddings are L2-normalised, so inner product is cosine similarity: `exact` is a flat inner-product
+index (every vector compared), `ivf` an inverted file of `nlist` k-means cells of which `nprobe` are
+searched per query (faster on large sets, at some recall; with nprobe = nlist it is exact). faiss is
+imported inside the functions that need it: the client-only install (no faiss) imports this module,
+and only a search tells it to install faiss-cpu.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dino_model.errors import ConfigError, DataError, ServingError
+from dino_model.export.lineage import VERIFIED_KEY
+from dino_model.export.triton_config import config_parameters
+from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.gate import config_lineage
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("exact", "ivf")
+METRIC = "inner_product"  # of L2-normalised vectors: cosine similarity
+INDEX_FILE = "index.faiss"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+DEFAULT_NPROBE = 16
+POINTS_PER_CELL = 39  # fewest training points per k-means cell faiss accepts without a warning
+
+
+@dataclass(frozen=True)
+class ServedIdentity:
+    """Which served model produced a set of embeddings."""
+
+    name: str
+    version: str
+    onnx_sha256: str  # of the file Triton serves: the weights themselves
+    lineage_verified: str = ""  # the export record that vouched for the lineage; "" when unverified
+    lineage: dict[str, str] = field(default_factory=dict)  # verified lineage (training data, code, metrics)
+
+    def describe(self) -> str:
+        digest = f"sha256 {self.onnx_sha256[:12]}" if self.onnx_sha256 else "sha256 unknown"
+        return f"{self.name!r} version {self.version or '?'} ({digest})"
+
+    def differs_from(self, other: ServedIdentity) -> list[str]:
+        """The fields (name, version, onnx_sha256) on which two identities disagree."""
+        return [key for key in ("name", "version", "onnx_sha256") if getattr(self, key) != getattr(other, key)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServedIdentity:
+        return cls(name=str(data.get("name", "")), version=str(data.get("version", "")),
+                   onnx_sha256=str(data.get("onnx_sha256", "")), lineage_verified=str(data.get("lineage_verified", "")),
+                   lineage={str(k): str(v) for k, v in (data.get("lineage") or {}).items()})
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    kind: str = "exact"
+    nlist: int | None = None  # ivf cells; None: about 4 sqrt(N), at most N / 39
+    nprobe: int = DEFAULT_NPROBE  # ivf cells searched per query
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"index kind {self.kind!r} is unknown; choose one of {', '.join(KINDS)}")
+        if self.nlist is not None and self.nlist < 1:
+            raise ConfigError(f"nlist must be >= 1, got {self.nlist}")
+        if self.nprobe < 1:
+            raise ConfigError(f"nprobe must be >= 1, got {self.nprobe}")
+
+
+@dataclass
+class SimilarityIndex:
+    """A faiss index and its manifest (what each row is, which model and data it came from)."""
+
+    index: Any  # faiss.Index
+    manifest: dict[str, Any]
+
+    @property
+    def paths(self) -> list[str]:
+        return self.manifest["paths"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest.get("labels") or [""] * len(self.paths)
+
+    @property
+    def model(self) -> ServedIdentity:
+        return ServedIdentity.from_dict(self.manifest.get("model", {}))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, row ids), both (n, k), best first; id -1 (similarity -inf) where fewer were found."""
+        if k < 1:
+            raise ConfigError(f"similarity search needs k >= 1, got {k}")
+        queries = normalized(queries, what="query embeddings")
+        if queries.shape[1] != self.index.d:
+            raise DataError(f"the index holds {self.index.d}-d embeddings; the queries are {queries.shape[1]}-d: "
+                            "build the index with the model that embeds the queries")
+        similarities, ids = self.index.search(queries, k)
+        return similarities, ids.astype(np.int64, copy=False)
+
+
+def faiss_module():
+    """faiss, or a ConfigError saying how to install it (the client-only install has none)."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ConfigError(f"similarity search needs faiss ({exc}): pip install faiss-cpu") from None
+    return faiss
+
+
+def normalized(embeddings: np.ndarray, *, what: str = "embeddings") -> np.ndarray:
+    """Float32 C-contiguous rows of unit length (zero rows stay zero); DataError unless finite (N, D)."""
+    array = np.asarray(embeddings, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"{what} must be a non-empty (N, D) array, got shape {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise DataError(f"{what} hold NaN or infinite values")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return np.ascontiguousarray(array / np.where(norms > 0, norms, 1), dtype=np.float32)
+
+
+def default_nlist(count: int) -> int:
+    """About 4 sqrt(N) cells, with at least 39 training points per cell."""
+    return max(1, min(round(4 * math.sqrt(count)), count // POINTS_PER_CELL))
+
+
+def build_faiss_index(embeddings: np.ndarray, options: IndexOptions = IndexOptions()) -> Any:
+    """A faiss index over the L2-normalised embeddings: IndexFlatIP, or IndexIVFFlat trained on them."""
+    faiss = faiss_module()
+    vectors = normalized(embeddings)
+    count, dim = vectors.shape
+    if options.kind == "exact":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = options.nlist or default_nlist(count)
+        if nlist > count:
+            raise ConfigError(f"an ivf index of nlist={nlist} cells needs at least {nlist} embeddings, got {count}; "
+                              "lower --nlist or use --kind exact")
+        if count < POINTS_PER_CELL * nlist:
+            logger.warning("%d embeddings train %d cells (fewer than %d per cell): the cells are rough",
+                           count, nlist, POINTS_PER_CELL)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = min(options.nprobe, nlist)
+    index.add(vectors)
+    return index
+
+
+def build_index(embeddings: np.ndarray, paths: Sequence[str], labels: Sequence[str], *, model: ServedIdentity,
+                options: IndexOptions = IndexOptions(), data_version: str = "", image_root: str = ""
+                ) -> SimilarityIndex:
+    """An index of `embeddings` (row i is the image `paths[i]`, of class `labels[i]` or "") and its manifest."""
+    if len(paths) != len(embeddings) or len(labels) != len(embeddings):
+        raise DataError(f"{len(embeddings)} embeddings but {len(paths)} paths and {len(labels)} labels")
+    index = build_faiss_index(embeddings, options)
+    manifest: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "kind": options.kind,
+        "metric": METRIC,
+        "dimension": int(index.d),
+        "count": int(index.ntotal),
+        "model": asdict(model),
+        "data_version": data_version,
+        "image_root": image_root,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "faiss_version": faiss_module().__version__,
+        "paths": list(paths),
+    }
+    if options.kind == "ivf":
+        manifest |= {"nlist": int(index.nlist), "nprobe": int(index.nprobe)}
+    if any(labels):
+        manifest["labels"] = list(labels)
+    return SimilarityIndex(index, manifest)
+
+
+def write_index(index: SimilarityIndex, folder: str | Path) -> Path:
+    """Write `index.faiss` and then `manifest.json` into `folder` (each replaced atomically)."""
+    faiss = faiss_module()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{INDEX_FILE}.", delete=False) as tmp:
+        temporary = Path(tmp.name)
+    try:
+        faiss.write_index(index.index, str(temporary))
+        temporary.replace(folder / INDEX_FILE)
+    finally:
+        temporary.unlink(missing_ok=True)
+    manifest = folder / MANIFEST_FILE
+    partial = manifest.with_name(f".{MANIFEST_FILE}.tmp")
+    partial.write_text(json.dumps(index.manifest, indent=1) + "\n")
+    partial.replace(manifest)
+    logger.info("wrote a %s index of %d embeddings to %s", index.manifest["kind"], index.manifest["count"], folder)
+    return folder
+
+
+def load_index(folder: str | Path) -> SimilarityIndex:
+    """The index in `folder` (written by write_index); DataError naming what is missing or inconsistent."""
+    faiss = faiss_module()
+    folder = Path(folder)
+    manifest_path, index_path = folder / MANIFEST_FILE, folder / INDEX_FILE
+    if not manifest_path.is_file() or not index_path.is_file():
+        raise DataError(f"{folder} is not a similarity index: it needs {MANIFEST_FILE} and {INDEX_FILE} "
+                        "(written by `dino-mlops index build`)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        index = faiss.read_index(str(index_path))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DataError(f"cannot read the similarity index in {folder}: {exc}") from exc
+    if manifest.get("format") != FORMAT_VERSION or not isinstance(manifest.get("paths"), list):
+        raise DataError(f"{manifest_path} is not a format-{FORMAT_VERSION} index manifest")
+    if index.ntotal != len(manifest["paths"]) or index.d != manifest.get("dimension"):
+        raise DataError(f"{index_path} holds {index.ntotal} {index.d}-d vectors but {manifest_path} lists "
+                        f"{len(manifest['paths'])} {manifest.get('dimension')}-d ones: rebuild the index")
+    if manifest.get("kind") == "ivf":
+        faiss.extract_index_ivf(index).nprobe = int(manifest["nprobe"])
+    return SimilarityIndex(index, manifest)
+
+
+def served_identity(client: EmbeddingClient) -> ServedIdentity:
+    """The model `client` is answered by: its name, the version Triton serves, file sha256 and verified lineage."""
+    config = client.served.config
+    params = config_parameters(config)
+    lineage = config_lineage(config, source=f"model {client.model_name!r} at {client.url}") or {}
+    return ServedIdentity(name=client.model_name, version=client.model_version or served_version(client),
+                          onnx_sha256=params.get("onnx_sha256", ""), lineage_verified=lineage.get(VERIFIED_KEY, ""),
+                          lineage=lineage)
+
+
+def served_version(client: EmbeddingClient) -> str:
+    """The version an unpinned request reaches: the highest version Triton reports ready."""
+    metadata = client.call(f"reading the metadata of model {client.model_name!r}", client.raw.get_model_metadata,
+                           client.model_name, as_json=True, client_timeout=client.timeout_s)
+    versions = [int(v) for v in metadata.get("versions", []) if str(v).isdigit()]
+    if not versions:
+        raise ServingError(f"model {client.model_name!r} at {client.url} reports no ready version")
+    return str(max(versions))
+
+
+def check_same_model(index: SimilarityIndex, served: ServedIdentity, *, where: str, allow_mismatch: bool = False
+                     ) -> None:
+    """ServingError, in one line naming both, when `served` is not the model the index was built from."""
+    built = index.model
+    if not built.differs_from(served):
+        return
+    message = (f"the index {where} was built from model {built.describe()} but the server answers with "
+               f"{served.describe()}")
+    if allow_mismatch:
+        logger.warning("%s; searching anyway (--allow-model-mismatch)", message)
+        return
+    raise ServingError(f"{message}: rebuild it with `dino-mlops index build` or pass --allow-model-mismatch")
+
+
+def open_for_search(folder: str | Path, client: EmbeddingClient, *, allow_mismatch: bool = False) -> SimilarityIndex:
+    """The index in `folder`, checked to come from the model `client` is answered by (see check_same_model)."""
+    index = load_index(folder)
+    check_same_model(index, served_identity(client), where=str(folder), allow_mismatch=allow_mismatch)
+    return index
+
+
+def neighbours(index: SimilarityIndex, queries: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+    """For each query, its k nearest rows: {"path", "label" (when known), "similarity"}, best first."""
+    similarities, ids = index.search(queries, k)
+    paths, labels = index.paths, index.manifest.get("labels")
+    found = []
+    for row_sims, row_ids in zip(similarities.tolist(), ids.tolist(), strict=True):
+        found.append([{"path": paths[i], **({"label": labels[i]} if labels else {}), "similarity": round(s, 6)}
+                      for s, i in zip(row_sims, row_ids, strict=True) if i >= 0])
+    return found
+
+
+def relative_paths(paths: Sequence[str], inputs: Sequence[str | Path]) -> tuple[list[str], str]:
+    """(paths relative to the inputs' common folder, that folder): what the manifest stores."""
+    folders = [p if p.is_dir() else p.parent for p in (Path(i).resolve() for i in inputs)]
+    root = Path(os.path.commonpath(folders)) if folders else Path.cwd()
+    return [Path(p).resolve().relative_to(root).as_posix() for p in paths], str(root)
