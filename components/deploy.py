@@ -1,7 +1,7 @@
 """Release components: the quality gate, ONNX export, and deployment to Triton with rollback."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components._image import IMAGE
 
@@ -21,11 +21,12 @@ def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, trit
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def export_onnx(model: Input[Model], knn_report: Input[Artifact], linear_report: Input[Artifact],
-                onnx: Output[Model], parity: Output[Metrics]) -> None:
+def export_onnx(model: Input[Model], data: Input[Dataset], train_subdir: str, knn_report: Input[Artifact],
+                linear_report: Input[Artifact], onnx: Output[Model], parity: Output[Metrics]) -> None:
     """Teacher backbone -> one self-contained .onnx with the preprocessing contract; PyTorch parity checked.
 
-    The evaluation reports become the model's lineage metrics (read by the quality gate of later runs).
+    The evaluation reports become the model's lineage metrics (read by the quality gate of later runs);
+    a sample of the training images becomes the drift reference served beside the model.
     The file's sha256 and lineage go into the artifact's metadata, which KFP keeps in its metadata
     store, away from the bucket holding the file: deploy_to_triton checks the file against it.
     """
@@ -35,7 +36,8 @@ def export_onnx(model: Input[Model], knn_report: Input[Artifact], linear_report:
     from dino_model.export.lineage import LineageRecord
 
     Path(onnx.path).mkdir(parents=True, exist_ok=True)
-    options = ExportOptions(metrics_reports=[knn_report.path, linear_report.path])
+    options = ExportOptions(metrics_reports=[knn_report.path, linear_report.path],
+                            drift_images=f"{data.path}/{train_subdir}")
     report = export_checkpoint(f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx", options)
     record = LineageRecord(sha256=report["details"]["files"]["fp32"]["sha256"], lineage=report["details"]["lineage"])
     onnx.metadata.update({"framework": "onnx", "data_version": model.metadata.get("data_version", ""),

@@ -130,7 +130,7 @@ def dino_training_pipeline(
                         triton_url=triton_url, model_name=model_name)
     gate.set_caching_options(enable_caching=False)  # the serving model changes between runs
     with dsl.If(gate.output == "deploy", name="quality-gate-passed"):
-        onnx = export_onnx(model=model, knn_report=knn.outputs["report_json"],
+        onnx = export_onnx(model=model, data=dataset, train_subdir=train_subdir, knn_report=knn.outputs["report_json"],
                            linear_report=linear.outputs["report_json"])
         deploy = deploy_to_triton(onnx=onnx.outputs["onnx"], repository=triton_repository, triton_url=triton_url,
                                   model_name=model_name, flavour=triton_flavour, pushgateway=pushgateway)

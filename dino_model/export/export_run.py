@@ -5,6 +5,9 @@ parity numbers the same way they read evaluation scores. A file that fails its p
 removed, so nothing downstream can pick it up. The report is also the export record of each file
 (`details.files.<precision>.sha256` and `details.lineage`): serving checks a file against it before
 it serves the file's lineage as verified (dino_model/export/lineage.py).
+The export also writes the drift reference `<stem>.drift.npz`, embeddings of a sample of the
+training images that serving compares its requests with (dino_model/monitoring/drift.py), and records
+its sha256 in the report (`details.drift`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader, Subset
+
 from dino_model.config import TrainConfig, config_from_dict
-from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from dino_model.errors import ExportError
+from dino_model.eval.features import extract
 from dino_model.eval.report import build_report, write_report
 from dino_model.export.contract import EMBEDDING, PATCH_TOKENS, ModelContract
 from dino_model.export.lineage import build_lineage, default_metric_reports, file_sha256, read_metrics
@@ -26,6 +34,7 @@ from dino_model.export.options import ExportOptions
 from dino_model.export.parity import FP16_TOLERANCE, check_parity, parity_inputs
 from dino_model.logs import progress
 from dino_model.models.loading import load_backbone
+from dino_model.monitoring.drift import REFERENCE_SIZE, build_reference, drift_path
 from dino_model.runtime.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -71,9 +80,40 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     metrics = {f"parity_max_abs_diff_{p}": r["worst"] for p, r in parity.items()}
     details = {"files": files, "parity": parity, "opset": opts.opset, "parity_images": str(image_dir),
                "contract": contract.to_properties(), "lineage": dict(contract.lineage)}
+    drift = write_drift_reference(backbone, contract, train_cfg, output, images=opts.drift_images)
+    if drift is not None:
+        details["drift"] = drift
     report = build_report("export", checkpoint, metrics, details)
     report_path = write_report(report, output.with_suffix(".export.json"))
     return report | {"report_path": str(report_path)}
+
+
+def write_drift_reference(backbone, contract: ModelContract, train_cfg: TrainConfig | None, output: Path,
+                          *, images: str | None = None, size: int = REFERENCE_SIZE) -> dict[str, Any] | None:
+    """`<stem>.drift.npz` from the embeddings of up to `size` training images; its record, or None.
+
+    Serving compares its requests' embeddings with this sample (dino_model/monitoring/drift.py).
+    `images` is the training folder (default: the checkpoint's data.root); skipped, with a warning, when
+    it does not exist here or the checkpoint carries no evaluation settings (official weights).
+    """
+    root = Path(images) if images else Path(train_cfg.data.root) if train_cfg is not None else None
+    if root is None or train_cfg is None or not root.is_dir():
+        logger.warning("no training image folder (%s) here: no drift reference written for %s", root, output)
+        return None
+    eval_cfg = replace(train_cfg.eval, image_size=contract.image_size, resize_size=contract.resize_size)
+    dataset = ImageFolderDataset(root, transform=eval_transform(eval_cfg))
+    if len(dataset) < 4:
+        logger.warning("%s holds %d images: too few for a drift reference of %s", root, len(dataset), output)
+        return None
+    picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:size].tolist()
+    loader = DataLoader(Subset(dataset, sorted(picked)), batch_size=eval_cfg.batch_size)
+    features, _ = extract(backbone.eval(), loader, desc="drift reference")
+    reference = build_reference(features.numpy(), size=size)
+    path = reference.save(drift_path(output))
+    logger.info("drift reference of %d training images from %s: window %d, MMD^2 threshold %.3g -> %s",
+                len(picked), root, reference.window, reference.threshold, path)
+    return {"path": str(path), "sha256": file_sha256(path), "images": len(picked), "source": str(root),
+            "window": reference.window, "threshold": reference.threshold, "bandwidth": reference.bandwidth}
 
 
 def build_contract(backbone, model_cfg, train_cfg: TrainConfig | None, opts: ExportOptions, *,

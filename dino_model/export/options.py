@@ -28,6 +28,7 @@ class ExportOptions:
     tolerance: float = FP32_TOLERANCE
     metrics_reports: list[str] = field(default_factory=list)  # default: <run>/eval/*.json
     data_version: str = ""  # default: the checkpoint's
+    drift_images: str | None = None  # training images for the drift reference; default: the checkpoint's data.root
 
 
 def onnx_only_set(options: ExportOptions) -> list[str]:

@@ -7,6 +7,8 @@ The config's parameters carry the contract and the lineage of the model being wr
 lineage is marked verified only when the file matches its export record (dino_model/export/lineage.py),
 and a file that contradicts its record is refused. Model names and versions are checked before any
 path is built from them (triton_config.check_model_name / check_version).
+The export's drift reference (`<stem>.drift.npz` beside the file) is copied in as `drift.npz` when
+present: the `cpu` flavour's backend exports the embedding drift statistic from it.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from dino_model.export.triton_config import (
     config_to_text,
     parse_config_text,
 )
+from dino_model.monitoring.drift import drift_path
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.pbtxt"
 ONNX_FILE = "model.onnx"
+DRIFT_FILE = "drift.npz"
 PYTHON_MODEL = Path(__file__).parent / "python_backend" / "model.py"
 
 
@@ -62,6 +66,8 @@ def write_version(onnx_path: str | Path, model_dir: str | Path, version: int, *,
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     try:
         shutil.copyfile(onnx_path, staging / ONNX_FILE)
+        if drift_path(onnx_path).is_file():
+            shutil.copyfile(drift_path(onnx_path), staging / DRIFT_FILE)
         if flavour == "cpu":
             shutil.copyfile(PYTHON_MODEL, staging / PYTHON_MODEL.name)
         staging.chmod(0o755)

@@ -28,6 +28,8 @@ from dino_model.export.triton_config import config_parameters
 
 logger = logging.getLogger(__name__)
 
+LOAD_TIMEOUT_S = 600.0  # deadline of a model load: the server reads, checks and warms the model up
+
 # tritonclient.grpc methods in the API groups servers restrict to the admin key (server.RESTRICTED_APIS)
 RESTRICTED_CALLS = frozenset({
     "get_model_repository_index", "load_model", "unload_model",
@@ -84,16 +86,23 @@ class EmbeddingClient:
     def call(self, what: str, fn, *args, **kwargs):
         """Run a tritonclient call; errors become ServingErrors saying what and where.
 
-        This client's headers go with the calls in RESTRICTED_CALLS only.
+        This client's headers go with the calls in RESTRICTED_CALLS only. Every call has a deadline
+        (timeout_s; LOAD_TIMEOUT_S for loading a model), so a server that stops answering is an error
+        rather than a client that waits forever.
         """
         from tritonclient.utils import InferenceServerException
 
-        if self.headers and getattr(fn, "__name__", "") in RESTRICTED_CALLS:
+        name = getattr(fn, "__name__", "")
+        if self.headers and name in RESTRICTED_CALLS:
             kwargs.setdefault("headers", self.headers)
+        kwargs.setdefault("client_timeout", LOAD_TIMEOUT_S if name == "load_model" else self.timeout_s)
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
             status, message = str(exc.status() or ""), str(exc.message())
+            if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
+                raise ServingError(f"{what}: Triton at {self.url} did not answer within "
+                                   f"{kwargs['client_timeout']:g} s") from None
             if "restricted" in message:
                 raise ServingError(f"{what} was refused by Triton at {self.url}: {message} (send the admin key: "
                                    "`dino-mlops deploy` reads it from --admin-key-file, $TRITON_ADMIN_KEY or "

@@ -66,6 +66,8 @@ def _check_deployed_run(result: dict, data_repo: Path) -> None:
     assert knn["evaluation"] == "knn" and 0 <= knn["metrics"]["knn_top1"] <= 100
     parity = json.loads(Path(artifacts["model.onnx"]).with_suffix(".export.json").read_text())
     assert parity["metrics"]["parity_max_abs_diff_fp32"] <= 1e-4
+    drift = parity["details"]["drift"]  # the reference comes from the data step's artifact, not the training pod's path
+    assert drift["images"] > 0 and Path(drift["source"]).name == "train" and Path(drift["path"]).is_file()
     assert [m["name"] for m in result["deployed"]] == ["dino"]
     client = EmbeddingClient(result["endpoint"]["grpc"], "dino")
     assert client.served.contract.lineage["data_version"] == md5

@@ -13,9 +13,30 @@ MAX_ABS_PIXEL are refused up front, and any answer that still holds NaN/Inf is r
 A graph that answers NaN/Inf for a blank image is refused at load time (initialize), not in Triton's
 warm-up: tritonserver 2.51 crashed (signal 11) when a model whose warm-up had failed was loaded again,
 while a failed initialize is a plain load error.
+
+Embedding drift: when the version folder holds the export's drift reference (drift.npz), each
+instance keeps a sliding window of the last W answered embeddings and, every DRIFT_UPDATE_EVERY
+embeddings (not every request, so inference is not slowed), sets two gauges through Triton's custom
+metrics (served on the metrics port, :8002/metrics): dino_embedding_drift_mmd2 (unbiased MMD^2 of the
+window against the reference, Gaussian kernel on L2-normalised embeddings; 0 until the window is
+full) and dino_embedding_drift_threshold, both labelled by model and version. The statistic is the one
+dino_model/monitoring/drift.py defines and calibrates (this file cannot import the package, so it
+repeats the few lines of arithmetic; a test pins the two together). A drift failure never fails a
+request: drift monitoring is switched off and logged instead.
+
+One version at a time owns the gauges. During a rollout versions N and N+1 are both loaded, each in its
+own stub process; two stubs registering the same metric family made tritonserver 2.51 hang when one of
+them was unloaded. So the gauges belong to whichever version holds an exclusive lock on a file named
+after the server's process and the model (in the temporary directory); the others compute their
+window and try to take the lock again at each update, and a version gives the lock back only after
+its gauges and families are gone.
 """
 
+import fcntl
+import gc
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +47,9 @@ ONNX_FILE = "model.onnx"
 # Normalised pixels lie within a few units of zero; this leaves room for any sane preprocessing while
 # keeping fp16 activations (max 65504) and fp32 variances (max ~3.4e38) far from overflow.
 MAX_ABS_PIXEL = 1e4
+DRIFT_FILE = "drift.npz"
+EMBEDDING = "embedding"
+DRIFT_UPDATE_EVERY = 64  # answered embeddings between two updates of the drift gauges
 
 
 class TritonPythonModel:
@@ -45,6 +69,8 @@ class TritonPythonModel:
         self.sample_shape = tuple(int(d) for d in spec["dims"])
         self.output_names = [o["name"] for o in config["output"]]
         self._self_check()
+        self.drift = _drift_window(path.parent / DRIFT_FILE, {"model": args["model_name"],
+                                                              "version": str(args["model_version"])})
 
     def _self_check(self):
         """Refuse to load a graph that answers NaN or Inf for a blank image (broken weights)."""
@@ -66,7 +92,7 @@ class TritonPythonModel:
             arrays.append(None if error else array)
         good = [a for a in arrays if a is not None]
         outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(good)}) if good else []
-        responses, start = [], 0
+        responses, answered, start = [], [], 0
         for array, error in zip(arrays, errors, strict=True):
             if error:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(error)))
@@ -84,7 +110,17 @@ class TritonPythonModel:
                 continue
             tensors = [pb_utils.Tensor(name, out) for name, out in sliced]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            answered.extend(out for name, out in sliced if name == EMBEDDING)
+        if answered and self.drift is not None:
+            self._observe(np.concatenate(answered))
         return responses
+
+    def _observe(self, embeddings):
+        try:
+            self.drift.add(embeddings)
+        except Exception as exc:  # monitoring must never fail a request
+            _log_warning(f"embedding drift monitoring switched off: {exc!r}")
+            self.drift = None
 
     def _check(self, array):
         """An error message for a request this model cannot answer, or None."""
@@ -104,6 +140,119 @@ class TritonPythonModel:
 
     def finalize(self):
         self.session = None
+        if self.drift is not None:
+            self.drift.close()
+        self.drift = None
+
+
+class DriftGauges:
+    """The two drift gauges of one model, owned by at most one loaded version of it at a time."""
+
+    DESCRIBED = (("dino_embedding_drift_mmd2", "MMD^2 of the last served embeddings against the training "
+                  "reference (0 until the window is full)"),
+                 ("dino_embedding_drift_threshold", "MMD^2 above which the window counts as drifted"))
+
+    def __init__(self, labels, threshold):
+        self.labels, self.threshold = labels, threshold
+        self.lock_path = Path(tempfile.gettempdir()) / f"dino-drift-{os.getppid()}-{labels['model']}.lock"
+        self.lock, self.families, self.gauges = None, None, None
+
+    def set(self, value):
+        """Publish `value` when this version owns the gauges (taking them over if they are free)."""
+        if self.gauges is None and not self._acquire():
+            return
+        self.gauges[0].set(value)
+
+    def _acquire(self):
+        handle = open(self.lock_path, "a")  # noqa: SIM115 (held open while this version owns the gauges)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self.lock = handle
+        self.families = [pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
+                         for name, text in self.DESCRIBED]
+        self.gauges = [family.Metric(labels=self.labels) for family in self.families]
+        self.gauges[1].set(self.threshold)
+        return True
+
+    def close(self):
+        """Drop the gauges, then their families (Triton wants families to outlive metrics), then the lock."""
+        self.gauges = None
+        gc.collect()
+        self.families = None
+        gc.collect()
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+
+class DriftWindow:
+    """The last `window` L2-normalised embeddings in a ring buffer; MMD^2 against the reference every N."""
+
+    def __init__(self, reference, gauges, update_every=DRIFT_UPDATE_EVERY):
+        self.sample = reference["sample"].astype(np.float64)
+        self.bandwidth, self.self_term = float(reference["bandwidth"]), float(reference["self_term"])
+        self.size, self.update_every = int(reference["window"]), update_every
+        self.buffer = np.zeros((self.size, self.sample.shape[1]))
+        self.seen, self.since_update, self.value = 0, 0, None
+        self.gauges = gauges
+
+    def close(self):
+        self.gauges.close()
+
+    def add(self, embeddings):
+        rows = _l2_normalise(np.asarray(embeddings, np.float64).reshape(len(embeddings), -1))[-self.size:]
+        self.buffer[(self.seen + np.arange(len(rows))) % self.size] = rows
+        self.seen += len(embeddings)
+        self.since_update += len(embeddings)
+        if self.seen >= self.size and (self.value is None or self.since_update >= self.update_every):
+            self.value = _mmd2(self.buffer, self.sample, self.bandwidth, self.self_term)
+            self.since_update = 0
+            self.gauges.set(self.value)
+
+
+def _drift_window(path, labels):
+    """The drift window of this version, or None without a reference or custom metrics support."""
+    if not path.is_file():
+        return None
+    if not hasattr(pb_utils, "MetricFamily"):
+        _log_warning("this Triton has no Python-backend custom metrics: embedding drift is not exported")
+        return None
+    try:
+        with np.load(path) as data:
+            reference = {k: data[k] for k in ("sample", "bandwidth", "self_term", "window", "threshold")}
+    except Exception as exc:  # a broken monitoring file must not keep the model from loading
+        _log_warning(f"cannot read the drift reference {path} ({exc!r}): embedding drift is not exported")
+        return None
+    return DriftWindow(reference, DriftGauges(labels, float(reference["threshold"])))
+
+
+def _l2_normalise(x):
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def _kernel_mean(a, b, bandwidth, *, off_diagonal=False):
+    """Mean Gaussian kernel value between rows of a and b (without the diagonal when a is b)."""
+    d2 = np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
+    k = np.exp(-d2 / (2.0 * bandwidth * bandwidth))
+    if not off_diagonal:
+        return float(k.mean())
+    return float((k.sum() - np.trace(k)) / (len(k) * (len(k) - 1)))
+
+
+def _mmd2(window, sample, bandwidth, self_term):
+    """Unbiased MMD^2 of a window against the reference sample (whose kernel self-term is precomputed)."""
+    return (_kernel_mean(window, window, bandwidth, off_diagonal=True) + self_term
+            - 2.0 * _kernel_mean(window, sample, bandwidth))
+
+
+def _log_warning(message):
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_warn(message)
 
 
 def _non_finite(outputs):

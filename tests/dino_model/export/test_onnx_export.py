@@ -27,7 +27,8 @@ from dino_model.runtime.checkpoint import load_checkpoint
 
 def test_export_writes_one_checked_self_contained_file(tiny_export, tiny_onnx: Path) -> None:
     folder = tiny_onnx.parent
-    assert sorted(p.name for p in folder.iterdir()) == ["model.export.json", "model.fp16.onnx", "model.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.drift.npz", "model.export.json", "model.fp16.onnx",
+                                                         "model.onnx"]
     for name in ("model.onnx", "model.fp16.onnx"):
         proto = onnx.load(str(folder / name))
         onnx.checker.check_model(proto, full_check=True)

@@ -24,7 +24,7 @@ def test_gpu_repository(tmp_path: Path, tiny_onnx: Path) -> None:
                                     lineage={"metrics": json.dumps({"linear_top1": 71.5})})
     model_dir = tmp_path / "repo" / "dino"
     assert result["version"] == 1 and sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt"]
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx"]
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["drift.npz", "model.onnx"]
     assert file_sha256(model_dir / "1" / "model.onnx") == file_sha256(tiny_onnx)
 
     config = read_config(model_dir)  # parsed by protobuf against Triton's model_config.proto
@@ -56,7 +56,7 @@ def test_cpu_repository_runs_the_same_file_in_the_python_backend(tmp_path: Path,
     assert config["backend"] == "python" and "platform" not in config and flavour_of(config) == "cpu"
     assert config["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
     assert "dynamic_batching" in config and config_parameters(config)["intra_op_threads"] == "2"
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py"]
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["drift.npz", "model.onnx", "model.py"]
     assert (model_dir / "1" / "model.py").read_text() == PYTHON_MODEL.read_text()
 
 
@@ -73,7 +73,8 @@ def test_python_backend_model_is_self_contained() -> None:
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported == {"json", "pathlib", "numpy", "onnxruntime", "triton_python_backend_utils"}
+    stdlib = {"fcntl", "gc", "json", "os", "pathlib", "tempfile"}
+    assert imported == stdlib | {"numpy", "onnxruntime", "triton_python_backend_utils"}
 
 
 def test_versions_are_added_never_overwritten(tmp_path: Path, tiny_onnx: Path) -> None:

@@ -1,0 +1,229 @@
+"""Embedding drift: is what the served model sees still like what it was trained on?
+
+A two-sample test on embeddings rather than on pixels, because the embedding is what downstream
+users consume and a shift that leaves it unchanged does no harm. The statistic is the squared
+maximum mean discrepancy (MMD^2, unbiased estimator, Gretton et al. 2012) with a Gaussian kernel
+k(x, y) = exp(-|x - y|^2 / (2 s^2)) on L2-normalised embeddings, between a sliding window of the last
+W served embeddings and a fixed random sample of the training embeddings (the reference). The
+bandwidth s is the median pairwise distance within the reference (the median heuristic), fixed at
+reference time so the statistic of every window is on one scale.
+
+The alert threshold is calibrated when the reference is built, by a permutation test on the
+reference itself: it is split at random into a window-sized part and the rest many times, and the
+threshold is a high quantile (default 0.99) of those MMD^2 values. Windows of in-distribution data
+then exceed it with about that probability at most; the split compares W against n - W <= n
+reference points, a noisier estimate than the served one (W against n). The bound holds on average
+over reference draws; one fixed reference also carries its own sampling error into every window,
+which matters once W approaches n (measured on digits with n = 512: W = 256 left 18% of one
+reference's in-distribution windows above the threshold; W = 64 left 0-9% per reference and 2.9% over
+four references), hence the default W = 64.
+The threshold belongs to one window size: a shorter window is noisier, so no statistic is reported
+until the window is full.
+
+No torch here: the Triton Python backend and the export both use the reference file
+(`<stem>.drift.npz`), and the statistic is plain numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dino_model.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+REFERENCE_SIZE = 512
+WINDOW = 64
+N_PERMUTATIONS = 500
+QUANTILE = 0.99
+DRIFT_SUFFIX = ".drift.npz"
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """A sample of L2-normalised training embeddings and what the drift statistic needs from it.
+
+    Attributes:
+        sample: (n, d) L2-normalised reference embeddings (float32).
+        mean, std: per-dimension mean and standard deviation of the normalised training embeddings.
+        bandwidth: the Gaussian kernel's s (median pairwise distance within `sample`).
+        threshold: MMD^2 above which a full window counts as drifted.
+        window: the window size W the threshold was calibrated for.
+        self_term: mean of k(r_i, r_j) over i != j in `sample` (constant in every window's MMD^2).
+    """
+
+    sample: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    bandwidth: float
+    threshold: float
+    window: int
+    self_term: float
+
+    def save(self, path: str | Path) -> Path:
+        """Write the reference as a .npz file (what the Triton Python backend reads)."""
+        path = Path(path)
+        with path.open("wb") as fh:
+            np.savez(fh, format=np.int64(FORMAT), sample=self.sample.astype(np.float32), mean=self.mean,
+                     std=self.std, bandwidth=np.float64(self.bandwidth), threshold=np.float64(self.threshold),
+                     window=np.int64(self.window), self_term=np.float64(self.self_term))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> DriftReference:
+        """Read a reference written by `save`.
+
+        Raises:
+            ConfigError: the file is missing, unreadable or of another format.
+        """
+        try:
+            with np.load(Path(path)) as data:
+                if int(data["format"]) != FORMAT:
+                    raise ConfigError(f"{path} is a drift reference of format {int(data['format'])}; this code "
+                                      f"reads format {FORMAT}: rebuild it with `dino-mlops export`")
+                return cls(sample=data["sample"], mean=data["mean"], std=data["std"],
+                           bandwidth=float(data["bandwidth"]), threshold=float(data["threshold"]),
+                           window=int(data["window"]), self_term=float(data["self_term"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ConfigError(f"cannot read the drift reference {path}: {exc}") from exc
+
+
+def drift_path(onnx_path: str | Path) -> Path:
+    """Where the export writes the reference of a model file: `<stem>.drift.npz` beside it."""
+    path = Path(onnx_path)
+    stem = path.name.removesuffix(".onnx").removesuffix(".fp16")
+    return path.with_name(stem + DRIFT_SUFFIX)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of `x` scaled to unit length (float64); zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) squared Euclidean distances, clipped at 0 against rounding."""
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d2, 0.0)
+
+
+def gaussian_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
+    return np.exp(-squared_distances(a, b) / (2.0 * bandwidth * bandwidth))
+
+
+def median_bandwidth(x: np.ndarray) -> float:
+    """The median of the pairwise distances |x_i - x_j|, i < j (the median heuristic)."""
+    if len(x) < 2:
+        raise ConfigError(f"the median heuristic needs at least 2 embeddings, got {len(x)}")
+    d = np.sqrt(squared_distances(x, x)[np.triu_indices(len(x), k=1)])
+    s = float(np.median(d))
+    if not s > 0:
+        raise ConfigError("the reference embeddings are all identical: no kernel bandwidth fits them")
+    return s
+
+
+def _off_diagonal_mean(k: np.ndarray) -> float:
+    n = len(k)
+    return float((k.sum() - np.trace(k)) / (n * (n - 1)))
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
+    """Unbiased MMD^2 between samples x (m, d) and y (n, d), m, n >= 2, with a Gaussian kernel."""
+    if len(x) < 2 or len(y) < 2:
+        raise ConfigError(f"MMD^2 needs at least 2 points per sample, got {len(x)} and {len(y)}")
+    return (_off_diagonal_mean(gaussian_kernel(x, x, bandwidth)) + _off_diagonal_mean(gaussian_kernel(y, y, bandwidth))
+            - 2.0 * float(gaussian_kernel(x, y, bandwidth).mean()))
+
+
+def window_mmd2(window: np.ndarray, reference: DriftReference) -> float:
+    """MMD^2 of a window of raw (not yet normalised) embeddings against the reference."""
+    w = l2_normalise(window)
+    ref = reference.sample.astype(np.float64)
+    return (_off_diagonal_mean(gaussian_kernel(w, w, reference.bandwidth)) + reference.self_term
+            - 2.0 * float(gaussian_kernel(w, ref, reference.bandwidth).mean()))
+
+
+def calibrate_threshold(k: np.ndarray, window: int, *, n_permutations: int = N_PERMUTATIONS,
+                        quantile: float = QUANTILE, rng: np.random.Generator) -> float:
+    """The `quantile` of MMD^2 between a random `window`-sized part of the reference and the rest.
+
+    `k` is the reference's kernel matrix; each split only indexes it.
+    """
+    n = len(k)
+    values = np.empty(n_permutations)
+    for i in range(n_permutations):
+        order = rng.permutation(n)
+        a, b = order[:window], order[window:]
+        values[i] = (_off_diagonal_mean(k[np.ix_(a, a)]) + _off_diagonal_mean(k[np.ix_(b, b)])
+                     - 2.0 * float(k[np.ix_(a, b)].mean()))
+    return float(np.quantile(values, quantile))
+
+
+def build_reference(embeddings: np.ndarray, *, size: int = REFERENCE_SIZE, window: int = WINDOW,
+                    n_permutations: int = N_PERMUTATIONS, quantile: float = QUANTILE, seed: int = 0
+                    ) -> DriftReference:
+    """The drift reference of training embeddings (N, d): a random sample of `size`, bandwidth, threshold.
+
+    With fewer than 2 * `window` sampled embeddings the window shrinks to half the sample, so the
+    calibration split still has two equal parts at worst.
+
+    Raises:
+        ConfigError: fewer than 4 embeddings, non-finite values, or bad sizes.
+    """
+    x = np.asarray(embeddings)
+    if x.ndim != 2 or len(x) < 4:
+        raise ConfigError(f"a drift reference needs a (N >= 4, d) array of embeddings, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ConfigError("the training embeddings hold NaN or infinite values: no drift reference built from them")
+    if size < 4 or window < 2 or not 0 < quantile < 1 or n_permutations < 1:
+        raise ConfigError(f"bad drift reference settings: size={size} (>= 4), window={window} (>= 2), "
+                          f"quantile={quantile} (in (0, 1)), n_permutations={n_permutations} (>= 1)")
+    rng = np.random.default_rng(seed)
+    normalised = l2_normalise(x)
+    sample = normalised[rng.choice(len(x), size=min(size, len(x)), replace=False)]
+    if window > len(sample) // 2:
+        logger.warning("drift window %d shrunk to %d: only %d reference embeddings", window, len(sample) // 2,
+                       len(sample))
+        window = len(sample) // 2
+    bandwidth = median_bandwidth(sample)
+    k = gaussian_kernel(sample, sample, bandwidth)
+    threshold = calibrate_threshold(k, window, n_permutations=n_permutations, quantile=quantile, rng=rng)
+    return DriftReference(sample=sample.astype(np.float32), mean=normalised.mean(0), std=normalised.std(0),
+                          bandwidth=bandwidth, threshold=threshold, window=window, self_term=_off_diagonal_mean(k))
+
+
+class DriftMonitor:
+    """A sliding window of the last W served embeddings; MMD^2 against the reference every `update_every`.
+
+    `add` returns the latest statistic: None until the window is full, then the value computed at the
+    last update (recomputed once `update_every` embeddings have arrived since).
+    """
+
+    def __init__(self, reference: DriftReference, *, update_every: int = 64) -> None:
+        if update_every < 1:
+            raise ConfigError(f"update_every must be >= 1, got {update_every}")
+        self.reference, self.update_every = reference, update_every
+        self._window: deque[np.ndarray] = deque(maxlen=reference.window)
+        self._since_update = 0
+        self.value: float | None = None
+
+    def add(self, embeddings: np.ndarray) -> float | None:
+        for row in np.asarray(embeddings, dtype=np.float32).reshape(-1, self.reference.sample.shape[1]):
+            self._window.append(row)
+            self._since_update += 1
+        full = len(self._window) == self.reference.window
+        if full and (self.value is None or self._since_update >= self.update_every):
+            self.value = window_mmd2(np.stack(self._window), self.reference)
+            self._since_update = 0
+        return self.value
+
+    @property
+    def drifted(self) -> bool:
+        return self.value is not None and self.value > self.reference.threshold

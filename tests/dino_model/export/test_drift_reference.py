@@ -1,0 +1,47 @@
+"""The export's drift reference: the training images' embeddings, recorded in the report, copied into Triton."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from dino_model.config import EvalConfig
+from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.transforms import eval_transform
+from dino_model.export.lineage import file_sha256
+from dino_model.export.triton_config import RepositoryOptions
+from dino_model.export.triton_repository import DRIFT_FILE, write_model_repository
+from dino_model.monitoring.drift import DriftReference, drift_path
+
+
+def test_export_records_a_reference_of_the_training_embeddings(tiny_export, tiny_onnx: Path,
+                                                               tiny_checkpoint: Path) -> None:
+    record = tiny_export["details"]["drift"]
+    path = drift_path(tiny_onnx)
+    assert record["path"] == str(path) and record["sha256"] == file_sha256(path)
+    reference = DriftReference.load(path)
+    train = tiny_checkpoint.parent.parent / "train"  # the fixture's 80 training digits
+    assert record["images"] == 80 == len(reference.sample) and record["source"] == str(train)
+    assert reference.window == 40 == record["window"]  # half the sample: too few images for 64
+    assert record["threshold"] == reference.threshold > 0
+    # every sampled row is the (unit) ONNX embedding of one training image, computed independently
+    dataset = ImageFolderDataset(train, transform=eval_transform(EvalConfig(image_size=32, resize_size=32)))
+    images = np.stack([dataset[i][0].numpy() for i in range(len(dataset))])
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    (onnx_embeddings,) = session.run(["embedding"], {"images": images})
+    diff = np.abs(reference.sample[:, None, :] - onnx_embeddings[None, :, :]).max(-1)
+    assert diff.min(1).max() < 1e-4
+    assert len(set(diff.argmin(1).tolist())) == 80
+
+
+def test_repository_version_carries_the_reference_when_present(tiny_export, tiny_onnx: Path, tmp_path: Path,
+                                                               exported_copy) -> None:
+    opts = RepositoryOptions(flavour="cpu", max_batch_size=4, preferred_batch_sizes=[])
+    written = write_model_repository(tiny_onnx, tmp_path / "repo", opts)
+    copied = Path(written["version_dir"]) / DRIFT_FILE
+    assert file_sha256(copied) == tiny_export["details"]["drift"]["sha256"]
+    bare = exported_copy(tiny_onnx, tmp_path / "bare")  # the ONNX file and its report, no reference
+    written = write_model_repository(bare, tmp_path / "repo", opts)
+    assert not (Path(written["version_dir"]) / DRIFT_FILE).exists()

@@ -1,0 +1,61 @@
+"""The drift gauges on a real tritonserver: the `cpu` flavour's backend serves them on the metrics port.
+
+The rollout case is the one that used to hang tritonserver: versions N and N+1 loaded together, each
+registering the same metric families, then N unloaded.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dino_model.monitoring.drift import DriftReference, drift_path
+from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.rollout import deploy, ready_versions
+
+pytestmark = pytest.mark.triton
+
+
+def _gauge(metrics_url: str, name: str, version: str = "1") -> float | None:
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    labels = rf'\{{(?=[^}}]*model="dino")(?=[^}}]*version="{version}")[^}}]*\}}'
+    found = re.search(rf"^{name}{labels} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def test_triton_exports_the_drift_gauges(tiny_export, tiny_onnx: Path, cpu_repository: Path, start_server) -> None:
+    reference = DriftReference.load(drift_path(tiny_onnx))
+    assert (cpu_repository / "dino" / "1" / "drift.npz").is_file()
+    server = start_server(cpu_repository)
+    client = EmbeddingClient(server.grpc_url, "dino")
+    rng = np.random.default_rng(0)
+    for _ in range(reference.window // 8):  # exactly one full window: the first value is computed
+        client.infer(rng.standard_normal((8, 3, 32, 32)).astype(np.float32) * 3)
+    value = _gauge(server.metrics_url, "dino_embedding_drift_mmd2")
+    assert value is not None and value > reference.threshold  # noise images are far from the digits
+    assert _gauge(server.metrics_url, "dino_embedding_drift_threshold") == pytest.approx(reference.threshold)
+
+
+def test_a_rollout_hands_the_gauges_to_the_new_version(tiny_export, tiny_onnx: Path, cpu_repository: Path,
+                                                       start_server) -> None:
+    reference = DriftReference.load(drift_path(tiny_onnx))
+    server = start_server(cpu_repository)
+    client = EmbeddingClient(server.grpc_url, "dino")
+    batch = np.zeros((8, 3, 32, 32), np.float32)
+
+    def serve_a_window() -> None:
+        for _ in range(-(-reference.window // 8)):
+            client.infer(batch)
+
+    serve_a_window()
+    assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "1") is not None
+    deploy(tiny_onnx, cpu_repository, url=server.grpc_url)  # loads 2 beside 1, smoke-tests, unloads 1
+    assert ready_versions(EmbeddingClient(server.grpc_url, headers=server.admin_headers)) == [2]
+    serve_a_window()  # the server still answers, and version 2 now owns the gauges
+    assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "2") is not None
+    assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "1") is None
