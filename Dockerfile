@@ -47,13 +47,13 @@ WORKDIR /opt/dino-mlops
 COPY pyproject.toml README.md ./
 RUN mkdir -p dino_model components pipelines \
  && touch dino_model/__init__.py components/__init__.py pipelines/__init__.py \
- && pip install ".[s3,cluster]" \
+ && pip install ".[s3,cluster,gpu-aug]" \
  && pip uninstall -y dino-mlops \
  && rm -rf dino_model components pipelines build ./*.egg-info
 COPY dino_model ./dino_model
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip install --no-deps ".[s3,cluster]" && rm -rf build ./*.egg-info
+RUN pip install --no-deps ".[s3,cluster,gpu-aug]" && rm -rf build ./*.egg-info
 # the kustomize tree, for launchers that read the PyTorchJob template (k8s/jobs/pretrain)
 COPY k8s ./k8s
 

@@ -12,6 +12,7 @@ being ignored. This module imports no torch so that pipelines can build configs 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ POS_INTERPOLATIONS = ("dino", "timm")
 GLOBAL_POOLS = ("token", "avg")
 DEVICES = ("auto", "cpu", "cuda")
 INIT_PARTS = ("auto", "all", "backbone")
+CROP_BACKENDS = ("pil", "gpu")
 
 # Ranges of the values users set by hand; a value outside them fails at load time, naming the key,
 # instead of deep inside PyTorch or, worse, training silently with it.
@@ -120,6 +122,9 @@ class CropConfig:
     flip_p: float = 0.5  # horizontal flip; 0 for data whose mirror image is another class (digits, text)
     color_jitter_p: float = 0.8
     solarize_p: float = 0.2  # on the second global crop
+    # pil: crops built by the loader workers (PIL) | gpu: workers read file bytes, the training device
+    # decodes and crops them (dino_model/data/gpu_crops.py; needs the gpu-aug extra, kornia)
+    backend: str = "pil"
 
 
 @dataclass
@@ -158,6 +163,9 @@ class RunConfig:
     stop_after_epochs: int = 0  # stop early (schedules still span `epochs`); 0 = run all
     channels_last: bool = False
     compile: bool = False
+    # CPU: malloc keeps freed memory for reuse (glibc) instead of page-faulting large tensors in anew
+    # each step; the process keeps its peak memory (dino_model/runtime/cpu_memory.py)
+    cpu_keep_freed_memory: bool = True
     allow_config_change: bool = False  # resume although optimisation settings differ from the checkpoint's
     # a new run (epoch 0, fresh optimiser and schedules) starting from these weights: a full checkpoint
     # (ours or official) or a backbone-only state dict; "" = random initialisation. Not --resume.
@@ -201,6 +209,10 @@ class TrainConfig:
         _choice("optim.name", self.optim.name, OPTIMIZERS)
         _choice("model.pos_interpolation", self.model.pos_interpolation, POS_INTERPOLATIONS)
         _choice("model.global_pool", self.model.global_pool, GLOBAL_POOLS)
+        _choice("crops.backend", self.crops.backend, CROP_BACKENDS)
+        if self.crops.backend == "gpu" and importlib.util.find_spec("kornia") is None:
+            raise ConfigError("crops.backend=gpu needs kornia, which is not installed: "
+                              "pip install 'dino-mlops[gpu-aug]' (or use crops.backend=pil)")
         for key, minimum in INT_MINIMUMS.items():
             _at_least(key, self.get(key), minimum)
         for key in OPTIONAL_POSITIVE_INTS:

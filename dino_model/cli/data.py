@@ -1,4 +1,5 @@
-"""`dino-mlops data ...`: data versions tracked by data.dvc (snapshot, pull, status, diff, log, remotes)."""
+"""`dino-mlops data ...`: data versions tracked by data.dvc (snapshot, pull, status, diff, log, remotes),
+and packing image folders into tar shards (`data shard`), the form DVC handles at ImageNet scale."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of images in val/ (stratified)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.set_defaults(func=run_materialize)
+    p = data.add_parser("shard", help="pack an image folder into WebDataset tar shards with a shards.json index")
+    p.add_argument("src", help="image folder: class sub-folders (labels kept), or flat (unlabelled)")
+    p.add_argument("out", help="output folder; receives shard-000000.tar ... and shards.json")
+    p.add_argument("--shard-size", default="256MB", help="close a shard before it passes this size (default: 256MB)")
+    p.add_argument("--max-per-shard", type=int, help="at most this many images per shard (default: no limit)")
+    p.set_defaults(func=run_shard)
     _register_remote(data, common)
 
 
@@ -150,6 +157,17 @@ def run_materialize(args: argparse.Namespace) -> int:
 
     root = materialize(args.name, args.root, val_fraction=args.val_fraction, seed=args.seed)
     print_result({"root": str(root), **{s: str(root / s) for s in ("train", "val") if (root / s).is_dir()}})
+    return 0
+
+
+def run_shard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dino_model.data.shards import INDEX_NAME, pack_folder, parse_size
+
+    index = pack_folder(args.src, args.out, shard_bytes=parse_size(args.shard_size), max_per_shard=args.max_per_shard)
+    print_result({"index": str(Path(args.out) / INDEX_NAME), "shards": len(index.shards), "images": index.total,
+                  "skipped": index.skipped, "classes": len(index.classes)})
     return 0
 
 

@@ -63,6 +63,7 @@ EXAMPLES = {
     "data pull": "dino-mlops data pull HEAD~1",
     "data diff": "dino-mlops data diff HEAD~1 workspace",
     "data log": "dino-mlops data log -n 5",
+    "data shard": "dino-mlops data shard data/imagenet/train data/imagenet-shards/train --shard-size 256MB",
     "data ensure": "dino-mlops data ensure --source digits",
     "data materialize": "dino-mlops data materialize digits data/digits",
     "data remote": "dino-mlops data remote list",

@@ -14,7 +14,6 @@ it skipped, and the training loop sums them into the epoch's metrics.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dino_model.data.datasets import UNREADABLE_ERRORS, ImageFolderDataset, unreadable_reason
+from dino_model.data.seeding import seeded_crops
 from dino_model.data.transforms import MultiCropTransform
 from dino_model.errors import DataError, DinoError
 
@@ -45,15 +45,7 @@ class SeededMultiCropDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int, int]:
         image, label, skipped = self._readable_item(index)
-        item_seed = hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF
-        py_state = random.getstate()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(item_seed)
-                random.seed(item_seed)
-                crops = self.transform(image)
-        finally:
-            random.setstate(py_state)
+        crops = seeded_crops(self.transform, image, seed=self.seed, epoch=self.epoch, index=index)
         return crops, label, skipped
 
     def _readable_item(self, index: int) -> tuple[Any, int, int]:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from dino_model.config import EvalConfig
-from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.sources import labelled_images
 from dino_model.data.transforms import eval_transform
 from dino_model.errors import DataError
 from dino_model.logs import progress
@@ -53,8 +53,8 @@ def extract_features(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """(CLS features (N, D), labels (N,)) for every readable image under root."""
-    dataset = ImageFolderDataset(root, transform=eval_transform(cfg))
+    """(CLS features (N, D), labels (N,)) for every readable image under root (an image folder or shards)."""
+    dataset = labelled_images(str(root), eval_transform(cfg))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers)
     features, labels = extract(backbone.eval().to(device), loader, device=device, desc=f"features {Path(root).name}")
     logger.info("extracted %d x %d features from %s", *features.shape, root)

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from dino_model.config import EvalConfig
-from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.sources import labelled_images
+from dino_model.data.transforms import eval_transform
 from dino_model.errors import DataError
 from dino_model.eval.features import extract_features
 from dino_model.eval.knn import knn_classify, knn_predict
@@ -39,7 +40,7 @@ def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, train
     cfg = cfg or checkpoint_config(checkpoint).eval
     backbone, _ = load_backbone(checkpoint)
     train_x, train_y = extract_features(backbone, train_dir, cfg, device=device)
-    classes = ImageFolderDataset(train_dir).classes
+    classes = labelled_images(str(train_dir), eval_transform(cfg)).classes
     val_x, val_y = extract_features(backbone, val_dir, cfg, device=device)
     if (train_y < 0).any() or (val_y < 0).any():
         raise DataError(f"k-NN needs class sub-folders in {train_dir} and {val_dir}")

@@ -38,12 +38,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dino_model.config import RunConfig, TrainConfig, describe_changes, dump_config, resume_changes
 from dino_model.data.datasets import ImageFolderDataset
-from dino_model.data.loaders import SeededMultiCropDataset, batches, build_train_loader
+from dino_model.data.gpu_crops import GpuMultiCrop
+from dino_model.data.loaders import batches
+from dino_model.data.sources import build_train_data
 from dino_model.data.transforms import MultiCropTransform
 from dino_model.errors import CheckpointError, ConfigError, DinoError, TrainingDivergedError
 from dino_model.logs import JsonlWriter, progress
 from dino_model.loss import DINOLoss
 from dino_model.models.factory import build_student_teacher, has_batchnorm
+from dino_model.models.fast_paths import apply_fast_paths
 from dino_model.models.loading import init_student_teacher
 from dino_model.models.teacher import ema_update
 from dino_model.runtime.checkpoint import (
@@ -54,10 +57,11 @@ from dino_model.runtime.checkpoint import (
     save_atomic,
     write_text_atomic,
 )
+from dino_model.runtime.cpu_memory import keep_freed_memory
 from dino_model.runtime.distributed import DistInfo, all_reduce_sum, init_distributed
 from dino_model.train import monitor
 from dino_model.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients, param_groups
-from dino_model.train.precision import resolve_precision
+from dino_model.train.precision import compute_dtype, resolve_precision
 from dino_model.train.schedules import cosine_schedule, effective_lr
 
 logger = logging.getLogger(__name__)
@@ -117,11 +121,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     if dist.is_main:
         remove_stale_temporaries(out)
     _seed_epoch(cfg.train.seed, 0, rank=0)  # identical initial weights on every process
-    images = ImageFolderDataset(cfg.data.root)
-    dataset = SeededMultiCropDataset(images, MultiCropTransform(cfg.crops), cfg.train.seed)
-    loader, sampler = build_train_loader(
-        dataset, batch_size=cfg.train.batch_size, rank=dist.rank, world_size=dist.world_size,
-        seed=cfg.train.seed, num_workers=cfg.data.num_workers, pin_memory=dist.device.type == "cuda",
+    images, dataset, loader, sampler = build_train_data(  # an image folder, or a folder/URL of tar shards
+        cfg.data.root, MultiCropTransform(cfg.crops), seed=cfg.train.seed, batch_size=cfg.train.batch_size,
+        rank=dist.rank, world_size=dist.world_size, num_workers=cfg.data.num_workers,
+        pin_memory=dist.device.type == "cuda", open_folder=ImageFolderDataset, encoded=cfg.crops.backend == "gpu",
     )
     trainer = build_trainer(cfg, dist, steps_per_epoch=len(loader))
     start_epoch = _resume(trainer, out) if resume else None
@@ -169,6 +172,9 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, *, steps_per_epoch: int) -> 
         student, teacher = student.to(memory_format=torch.channels_last), teacher.to(
             memory_format=torch.channels_last)
     student, teacher = student.to(dist.device), teacher.to(dist.device)
+    apply_fast_paths([student, teacher], dist.device, compute_dtype(cfg.train.precision))
+    if dist.device.type == "cpu" and cfg.train.cpu_keep_freed_memory:
+        keep_freed_memory()
     if dist.world_size > 1:
         if has_batchnorm(student) and dist.device.type == "cuda":
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
@@ -213,7 +219,11 @@ def train_one_epoch(t: Trainer, loader, epoch: int, ckpt_path: Path) -> dict[str
     sums = torch.zeros(3, dtype=torch.float64, device=t.dist.device)  # loss, teacher entropy, files skipped
     start, steps, n_images = time.perf_counter(), 0, 0
     steps_iter = progress(batches(loader), desc=f"epoch {epoch}", total=t.steps_per_epoch, enabled=t.dist.is_main)
+    device_crops = GpuMultiCrop(t.cfg.crops, t.dist.device) if t.cfg.crops.backend == "gpu" else None
     for i, (crops, _, skipped) in enumerate(steps_iter):
+        if device_crops is not None:  # encoded images, decoded and cropped on this device
+            crops, undecodable = device_crops(crops)
+            skipped = skipped + undecodable
         it = epoch * t.steps_per_epoch + i
         loss = train_step(t, crops, epoch, it, ckpt_path)
         sums += torch.stack([loss.detach().double(), t.loss.last_teacher_entropy.double(),
@@ -294,8 +304,7 @@ def _with_resolved_precision(cfg: TrainConfig, dist: DistInfo) -> TrainConfig:
 def _autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:

@@ -1,0 +1,52 @@
+"""The training data source for `data.root`: an image folder, or a folder (or URL) of tar shards.
+
+fit() asks for (images, dataset, loader, epoch setter) and does not care which source it gets:
+both seed every image's crops by (seed, epoch, index), skip unreadable images without changing
+batch shapes, and give every rank the same number of steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.encoded import SeededEncodedDataset
+from dino_model.data.loaders import SeededMultiCropDataset, build_train_loader
+from dino_model.data.shard_eval import ShardLabelledImages
+from dino_model.data.shard_location import is_shard_root
+from dino_model.data.shard_stream import ShardEncodedDataset, ShardImages, ShardMultiCropDataset, build_shard_loader
+
+
+def build_train_data(root: str, transform: Callable[[Any], Any], *, seed: int, batch_size: int, rank: int,
+                     world_size: int, num_workers: int = 0, pin_memory: bool = False,
+                     open_folder: Callable[[str], ImageFolderDataset] = ImageFolderDataset,
+                     encoded: bool = False) -> tuple[Any, Any, DataLoader, Any]:
+    """(images, dataset, loader, sampler); call set_epoch on dataset and sampler before each epoch.
+
+    `images` has len() (images available) and n_skipped (unreadable at scan or pack time).
+    `open_folder` builds the image folder's Dataset (the caller's seam, e.g. for files that vanish).
+    With `encoded` (crops.backend=gpu) the items are the files' bytes and `transform` is not used:
+    the training loop builds the crops on its device (gpu_crops.GpuMultiCrop).
+    """
+    if is_shard_root(root):
+        shards = ShardImages(root)
+        stream = (ShardEncodedDataset(shards, seed, batch_size=batch_size, rank=rank, world_size=world_size)
+                  if encoded else ShardMultiCropDataset(shards, transform, seed, batch_size=batch_size, rank=rank,
+                                                        world_size=world_size))
+        return shards, stream, build_shard_loader(stream, num_workers=num_workers, pin_memory=pin_memory), stream
+    images = open_folder(root)
+    dataset = SeededEncodedDataset(images, seed) if encoded else SeededMultiCropDataset(images, transform, seed)
+    loader, sampler = build_train_loader(dataset, batch_size=batch_size, rank=rank, world_size=world_size,
+                                         seed=seed, num_workers=num_workers, pin_memory=pin_memory)
+    return images, dataset, loader, sampler
+
+
+def labelled_images(root: str, transform: Callable[[Any], Any]) -> ImageFolderDataset | ShardLabelledImages:
+    """Every readable image under `root` (a folder, or a folder or URL of shards) as (transform(image), label).
+
+    Both have `classes` and len(); read them with shuffle=False (the shards stream).
+    """
+    return ShardLabelledImages(root, transform) if is_shard_root(root) else ImageFolderDataset(root, transform)
