@@ -59,3 +59,10 @@ def extract_features(
     features, labels = extract(backbone.eval().to(device), loader, device=device, desc=f"features {Path(root).name}")
     logger.info("extracted %d x %d features from %s", *features.shape, root)
     return features, labels
+
+
+def labels_by_name(labels: torch.Tensor, classes: list[str], reference: list[str]) -> torch.Tensor:
+    """`labels` indexing `classes`, re-indexed into `reference` by class name; -1 where it has no such class."""
+    index = {name: i for i, name in enumerate(reference)}
+    table = torch.tensor([index.get(name, -1) for name in classes] or [-1], dtype=torch.long)
+    return table[labels]

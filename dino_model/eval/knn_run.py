@@ -12,7 +12,7 @@ from dino_model.config import EvalConfig
 from dino_model.data.sources import labelled_images
 from dino_model.data.transforms import eval_transform
 from dino_model.errors import DataError
-from dino_model.eval.features import extract_features
+from dino_model.eval.features import extract_features, labels_by_name
 from dino_model.eval.knn import knn_classify, knn_predict
 from dino_model.eval.report import build_report, metrics_table, write_report
 from dino_model.eval.settings import checkpoint_config
@@ -44,6 +44,7 @@ def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, train
     val_x, val_y = extract_features(backbone, val_dir, cfg, device=device)
     if (train_y < 0).any() or (val_y < 0).any():
         raise DataError(f"k-NN needs class sub-folders in {train_dir} and {val_dir}")
+    val_y = _as_train_labels(val_y, labelled_images(str(val_dir), eval_transform(cfg)).classes, classes, val_dir)
     results = knn_classify(train_x, train_y, val_x, val_y, ks=cfg.knn_k, temperature=cfg.knn_temperature,
                            chunk_size=cfg.knn_chunk_size)
     metrics = {f"knn_top1_k{k}": r["top1"] for k, r in results.items()}
@@ -63,3 +64,17 @@ def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, train
     write_report(report, out, md)
     logger.info("k-NN top-1 %.2f%% (k=%d) on %d images", metrics["knn_top1"], k_main, len(val_y))
     return report | {"report_path": str(out)}
+
+
+def _as_train_labels(val_y: torch.Tensor, val_classes: list[str], classes: list[str], val_dir: str | Path
+                     ) -> torch.Tensor:
+    """Validation labels numbered as the train folder numbers its classes (by name, not folder position).
+
+    A validation folder without one of the train classes numbers the rest differently; matched by
+    position, every label after the gap would name the wrong class.
+    """
+    unknown = sorted(set(val_classes) - set(classes))
+    if unknown:
+        raise DataError(f"{val_dir} has class folders the k-NN memory bank lacks: {', '.join(unknown[:5])}"
+                        f"{' ...' if len(unknown) > 5 else ''}; use train and val folders of the same classes")
+    return labels_by_name(val_y, val_classes, classes)

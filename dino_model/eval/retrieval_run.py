@@ -12,12 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dino_model.config import EvalConfig
 from dino_model.data.datasets import ImageFolderDataset
 from dino_model.errors import DataError
-from dino_model.eval.features import extract_features
+from dino_model.eval.features import extract_features, labels_by_name
 from dino_model.eval.report import build_report, metrics_table, write_report
 from dino_model.eval.retrieval import rank_and_score
 from dino_model.eval.search_settings import RetrievalConfig
@@ -25,13 +23,6 @@ from dino_model.eval.settings import checkpoint_config
 from dino_model.models.loading import load_backbone
 
 logger = logging.getLogger(__name__)
-
-
-def labels_by_name(labels: torch.Tensor, classes: list[str], reference: list[str]) -> torch.Tensor:
-    """`labels` indexing `classes`, re-indexed into `reference` by class name; -1 where it has no such class."""
-    index = {name: i for i, name in enumerate(reference)}
-    table = torch.tensor([index.get(name, -1) for name in classes] or [-1], dtype=torch.long)
-    return table[labels]
 
 
 def run_retrieval_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, database_dir: str | Path,

@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from dino_model.cli.main import build_parser, main
 from dino_model.errors import DataError
 from dino_model.eval.copydetection_run import run_copydetection_eval
-from dino_model.eval.features import extract_features
-from dino_model.eval.retrieval_run import labels_by_name, run_retrieval_eval
+from dino_model.eval.features import extract_features, labels_by_name
+from dino_model.eval.retrieval_run import run_retrieval_eval
 from dino_model.eval.search_settings import CopyDetectionConfig, RetrievalConfig
 from dino_model.eval.settings import checkpoint_config
 from dino_model.models.loading import load_backbone
