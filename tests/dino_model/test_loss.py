@@ -4,22 +4,9 @@ import math
 
 import pytest
 import torch
+from fixtures.official_dino import official_loss as reference_loss
 
 from dino_model.loss import DINOLoss
-
-
-def reference_loss(student, teacher, center, ncrops, t_temp, s_temp=0.1):
-    """Loop form of the official DINOLoss.forward (main_dino.py)."""
-    s_chunks = (student / s_temp).chunk(ncrops)
-    t_chunks = ((teacher - center) / t_temp).softmax(dim=-1).chunk(2)
-    total, n = 0.0, 0
-    for iq, q in enumerate(t_chunks):
-        for v in range(ncrops):
-            if v == iq:
-                continue
-            total += torch.sum(-q * torch.log_softmax(s_chunks[v], dim=-1), dim=-1).mean()
-            n += 1
-    return total / n, n
 
 
 def test_hand_computed_two_globals_k2():
