@@ -133,8 +133,11 @@ result = embed_images([folder], FakeClient(), batch_size=3, concurrency=2)
 index = write_embeddings(result, out / "index.npz")
 result.predictions = knn_predict(result, index, k=1)
 write_embeddings(result, out / "e.json")
+from dino_model.monitoring.drift import batch_drift, build_reference
+drift = batch_drift(result.embeddings, build_reference(result.embeddings, window=4, n_permutations=20))
 heavy = sorted(m for m in sys.modules if m.partition(".")[0] in {heavy!r})
-print(json.dumps({{"labels": result.labels, "predictions": result.predictions, "heavy": heavy}}))
+print(json.dumps({{"labels": result.labels, "predictions": result.predictions, "heavy": heavy,
+                  "drift_windows": drift["windows"]}}))
 '''
 
 
@@ -161,6 +164,7 @@ def test_the_infer_path_imports_only_the_client_dependencies(tmp_path: Path, dig
     summary = json.loads(out.stdout)
     assert summary["heavy"] == [] and summary["labels"] == [d for d in "037" for _ in range(3)]
     assert summary["predictions"] == summary["labels"]  # k = 1 against itself: each image's own label
+    assert summary["drift_windows"] == 2  # the drift statistic runs without the platform's dependencies
 
 
 @pytest.mark.parametrize("command", [["pretrain", "--help"], ["pretrain"], ["serve", "--repository", "r"],

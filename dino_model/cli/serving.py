@@ -90,6 +90,9 @@ def _register_infer(sub: argparse._SubParsersAction) -> None:
                         "(needs faiss-cpu and an .npz or .json output)")
     p.add_argument("--allow-model-mismatch", action="store_true",
                    help="search even when the server's model is not the one the index was built from")
+    p.add_argument("--drift-reference", metavar="FILE",
+                   help="the served model's drift reference (<stem>.drift.npz from `dino-mlops export`): reports "
+                        "whether these images' embeddings drift from its training data")
     p.set_defaults(func=run_infer)
 
 
@@ -151,6 +154,7 @@ def run_infer(args: argparse.Namespace) -> int:
         check_version(args.model_version)
     client = EmbeddingClient(args.url, args.model_name, model_version=args.model_version)
     index = _search_index(args, client) if args.search else None
+    reference = _drift_reference(args.drift_reference) if args.drift_reference else None
     result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency)
     if args.knn_index:
         result.predictions = knn_predict(result, args.knn_index, k=args.k, temperature=args.temperature)
@@ -166,8 +170,19 @@ def run_infer(args: argparse.Namespace) -> int:
     if result.neighbours:
         summary["neighbours"] = {p: [n["path"] for n in found] for p, found in zip(result.paths[:20],
                                                                                  result.neighbours, strict=False)}
+    if reference is not None:
+        from dino_model.monitoring.drift import batch_drift
+
+        summary["drift"] = batch_drift(result.embeddings, reference)
     print_result(summary)
     return 0
+
+
+def _drift_reference(path: str):
+    """The --drift-reference file, read before any image is sent."""
+    from dino_model.monitoring.drift import DriftReference
+
+    return DriftReference.load(path)
 
 
 def _search_index(args: argparse.Namespace, client: Any):

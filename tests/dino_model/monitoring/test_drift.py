@@ -16,9 +16,11 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from dino_model.errors import ConfigError
 from dino_model.monitoring.drift import (
+    DRIFTED_SHARE,
     WINDOW,
     DriftMonitor,
     DriftReference,
+    batch_drift,
     build_reference,
     drift_path,
     l2_normalise,
@@ -180,3 +182,33 @@ def test_a_shifted_stream_crosses_the_threshold_quickly(digits_embeddings, shift
     logger.info("%s: crossed after %d shifted requests (MMD^2 %.3g, threshold %.3g, final %.3g)", shift, requests,
                 values[crossed], ref.threshold, values[-1])
     assert requests <= WINDOW  # at the latest when the window holds only shifted embeddings
+
+
+def test_batch_drift_passes_held_out_digits_in_folder_order_and_flags_each_shift(digits_embeddings) -> None:
+    """A whole set scored at once (`infer --drift-reference`): held-out digits pass, each shift is flagged."""
+    n_val = len(digits_embeddings["darkened"])
+    train, val = digits_embeddings["clean"][:-n_val], digits_embeddings["clean"][-n_val:]  # the folders' images
+    ref = build_reference(train, window=WINDOW)
+    clean = batch_drift(val, ref)
+    assert clean["windows"] == len(val) // WINDOW and clean["left_out"] == len(val) % WINDOW
+    assert not clean["drifted"] and clean["drifted_windows"] <= DRIFTED_SHARE * clean["windows"]
+    for shift in ("darkened", "blurred", "noised"):
+        report = batch_drift(digits_embeddings[shift], ref)
+        assert report["drifted"] and report["mmd2_median"] > ref.threshold, (shift, report)
+    with pytest.raises(ConfigError, match="do not match the drift reference's width"):
+        batch_drift(val[:, :10], ref)
+
+
+def test_batch_drift_scores_a_class_sorted_set_as_the_mixture_it_is() -> None:
+    """Two well-separated classes, the set sorted by class: windows in that order would each hold one class."""
+    rng = np.random.default_rng(0)
+    centres = l2_normalise(rng.standard_normal((2, 16)))
+
+    def draw(n: int) -> np.ndarray:
+        return l2_normalise(np.repeat(centres, n // 2, axis=0) + 0.05 * rng.standard_normal((n, 16)))
+
+    ref = build_reference(draw(512), window=WINDOW)
+    report = batch_drift(draw(640), ref)  # class 0 first, then class 1
+    assert report["windows"] == 10 and not report["drifted"], report
+    in_order = [window_mmd2(draw(640)[i * WINDOW:(i + 1) * WINDOW], ref) for i in range(10)]
+    assert min(in_order) > ref.threshold  # what consecutive windows of the sorted set would have said
