@@ -11,7 +11,6 @@ read JPEG (and the CPU one PNG) only.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -24,7 +23,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def portable_bytes(data: bytes, path: Path) -> bytes:
+def portable_bytes(data: bytes) -> bytes:
     """`data` when it is a JPEG or PNG, else the image re-encoded as PNG; raises PIL's errors when unreadable."""
     if data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC):
         return data
@@ -47,7 +46,7 @@ class EncodedImages:
 
     def __getitem__(self, index: int) -> tuple[bytes, int]:
         sample = self.samples[index]
-        return portable_bytes(sample.path.read_bytes(), sample.path), sample.label
+        return portable_bytes(sample.path.read_bytes()), sample.label
 
 
 class SeededEncodedDataset(SeededMultiCropDataset):

@@ -58,10 +58,7 @@ def unreadable_reason(exc: BaseException) -> str:
 
 def scan_folder(root: Path) -> FolderScan:
     """The folder's classes, its readable samples, and each skipped file with the reason."""
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist or is not a directory")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = [d.name for d in class_dirs if any(_image_files(d))]
+    classes = folder_classes(root)
     if classes:
         candidates = [(p, i) for i, name in enumerate(classes) for p in _image_files(root / name)]
     else:
@@ -80,6 +77,14 @@ def scan_folder(root: Path) -> FolderScan:
             f"looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
     return FolderScan(classes, samples, bad)
+
+
+def folder_classes(root: Path) -> list[str]:
+    """The class names of an image folder (sub-folders holding images, sorted), without reading an image."""
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a directory")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return [d.name for d in class_dirs if any(_image_files(d))]
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -28,8 +28,6 @@ import random
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from io import BytesIO
-from itertools import accumulate
-from pathlib import Path
 from typing import IO, Any
 
 from PIL import Image
@@ -60,7 +58,6 @@ class ShardImages:
         self.location = ShardLocation(root)
         self.index: ShardIndex = self.location.read_index()
         self.location.check_shards(self.index)
-        self.offsets = [0, *accumulate(self.index.counts)][:-1]
 
     def __len__(self) -> int:
         return self.index.total
@@ -121,7 +118,7 @@ class ShardEncodedDataset(ShardMultiCropDataset):
             suffix = next((s for s in _IMAGE_SUFFIXES if s in sample), None)
             name = f"{sample.get('__url__')}:{sample.get('__key__')}.{suffix}"
             try:
-                encoded = portable_bytes(sample[suffix], Path(name)) if suffix else b""
+                encoded = portable_bytes(sample[suffix]) if suffix else b""
             except UNREADABLE_ERRORS:
                 encoded = sample[suffix]  # the device decoder fails on it too, and says so
             label = int(sample["cls"]) if "cls" in sample else -1

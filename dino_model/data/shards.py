@@ -22,7 +22,6 @@ depends on the clock or the machine once those are fixed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -33,6 +32,7 @@ from typing import Any
 
 from dino_model.data.folders import Sample, scan_folder
 from dino_model.errors import DataError
+from dino_model.runtime.digests import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -145,14 +145,6 @@ def packing_order(samples: list[Sample]) -> list[tuple[int, Sample]]:
     return [(i, samples[i]) for i in order]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _member_bytes(size: int) -> int:
     """Bytes a member of `size` bytes takes in a ustar tar: header block plus padded data."""
     return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
@@ -191,7 +183,7 @@ def _write_shard(path: Path, samples: list[tuple[int, Sample]]) -> ShardInfo:
             writer.write(member)
         writer.close()
     tmp.replace(path)
-    return ShardInfo(path.name, len(samples), path.stat().st_size, sha256_file(path))
+    return ShardInfo(path.name, len(samples), path.stat().st_size, file_sha256(path))
 
 
 def _remove_stale(out: Path, keep: set[str]) -> None:

@@ -8,15 +8,17 @@ batch shapes, and give every rank the same number of steps.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader
 
 from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.encoded import SeededEncodedDataset
+from dino_model.data.folders import folder_classes
 from dino_model.data.loaders import SeededMultiCropDataset, build_train_loader
 from dino_model.data.shard_eval import ShardLabelledImages
-from dino_model.data.shard_location import is_shard_root
+from dino_model.data.shard_location import ShardLocation, is_shard_root
 from dino_model.data.shard_stream import ShardEncodedDataset, ShardImages, ShardMultiCropDataset, build_shard_loader
 
 
@@ -50,3 +52,8 @@ def labelled_images(root: str, transform: Callable[[Any], Any]) -> ImageFolderDa
     Both have `classes` and len(); read them with shuffle=False (the shards stream).
     """
     return ShardLabelledImages(root, transform) if is_shard_root(root) else ImageFolderDataset(root, transform)
+
+
+def labelled_classes(root: str) -> list[str]:
+    """The class names of `root` (a folder, or a folder or URL of shards), read without decoding an image."""
+    return ShardLocation(root).read_index().classes if is_shard_root(root) else folder_classes(Path(root))

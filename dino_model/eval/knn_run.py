@@ -9,8 +9,7 @@ from typing import Any
 import torch
 
 from dino_model.config import EvalConfig
-from dino_model.data.sources import labelled_images
-from dino_model.data.transforms import eval_transform
+from dino_model.data.sources import labelled_classes
 from dino_model.errors import DataError
 from dino_model.eval.features import extract_features, labels_by_name
 from dino_model.eval.knn import knn_classify, knn_predict
@@ -40,11 +39,11 @@ def run_knn_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, train
     cfg = cfg or checkpoint_config(checkpoint).eval
     backbone, _ = load_backbone(checkpoint)
     train_x, train_y = extract_features(backbone, train_dir, cfg, device=device)
-    classes = labelled_images(str(train_dir), eval_transform(cfg)).classes
+    classes = labelled_classes(str(train_dir))
     val_x, val_y = extract_features(backbone, val_dir, cfg, device=device)
     if (train_y < 0).any() or (val_y < 0).any():
         raise DataError(f"k-NN needs class sub-folders in {train_dir} and {val_dir}")
-    val_y = _as_train_labels(val_y, labelled_images(str(val_dir), eval_transform(cfg)).classes, classes, val_dir)
+    val_y = _as_train_labels(val_y, labelled_classes(str(val_dir)), classes, val_dir)
     results = knn_classify(train_x, train_y, val_x, val_y, ks=cfg.knn_k, temperature=cfg.knn_temperature,
                            chunk_size=cfg.knn_chunk_size)
     metrics = {f"knn_top1_k{k}": r["top1"] for k, r in results.items()}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dino_model.config import EvalConfig
-from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.sources import labelled_classes
 from dino_model.errors import DataError
 from dino_model.eval.features import extract_features, labels_by_name
 from dino_model.eval.report import build_report, metrics_table, write_report
@@ -38,14 +38,14 @@ def run_retrieval_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *,
     settings = settings or RetrievalConfig()
     backbone, _ = load_backbone(checkpoint)
     db_x, db_y = extract_features(backbone, database_dir, cfg, device=device)
-    db_classes = ImageFolderDataset(database_dir).classes
+    db_classes = labelled_classes(str(database_dir))
     if (db_y < 0).any():
         raise DataError(f"retrieval needs class sub-folders in {database_dir}")
     if query_dir:
         q_x, q_y = extract_features(backbone, query_dir, cfg, device=device)
         if (q_y < 0).any():
             raise DataError(f"retrieval needs class sub-folders in {query_dir}")
-        q_y = labels_by_name(q_y, ImageFolderDataset(query_dir).classes, db_classes)
+        q_y = labels_by_name(q_y, labelled_classes(str(query_dir)), db_classes)
     else:
         q_x, q_y = db_x, db_y
     scores = rank_and_score(q_x, q_y, db_x, db_y, ks=settings.recall_ks, leave_one_out=not query_dir,

@@ -29,7 +29,6 @@ hand; keep those folders writable only by the export.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dino_model.errors import ExportError
+from dino_model.runtime.digests import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +181,3 @@ def build_lineage(
     if not data_version:
         logger.warning("no data version known for %s: the lineage records none", checkpoint or "model")
     return lineage
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -16,7 +16,6 @@ would do with the stored table at that size.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -32,6 +31,7 @@ from dino_model.models.backbone import build_backbone, interpolate_pos_embed_din
 from dino_model.models.factory import build_student_teacher
 from dino_model.models.multicrop import MultiCropWrapper
 from dino_model.runtime.checkpoint import load_checkpoint
+from dino_model.runtime.digests import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def init_student_teacher(path: str | Path, student: nn.Module, teacher: nn.Modul
         state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_KEYS)}
         for model in (student, teacher):
             _load_exactly(model.backbone, state, where)
-    record = {"path": str(path.resolve()), "sha256": _sha256(path), "parts": parts, "format": _format_of(ckpt)}
+    record = {"path": str(path.resolve()), "sha256": file_sha256(path), "parts": parts, "format": _format_of(ckpt)}
     if isinstance(ckpt.get("epoch"), int):
         record["source_epoch"] = ckpt["epoch"]
     if ckpt.get("data_version"):
@@ -257,14 +257,6 @@ def _load_exactly(module: nn.Module, state: dict[str, torch.Tensor], where: str)
         raise CheckpointError(f"{where} does not fit this run's model ({'; '.join(problems)}): check the model.* "
                               f"settings (hidden_dim, bottleneck_dim, head_layers, use_bn_in_head, global_pool)")
     module.load_state_dict(state)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def infer_backbone_config(state: dict[str, Any], path: Path) -> ModelConfig:

@@ -6,7 +6,8 @@ tests/fixtures/triton.py (`start_server`, `triton_tools`, `cpu_repository`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,18 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path, triton_tools
         yield server, repository
     finally:
         server.stop()
+
+
+@pytest.fixture
+def digits_subset(tmp_path: Path, digits_root: Path) -> Callable[[int], Path]:
+    """digits_subset(n) -> a class folder of the first n val images of each of the ten digits."""
+
+    def copy(per_class: int) -> Path:
+        root = tmp_path / "val"
+        for class_dir in sorted((digits_root / "val").iterdir()):
+            (root / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.glob("*.png"))[:per_class]:
+                shutil.copy(image, root / class_dir.name / image.name)
+        return root
+
+    return copy

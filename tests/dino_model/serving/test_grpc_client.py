@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,9 @@ pytestmark = pytest.mark.triton
 
 
 @pytest.fixture
-def val_subset(tmp_path: Path, digits_root: Path) -> Path:
+def val_subset(digits_subset) -> Path:
     """Five images of each of the ten digit classes."""
-    root = tmp_path / "val"
-    for class_dir in sorted((digits_root / "val").iterdir()):
-        (root / class_dir.name).mkdir(parents=True)
-        for image in sorted(class_dir.glob("*.png"))[:5]:
-            shutil.copy(image, root / class_dir.name / image.name)
-    return root
+    return digits_subset(5)
 
 
 def test_the_contract_is_read_from_the_server(served, tiny_onnx: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -206,14 +205,9 @@ def test_infer_search_refuses_an_npy_output_before_calling_the_server(run_cli, t
 
 
 @pytest.fixture
-def val_subset(tmp_path: Path, digits_root: Path) -> Path:
+def val_subset(digits_subset) -> Path:
     """Four images of each of the ten digit classes."""
-    root = tmp_path / "val"
-    for class_dir in sorted((digits_root / "val").iterdir()):
-        (root / class_dir.name).mkdir(parents=True)
-        for image in sorted(class_dir.glob("*.png"))[:4]:
-            shutil.copy(image, root / class_dir.name / image.name)
-    return root
+    return digits_subset(4)
 
 
 @pytest.mark.triton
