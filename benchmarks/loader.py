@@ -13,6 +13,12 @@ official 2x224 + N x96 crops (`--local-crops`, 10 by default). Rows:
   last kernel; `cpu s/img` is the training process's CPU time per image, so `images/s per core`
   says how many images one core of launching work keeps up with.
 
+The training process's CPU cost of the device-side path is mostly launching kernels, which a CPU
+cannot time; it can count them. `device ops per image` runs the crops and augmentation of one batch
+on the meta device (shapes only), with the parameters drawn on the CPU as in training, and counts
+the operations that touch the device (views excluded): on CUDA each is about one kernel launch.
+Decoding is one batched nvJPEG call per batch, not counted.
+
 Torch runs on `--threads` threads (1: per-core figures). Numbers go to docs/training.md.
 
     .venv/bin/python benchmarks/loader.py                      # 64 images, CPU rows (and CUDA when present)
@@ -32,9 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torchvision.io import ImageReadMode, decode_image
 
 from dino_model.config import CropConfig
+from dino_model.data.crop_params import crop_params, draw_uniforms
 from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.encoded import SeededEncodedDataset
 from dino_model.data.gpu_crops import GpuMultiCrop
@@ -74,6 +83,33 @@ def per_second(fn: Callable[[], int], repeats: int) -> tuple[float, float]:
         images += fn()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return images / wall, cpu / images
+
+
+class DeviceOpCounter(TorchDispatchMode):
+    """Counts dispatched operations that compute on `device` (views, which launch nothing, are not counted)."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device, self.ops = torch.device(device), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        view = func is torch.ops.aten._unsafe_view.default or any(
+            r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+        tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+        self.ops += not view and any(t.device == self.device for t in tensors)
+        return out
+
+
+def device_ops_per_image(cfg: CropConfig, batch: int, size: tuple[int, int] = SIZE) -> float:
+    """Device operations per image of GpuMultiCrop's crops and augmentation for one batch, counted on meta."""
+    transform = GpuMultiCrop(cfg, "meta")
+    images = [torch.empty(3, size[1], size[0], dtype=torch.uint8, device="meta") for _ in range(batch)]
+    sizes = torch.tensor([[size[1], size[0]]] * batch)
+    params = crop_params(draw_uniforms(list(range(batch)), len(transform.specs)), sizes, transform.specs, cfg)
+    with DeviceOpCounter("meta") as counter:
+        transform.crops(images, params)
+    return counter.ops / batch
 
 
 def collate(items: list) -> dict:
@@ -117,6 +153,8 @@ def main() -> None:
         for name, device, fn, repeats in rows:
             rate, cpu_per_image = per_second(fn, repeats)
             print(f"{name:<18} | {device:<6} | {rate:>9.0f} | {cpu_per_image:>9.5f} | {1 / cpu_per_image:>8.0f}")
+        print(f"device ops per image (crops + augmentation, batch {args.batch}): "
+              f"{device_ops_per_image(cfg, args.batch):.1f}")
 
 
 def _cuda_run(cfg: CropConfig, batches: list[dict]) -> Callable[[], int]:

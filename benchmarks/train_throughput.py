@@ -23,6 +23,8 @@ here from request to reply, which adds well under a millisecond).
     .venv/bin/python benchmarks/train_throughput.py --precision bf16 --steps 10 --compile
     .venv/bin/python benchmarks/train_throughput.py --official /tmp/official_dino \
         --config "vit_tiny/4 32px+6x16px K=65536" --steps 10
+    .venv/bin/python benchmarks/train_throughput.py --official /tmp/official_dino --precision bf16 \
+        --config "vit_small/16 2x224px+10x96px K=65536" --batch 8
 """
 
 from __future__ import annotations
@@ -312,6 +314,7 @@ def main() -> None:
     parser.add_argument("--official", type=Path, default=None,
                         help="a checkout of facebookresearch/dino: time its step alternately with ours")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--batch", type=int, default=None, help="images per step instead of the configuration's")
     parser.add_argument("--official-process", action="store_true",
                         help="run the official step in a process of its own, in lockstep with ours (timed from "
                              "here, request to reply), so that our process-wide settings do not reach it")
@@ -332,6 +335,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.config:
         overrides, batch = configs[name]
+        batch = args.batch or batch
         for p in args.precision:
             cfg = bench_config(overrides, batch, p, args.compile, keep_memory=not args.default_malloc)
             torch.manual_seed(0)

@@ -7,8 +7,9 @@ functional operations with per-sample parameters for the colour and blur steps.
 
 What equals the PIL path and what does not (each difference is tested or stated in docs/training.md):
 - parameters: same distributions (crop_params.py), drawn per image from (seed, epoch, index);
-- crop + resize: torch's antialiased bicubic, the same filter as PIL's bicubic resize, in two
-  passes clipped to [0, 1] as PIL's uint8 passes are;
+- crop + resize: PIL's antialiased bicubic coefficients, as dense matrices, so all crops of one size
+  from one image are two matrix products (a few kernel launches per image instead of several per
+  crop); two passes, the first clipped to [0, 1] as PIL's uint8 pass is;
 - brightness, contrast, saturation, hue: torchvision's tensor formulas, in a random order per crop;
   the grey level uses PIL's weights (0.299, 0.587, 0.114; torchvision's tensor code uses 0.2989);
 - blur: PIL's own kernel (three box blurs with the variance of a Gaussian of standard deviation
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 GPU_AUG_EXTRA = "pip install 'dino-mlops[gpu-aug]'"
 JPEG_MAGIC = b"\xff\xd8\xff"
 SOLARIZE_THRESHOLD = 128 / 255  # PIL's ImageOps.solarize default, on [0, 1] images
+RESAMPLE_ELEMENTS = 1 << 24  # resampling weights built at once (64 MiB of float32; a few such temporaries)
 
 
 def kornia_module() -> Any:
@@ -142,26 +144,83 @@ def _decode_one(data: torch.Tensor, path: str, device: torch.device) -> torch.Te
 def resized_crops(images: list[torch.Tensor], boxes: list[list[list[int]]], size: int) -> torch.Tensor:
     """float (n_crops, B, 3, size, size) in [0, 1]: box [top, left, height, width] of each image, bicubic.
 
-    `images` are uint8 as decoded, or float in [0, 1].
+    `images` are all uint8 as decoded, or all float in [0, 1]. All crops of one image are two matrix
+    products (rows, then columns), so the work launched per image does not grow with the crop count.
     """
-    n_crops = len(boxes[0])
-    out = torch.empty(n_crops, len(images), 3, size, size, device=images[0].device)
-    for b, (image, image_boxes) in enumerate(zip(images, boxes, strict=True)):
-        source = (image.float().div_(255) if image.dtype == torch.uint8 else image)[None]
-        for c, (top, left, height, width) in enumerate(image_boxes):
-            out[c, b] = pil_bicubic(source[..., top:top + height, left:left + width], size)[0]
-    return out
+    unit = _unit(images)
+    box = torch.tensor(boxes, dtype=torch.float32)  # (B, K, 4)
+    out = []
+    n_taps = tap_count(box[..., 2:], size)  # from the boxes on the CPU: no wait for the device
+    for start, stop in _chunks([tuple(img.shape[-2:]) for img in images], box.shape[1] * size):
+        chunk = box[start:stop].to(images[0].device, non_blocking=True)
+        heights, widths = zip(*(img.shape[-2:] for img in images[start:stop]), strict=True)
+        rows = pil_resample_weights(chunk[..., 0], chunk[..., 2], max(heights), size, n_taps)
+        cols = pil_resample_weights(chunk[..., 1], chunk[..., 3], max(widths), size, n_taps)
+        out += [_resample(img, row, col, unit) for img, row, col in zip(images[start:stop], rows, cols, strict=True)]
+    return torch.stack(out, 1).clamp_(0, unit).div_(unit)
 
 
-def pil_bicubic(x: torch.Tensor, size: int) -> torch.Tensor:
-    """PIL's bicubic resize of (N, C, H, W) to size x size: antialiased, rows then columns, clipped after each.
+def tap_count(lengths: torch.Tensor, size: int) -> int:
+    """Source pixels that can weigh in one output pixel when resampling crops of `lengths` to `size` (and then some)."""
+    return math.ceil(4 * max(float(lengths.max()) / size, 1.0)) + 2
 
-    PIL stores the horizontal pass in uint8, which clips bicubic overshoot at sharp edges before the
-    vertical pass; one 2-D interpolation would keep it and differ by up to ~10 grey levels there.
+
+def pil_resample_weights(start: torch.Tensor, length: torch.Tensor, extent: int, size: int,
+                         n_taps: int) -> torch.Tensor:
+    """float (n, extent, K, size): weight of source pixel x in output pixel i of crop k (n images, K crops each).
+
+    PIL's antialiased bicubic (a = -0.5) resampling of the crop [start, start + length) to `size`
+    pixels: output pixel i is centred at (i + 0.5) * scale in the crop (scale = length / size), the
+    filter is widened by the scale when downsampling, taps outside the crop are dropped and each
+    row of taps is normalised to sum 1 (ImagingResample's precompute_coeffs, torch's antialias path).
+    The `n_taps` (tap_count) taps around each output pixel are computed, then scattered into the
+    dense matrix.
     """
-    wide = F.interpolate(x, size=(x.shape[-2], size), mode="bicubic", align_corners=False, antialias=True)
-    return F.interpolate(wide.clamp_(0, 1), size=(size, size), mode="bicubic", align_corners=False,
-                         antialias=True).clamp_(0, 1)
+    scale = (length / size)[:, None, :, None]  # (n, 1, K, 1)
+    widen = scale.clamp(min=1)
+    centre = (torch.arange(size, device=start.device) + 0.5) * scale  # (n, 1, K, size), crop coordinates
+    first = (centre - 2 * widen + 0.5).floor().clamp_(min=0)
+    x = first + torch.arange(n_taps, device=start.device)[None, :, None, None]  # (n, taps, K, size)
+    taps = _bicubic((x - centre + 0.5) / widen) * (x < length[:, None, :, None])
+    index = (x + start[:, None, :, None]).clamp_(max=extent - 1).long()  # clipped taps weigh 0
+    dense = torch.zeros(len(start), extent, *taps.shape[2:], device=start.device)
+    return dense.scatter_add_(1, index, taps / taps.sum(1, keepdim=True))
+
+
+def _bicubic(t: torch.Tensor) -> torch.Tensor:
+    """PIL's bicubic filter with a = -0.5: zero from |t| = 2 on."""
+    t = t.abs()
+    near = (1.5 * t - 2.5) * t * t + 1
+    far = ((-0.5 * t + 2.5) * t - 4) * t + 2
+    return torch.where(t < 1, near, torch.where(t < 2, far, 0.0))
+
+
+def _resample(image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, unit: float) -> torch.Tensor:
+    """(K, 3, S, S) crops of one (3, H, W) image: columns first, clipped to [0, unit] as PIL's uint8 pass is."""
+    c, h, w = image.shape
+    _, k, s = cols.shape
+    source = image.to(torch.float32, memory_format=torch.contiguous_format).view(c * h, w)
+    wide = torch.mm(source, cols[:w].reshape(w, k * s)).clamp_(0, unit)
+    return torch.einsum("hki,chkj->kcij", rows[:h], wide.view(c, h, k, s))
+
+
+def _unit(images: list[torch.Tensor]) -> float:
+    """255 for uint8 images, 1 for float ones; one kind per batch."""
+    kinds = {img.dtype for img in images}
+    if len(kinds) != 1:
+        raise ValueError(f"images of one batch must share a dtype, not {sorted(map(str, kinds))}")
+    return 255.0 if kinds == {torch.uint8} else 1.0
+
+
+def _chunks(shapes: list[tuple[int, int]], crop_pixels: int) -> list[tuple[int, int]]:
+    """[start, stop) runs of images whose resampling weights hold at most RESAMPLE_ELEMENTS (one image at least)."""
+    runs, start, widest = [], 0, 0
+    for k, (h, w) in enumerate(shapes):
+        widest = max(widest, h, w)
+        if k > start and (k + 1 - start) * widest * crop_pixels > RESAMPLE_ELEMENTS:
+            runs.append((start, k))
+            start, widest = k, max(h, w)
+    return [*runs, (start, len(shapes))]
 
 
 def color_jitter(x: torch.Tensor, apply: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,

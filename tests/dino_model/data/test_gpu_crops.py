@@ -156,6 +156,38 @@ def test_resized_crops_equal_torchvision_resized_crop_and_pil_within_rounding():
 
 
 @needs_kornia
+@pytest.mark.parametrize("limit", [None, 1])  # the default chunking, and one image per chunk
+def test_resized_crops_of_a_batch_of_differently_sized_images_equal_each_crop_resized_alone(monkeypatch, limit):
+    import dino_model.data.gpu_crops as gpu_crops
+
+    if limit:
+        monkeypatch.setattr(gpu_crops, "RESAMPLE_ELEMENTS", limit)
+    shapes = [(60, 80), (33, 47), (80, 20)]
+    images = [TF.gaussian_blur(0.2 + 0.6 * torch.rand(3, h, w), [5, 5], [2.0, 2.0]) for h, w in shapes]
+    boxes = [[[0, 0, 60, 80], [5, 7, 30, 41]], [[2, 3, 30, 40], [1, 2, 3, 4]], [[10, 0, 70, 20], [79, 19, 1, 1]]]
+    ours = gpu_crops.resized_crops(images, boxes, 16)
+    assert ours.shape == (2, 3, 3, 16, 16)
+    for b, (image, image_boxes) in enumerate(zip(images, boxes, strict=True)):
+        for c, (top, left, h, w) in enumerate(image_boxes):
+            ref = TF.resized_crop(image, top, left, h, w, [16, 16], InterpolationMode.BICUBIC, antialias=True)
+            torch.testing.assert_close(ours[c, b], ref.clamp(0, 1), atol=1e-5, rtol=0)
+
+
+@needs_kornia
+def test_resampling_weights_are_normalised_and_stay_inside_each_crop():
+    from dino_model.data.gpu_crops import pil_resample_weights, resized_crops, tap_count
+
+    start, length = torch.tensor([[0.0, 10.0, 37.0]]), torch.tensor([[50.0, 7.0, 13.0]])
+    weights = pil_resample_weights(start, length, 50, 9, tap_count(length, 9))[0]  # (extent, crops, size)
+    torch.testing.assert_close(weights.sum(0), torch.ones(3, 9))
+    x = torch.arange(50)[:, None]
+    inside = (x >= start[0]) & (x < start[0] + length[0])
+    assert (weights[~inside[:, :, None].expand_as(weights)] == 0).all()
+    with pytest.raises(ValueError, match="share a dtype"):
+        resized_crops([torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(3, 4, 4)], [[[0, 0, 4, 4]]] * 2, 2)
+
+
+@needs_kornia
 def test_color_jitter_equals_torchvision_ops_applied_in_each_samples_order():
     import kornia
 
