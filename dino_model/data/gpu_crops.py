@@ -182,9 +182,9 @@ def pil_resample_weights(start: torch.Tensor, length: torch.Tensor, extent: int,
     first = (centre - 2 * widen + 0.5).floor().clamp_(min=0)
     x = first + torch.arange(n_taps, device=start.device)[None, :, None, None]  # (n, taps, K, size)
     taps = _bicubic((x - centre + 0.5) / widen) * (x < length[:, None, :, None])
-    index = (x + start[:, None, :, None]).clamp_(max=extent - 1).long()  # clipped taps weigh 0
-    dense = torch.zeros(len(start), extent, *taps.shape[2:], device=start.device)
-    return dense.scatter_add_(1, index, taps / taps.sum(1, keepdim=True))
+    index = (x + start[:, None, :, None]).long()  # distinct per output pixel; below extent + n_taps
+    dense = torch.zeros(len(start), extent + n_taps, *taps.shape[2:], device=start.device)
+    return dense.scatter_(1, index, taps / taps.sum(1, keepdim=True))[:, :extent]
 
 
 def _bicubic(t: torch.Tensor) -> torch.Tensor:
