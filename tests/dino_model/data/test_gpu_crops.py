@@ -288,6 +288,22 @@ def test_output_shapes_dtypes_and_normalisation():
 
 
 @needs_kornia
+def test_crops_and_augmentation_never_wait_for_the_device():
+    """On the meta device any read of a device value (item, nonzero, a bool of a device tensor) raises:
+    on CUDA each such read would stall the host until the GPU catches up."""
+    from dino_model.data.gpu_crops import GpuMultiCrop
+
+    transform = GpuMultiCrop(OFFICIAL, "meta")
+    shapes = [(375, 500), (40, 400), (500, 333)]
+    images = [torch.empty(3, h, w, dtype=torch.uint8, device="meta") for h, w in shapes]
+    specs = transform.specs
+    params = crop_params(draw_uniforms([3, 4, 5], len(specs)), torch.tensor(shapes), specs, OFFICIAL)
+    crops = transform.crops(images, params)
+    assert [(c.device.type, tuple(c.shape)) for c in crops] == [("meta", (3, 3, 224, 224))] * 2 + [
+        ("meta", (3, 3, 96, 96))] * 10
+
+
+@needs_kornia
 def test_crops_depend_on_the_image_seed_only():
     from dino_model.data.gpu_crops import GpuMultiCrop
 
