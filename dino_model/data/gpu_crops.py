@@ -145,7 +145,7 @@ def resized_crops(images: list[torch.Tensor], boxes: list[list[list[int]]], size
     """float (n_crops, B, 3, size, size) in [0, 1]: box [top, left, height, width] of each image, bicubic.
 
     `images` are all uint8 as decoded, or all float in [0, 1]. All crops of one image are two matrix
-    products (rows, then columns), so the work launched per image does not grow with the crop count.
+    products (columns, then rows), so the work launched per image does not grow with the crop count.
     """
     unit = _unit(images)
     box = torch.tensor(boxes, dtype=torch.float32)  # (B, K, 4)
