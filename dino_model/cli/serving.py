@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from dino_model.cli.options import add_lineage_args, lineage_from_args, print_result
+from dino_model.export.triton_config import RepositoryOptions
 from dino_model.serving.server import TritonServer
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,12 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
 
 
 def _register_deploy(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("deploy", help="roll a new version out on a live Triton, keeping the old one on failure")
+    p = sub.add_parser("deploy", help="put a model in service on a live Triton: version 1 on a server serving none, "
+                                      "else N+1 rolled out over N, which keeps serving on failure")
     p.add_argument("--onnx", help="file written by `dino-mlops export` (its <stem>.export.json is the export record)")
+    p.add_argument("--flavour", choices=("gpu", "cpu"), default=RepositoryOptions.flavour,
+                   help="backend of a first version (gpu: onnxruntime backend of NVIDIA's image; cpu: Python "
+                        "backend, as the bundled tritonserver has); later versions keep the served one's")
     p.add_argument("--recover", action="store_true",
                    help="only finish a deploy that was killed (roll forward or back per its journal) and clean up")
     p.add_argument("--repository", required=True, help="the live server's model repository")
@@ -125,7 +130,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_deploy(args: argparse.Namespace) -> int:
     from dino_model.errors import ConfigError
-    from dino_model.serving.rollout import deploy, recover
+    from dino_model.serving.release import release
+    from dino_model.serving.rollout import recover
     from dino_model.serving.server import admin_headers_for
 
     headers = admin_headers_for(args.repository, args.admin_key_file, env=args.admin_key_env, header=args.admin_header)
@@ -138,9 +144,9 @@ def run_deploy(args: argparse.Namespace) -> int:
         return 0
     if not args.onnx:
         raise ConfigError("deploy needs --onnx FILE (or --recover to finish an interrupted deploy)")
-    print_result(deploy(args.onnx, args.repository, url=args.url, model_name=args.model_name,
-                        smoke_image_dir=args.smoke_images, tolerance=args.tolerance, lineage=lineage_from_args(args),
-                        load_timeout_s=args.load_timeout, headers=headers))
+    print_result(release(args.onnx, args.repository, url=args.url, model_name=args.model_name, flavour=args.flavour,
+                         smoke_image_dir=args.smoke_images, tolerance=args.tolerance, lineage=lineage_from_args(args),
+                         load_timeout_s=args.load_timeout, headers=headers))
     return 0
 
 

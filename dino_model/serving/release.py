@@ -29,20 +29,26 @@ logger = logging.getLogger(__name__)
 
 def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
             flavour: str = "gpu", load_timeout_s: float = 600.0, record: LineageRecord | None = None,
-            gateway: str | None = None, replicas: Sequence[str] = ()) -> dict[str, Any]:
+            gateway: str | None = None, replicas: Sequence[str] = (), headers: dict[str, str] | None = None,
+            smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
+            lineage: dict[str, str] | None = None) -> dict[str, Any]:
     """Deploy `onnx_path` as the next version of `model_name`; returns the deployment record.
 
-    `replicas`: every server sharing `repository` (client.replica_urls), all switched together. A
-    successful deployment is recorded at the Pushgateway `gateway` (None: $DINO_PUSHGATEWAY).
+    `flavour` is the backend of a first version (later ones keep the served one's). `replicas`: every
+    server sharing `repository` (client.replica_urls), all switched together. `headers` carry the
+    admin key (default: the key found for `repository`). `smoke_image_dir`, `tolerance` and `lineage`
+    go to the rollout of a later version (rollout.deploy). A successful deployment is recorded at the
+    Pushgateway `gateway` (None: $DINO_PUSHGATEWAY).
     """
-    client = EmbeddingClient(url, check_model_name(model_name), timeout_s=60.0, replicas=replicas,
-                             headers=admin_headers_for(repository))  # the key of the server of `repository`
+    headers = headers or admin_headers_for(repository)  # the key of the server of `repository`
+    client = EmbeddingClient(url, check_model_name(model_name), timeout_s=60.0, replicas=replicas, headers=headers)
     if ready_versions(client):
         result = deploy(onnx_path, repository, url=url, model_name=model_name, load_timeout_s=load_timeout_s,
-                        record=record, replicas=replicas)
+                        record=record, replicas=replicas, headers=headers, smoke_image_dir=smoke_image_dir,
+                        tolerance=tolerance, lineage=lineage)
     else:
         result = _first_release(client, onnx_path, Path(repository), flavour=flavour, load_timeout_s=load_timeout_s,
-                                record=record)
+                                record=record, lineage=lineage)
     from dino_model.monitoring.metrics import record_deployment
 
     record_deployment(model_name, result["version"], data_version=result.get("lineage", {}).get("data_version", ""),
@@ -51,16 +57,17 @@ def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_na
 
 
 def _first_release(client: EmbeddingClient, onnx_path: str | Path, repository: Path, *, flavour: str,
-                   load_timeout_s: float, record: LineageRecord | None) -> dict[str, Any]:
+                   load_timeout_s: float, record: LineageRecord | None, lineage: dict[str, str] | None
+                   ) -> dict[str, Any]:
     from tritonclient.utils import InferenceServerException
 
     model_dir = repository / client.model_name
-    served_contract(onnx_path, record=record)  # a file that contradicts its export record is refused first
+    served_contract(onnx_path, record=record, **(lineage or {}))  # a file contradicting its record is refused first
     if model_dir.exists():
         shutil.rmtree(model_dir)  # nothing of it serves: a leftover of an earlier failed release
     written = write_model_repository(onnx_path, repository, RepositoryOptions(flavour=flavour,
                                                                               model_name=client.model_name),
-                                     record=record)
+                                     record=record, lineage=lineage)
     try:
         client.raw.load_model(client.model_name, headers=client.headers, client_timeout=load_timeout_s)
     except InferenceServerException as exc:

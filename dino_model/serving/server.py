@@ -117,11 +117,19 @@ def write_admin_key(path: str | Path, key: str) -> Path:
 def find_admin_key(repository: str | Path | None = None, key_file: str | Path | None = None, *,
                    env: str = ADMIN_KEY_ENV) -> str | None:
     """The admin key for the server of `repository`: `key_file`, else the key file beside `repository`
-    (written for the server serving it), else the variable `env`, else None."""
+    (written for the server serving it), else the variable `env`, else None.
+
+    A key file beside the repository that this process may not read belongs to another user (a step
+    in a container sees the local server's file through a read-only mount): the key this process
+    was given in `env` is then the one to use, and without it the error names the file.
+    """
     if key_file:
         return read_admin_key(key_file, private=False)
-    if repository is not None and admin_key_path(repository).is_file():
-        return read_admin_key(admin_key_path(repository), private=False)
+    beside = admin_key_path(repository) if repository is not None else None
+    if beside is not None and beside.is_file() and (os.access(beside, os.R_OK) or not os.environ.get(env)):
+        return read_admin_key(beside, private=False)
+    if beside is not None and beside.is_file():
+        logger.info("the admin key file %s is not readable by this user: using $%s", beside, env)
     return key_from_env(env)
 
 

@@ -143,3 +143,20 @@ def test_deploy_sends_the_admin_key_of_a_restricted_repository_api(start_server,
     monkeypatch.setenv("TRITON_ADMIN_KEY", "s3cret")
     code = run_cli(["deploy", "--onnx", str(tiny_onnx), "--repository", str(cpu_repository), "--url", server.grpc_url])
     assert code == 0 and json.loads(capsys.readouterr().out)["serving_versions"] == [2]
+
+
+def test_deploy_puts_a_first_version_in_service_then_rolls_the_next_out(start_server, tmp_path: Path,
+                                                                        tiny_onnx: Path, run_cli, capsys) -> None:
+    """A new server serves nothing: `deploy` writes, loads and smoke-tests version 1, then rolls out 2."""
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    server = start_server(repository)
+    deploy_cli = ["deploy", "--onnx", str(tiny_onnx), "--repository", str(repository), "--url", server.grpc_url,
+                  "--flavour", "cpu"]
+    assert run_cli(deploy_cli) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "deployed" and first["version"] == 1 and first["serving_versions"] == [1]
+    assert first["lineage"]["data_version"] and first["smoke"]["passed"]
+    assert run_cli(deploy_cli) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["version"] == 2 and second["previous_versions"] == [1] and second["serving_versions"] == [2]
