@@ -1,0 +1,82 @@
+"""The README's container demo, `bash scripts/demo.sh --containers`, from a clean clone, as a new user runs it.
+
+No separate data repository: the demo versions the digits in the clone itself and mounts the checkout
+read-only into every step, the local server's key file beside its model repository included, which is
+what broke the deploy step before. The clone is of this checkout's HEAD (uncommitted changes are not in
+it) and shares this checkout's `.venv` by a link, so bootstrap finds its stamp and installs nothing; the
+image is built from the clone (cached layers). Afterwards the test stops the clone's Triton server with
+the README's command and checks that the demo stopped the Docker daemon it started, or left alone one
+that was already running, and said which.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.triton]
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def clean_clone() -> Iterator[Path]:
+    """A clone of HEAD that uid 10001 (the image's user) may read, with this checkout's environment linked."""
+    base = Path(tempfile.mkdtemp(prefix="demo-clone-"))
+    base.chmod(0o755)
+    clone = base / "dino-mlops"
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True, timeout=120)
+    (clone / ".venv").symlink_to(REPO_ROOT / ".venv")
+    try:
+        yield clone
+    finally:
+        stop = subprocess.run([".venv/bin/dino-mlops", "pipeline", "stop-local"], cwd=clone, capture_output=True,
+                              text=True, timeout=120)
+        logger.info("stop-local: %s %s", stop.stdout, stop.stderr[-500:])
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _summary(stdout: str) -> dict:
+    """The JSON object the pipeline run prints last."""
+    start = stdout.rfind("\n{")
+    return json.loads(stdout[start + 1 if start >= 0 else stdout.index("{"):])
+
+
+def _daemon_running(env: dict[str, str]) -> bool:
+    return subprocess.run(["docker", "info"], env=env, capture_output=True).returncode == 0
+
+
+def test_the_readme_container_demo_runs_end_to_end_from_a_clean_clone(docker_env, clean_clone: Path,
+                                                                      capsys) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DINO_") and k != "TRITON_ADMIN_KEY"}
+    was_running = _daemon_running(docker_env)
+    demo = subprocess.run(["bash", "scripts/demo.sh", "--containers"], cwd=clean_clone, env=env,
+                          capture_output=True, text=True, timeout=2400)
+    with capsys.disabled():
+        print(f"\n--- bash scripts/demo.sh --containers (exit {demo.returncode}), its output's end ---\n"
+              f"{demo.stdout[-4000:]}\n{demo.stderr[-2500:]}")
+    assert demo.returncode == 0, demo.stderr[-4000:]
+    summary = _summary(demo.stdout)
+    assert [m["version"] for m in summary["deployed"]] == ["1"]
+    assert summary["scores"]["knn_top1"] > 0 and {"model.onnx", "checkpoint.pth"} <= set(summary["artifacts"])
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", summary["endpoint"]["grpc"])
+
+    from dino_model.serving.client import EmbeddingClient
+
+    lineage = EmbeddingClient(summary["endpoint"]["grpc"], "dino").served.contract.lineage
+    assert lineage["data_version"] == summary["data_version"]["md5"]
+    assert "left running: the local Triton server" in demo.stderr
+    if was_running:
+        assert "already running" in demo.stderr and _daemon_running(docker_env)
+    else:
+        assert "stopped the Docker daemon it started" in demo.stderr and not _daemon_running(docker_env)
