@@ -178,28 +178,43 @@ def parse_map(report: str) -> dict[tuple[str, str], str]:
     return pairs
 
 
-def analyze(policies: list[Resource], world: list[Resource], workdir: Path) -> Connectivity:
-    """Run `nca --connectivity` with `policies` (NetworkPolicies only) over the pods and namespaces in
-    `world`; raises RuntimeError with nca's output when it fails or prints no map."""
+def _run(query: str, policies: list[Resource], world: list[Resource], workdir: Path,
+         *extra: str) -> subprocess.CompletedProcess[str]:
+    """`nca --<query> POLICIES --resource_list WORLD ...` with both written as YAML files under `workdir`."""
     exe = nca()
     if exe is None:
         raise RuntimeError("nca not found: install the test extra (network-config-analyzer)")
     bad = [r["kind"] for r in policies if r["kind"] != "NetworkPolicy"]
     if bad:
-        raise ValueError(f"only NetworkPolicies go to --connectivity, got {bad}")
+        raise ValueError(f"only NetworkPolicies are analysed as policies, got {bad}")
     workdir.mkdir(parents=True, exist_ok=True)
     policy_file, world_file = workdir / "policies.yaml", workdir / "world.yaml"
     policy_file.write_text(yaml.safe_dump_all(policies, sort_keys=False))
     world_file.write_text(yaml.safe_dump_all(world, sort_keys=False))
-    done = subprocess.run(
-        [exe, "--connectivity", str(policy_file), "--resource_list", str(world_file),
-         "--output_format", "txt_no_fw_rules"],
-        capture_output=True, text=True, check=False, timeout=300,
-    )
+    command = [exe, f"--{query}", str(policy_file), "--resource_list", str(world_file), *extra]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+
+
+def analyze(policies: list[Resource], world: list[Resource], workdir: Path) -> Connectivity:
+    """Run `nca --connectivity` with `policies` (NetworkPolicies only) over the pods and namespaces in
+    `world`; raises RuntimeError with nca's output when it fails or prints no map."""
+    done = _run("connectivity", policies, world, workdir, "--output_format", "txt_no_fw_rules")
     pairs = parse_map(done.stdout)
     if done.returncode != 0 or not pairs:
         raise RuntimeError(f"nca failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
     return Connectivity(pairs, done.stdout)
+
+
+def sanity(policies: list[Resource], world: list[Resource], workdir: Path) -> list[str]:
+    """nca's sanity query (redundant policies and rules, selectors that select nothing or everything):
+    its findings about the policies as lines, empty when the policies passed without a warning."""
+    done = _run("sanity", policies, world, workdir)
+    passed = "passed sanity check" in done.stdout
+    findings = [line.strip() for line in (done.stdout + done.stderr).splitlines()
+                if "policies.yaml" in line and ("Warning" in line or "Error" in line or "redundant" in line.lower())]
+    if not passed and not findings:
+        findings = [f"nca --sanity did not pass (exit {done.returncode}):", done.stdout, done.stderr]
+    return findings
 
 
 def network_policies(resources: list[Resource]) -> list[Resource]:

@@ -15,14 +15,24 @@ verdicts are printed per overlay and topology so that CI logs show what the anal
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from k8s_nca import Connectivity, Pod, analyze, namespace_manifest, pods_of, render_in_namespace
-from k8s_render import INSTALLS, LAUNCHES, all_pod_templates, find, selector_matches
+from k8s_nca import (
+    Connectivity,
+    Pod,
+    analyze,
+    connections_allow,
+    namespace_manifest,
+    pods_of,
+    render_in_namespace,
+    sanity,
+)
+from k8s_render import INSTALLS, LAUNCHES, all_pod_templates, find, render, selector_matches
 
 INSTALL_NAMESPACE = {"dev": "dino-mlops-dev", "prod-gpu": "dino-mlops"}
 TOPOLOGIES = ("multi-user", "standalone")
@@ -53,6 +63,7 @@ class World:
     namespace: str
     pods: dict[str, Pod]  # role -> modelled pod
     connectivity: Connectivity
+    sanity: list[str]  # nca's sanity findings about the policies
 
     def endpoint(self, role: str) -> str:
         return self.pods[role].endpoint if role in self.pods else role
@@ -60,6 +71,12 @@ class World:
     def allows(self, check: Check) -> bool:
         return self.connectivity.allows(self.pods[check.src].endpoint, self.endpoint(check.dst), check.port,
                                         check.protocol)
+
+
+def _cases() -> Iterator[tuple[str, str]]:
+    for env in sorted(INSTALLS):
+        for topology in TOPOLOGIES:
+            yield env, topology
 
 
 def _compiled_pipeline(workdir: Path) -> list[dict]:
@@ -105,6 +122,7 @@ def _world_pods(compiled: list[dict], namespace: str, topology: str, project: di
         "kfp-gate": Pod(namespace, "kfp-gate", _step_labels(compiled, "quality-gate")),
         "kfp-deploy": Pod(namespace, "kfp-deploy", _step_labels(compiled, "deploy-to-triton")),
         "dns": Pod("kube-system", "coredns", {"k8s-app": "kube-dns"}),
+        "kube-proxy": Pod("kube-system", "kube-proxy", {"k8s-app": "kube-proxy"}),
         "prometheus": Pod("monitoring", "prometheus", {"app.kubernetes.io/name": "prometheus"}),
         "pushgateway": Pod("monitoring", "pushgateway", {"app.kubernetes.io/name": "prometheus-pushgateway"}),
         "other-team": Pod("team-b", "notebook", {"app": "notebook", **TRITON_CLIENT}),
@@ -122,27 +140,39 @@ def _project_pods(installed: list[dict], launched: list[dict], namespace: str) -
             "pretrain-master": by_name["dino-pretrain-master"], "pretrain-worker": by_name["dino-pretrain-worker"]}
 
 
-def _build_world(env: str, topology: str, rendered, compiled: list[dict], workdir: Path) -> World:
+def _rendered_for(env: str, topology: str, rendered, workdir: Path) -> tuple[str, list[dict], list[dict]]:
+    """(install namespace, installed resources, launched pretraining resources) of `env` in `topology`."""
     if topology == "standalone":
-        namespace = KFP
-        installed = render_in_namespace(INSTALLS[env], namespace, workdir / "install")
-        launched = render_in_namespace(LAUNCHES[env], namespace, workdir / "launch")
-    else:
-        namespace = INSTALL_NAMESPACE[env]
-        installed, launched = rendered[env], rendered[f"{env}/pretrain"]
+        installed = render_in_namespace(INSTALLS[env], KFP, workdir / "install")
+        return KFP, installed, render_in_namespace(LAUNCHES[env], KFP, workdir / "launch")
+    return INSTALL_NAMESPACE[env], rendered[env], rendered[f"{env}/pretrain"]
+
+
+def _world_of(namespace: str, topology: str, installed: list[dict], launched: list[dict],
+              compiled: list[dict]) -> tuple[dict[str, Pod], list[dict], list[dict]]:
+    """(pods by role, the namespaces and pods as manifests, the NetworkPolicies) of one install."""
     pods = _world_pods(compiled, namespace, topology, _project_pods(installed, launched, namespace))
     profile = {"app.kubernetes.io/part-of": "kubeflow-profile"} if topology == "multi-user" else {}
     namespaces = {KFP: {}, "kube-system": {}, "monitoring": {}, "team-b": {}, namespace: profile}
     world = [namespace_manifest(name, labels) for name, labels in namespaces.items()]
     world += [pod.manifest() for pod in pods.values()]
-    policies = find(installed, "NetworkPolicy") + find(launched, "NetworkPolicy")
-    connectivity = analyze(policies, world, workdir / "nca")
-    return World(env, topology, namespace, pods, connectivity)
+    return pods, world, find(installed, "NetworkPolicy") + find(launched, "NetworkPolicy")
+
+
+def _build_world(env: str, topology: str, rendered, compiled: list[dict], workdir: Path) -> World:
+    namespace, installed, launched = _rendered_for(env, topology, rendered, workdir)
+    pods, world, policies = _world_of(namespace, topology, installed, launched, compiled)
+    return World(env, topology, namespace, pods, analyze(policies, world, workdir / "nca"),
+                 sanity(policies, world, workdir / "sanity"))
 
 
 @pytest.fixture(scope="module")
-def worlds(rendered, tmp_path_factory) -> dict[tuple[str, str], World]:
-    compiled = _compiled_pipeline(tmp_path_factory.mktemp("pipeline"))
+def compiled(tmp_path_factory) -> list[dict]:
+    return _compiled_pipeline(tmp_path_factory.mktemp("pipeline"))
+
+
+@pytest.fixture(scope="module")
+def worlds(rendered, compiled, tmp_path_factory) -> dict[tuple[str, str], World]:
     return {(env, topology): _build_world(env, topology, rendered, compiled, tmp_path_factory.mktemp(env + topology))
             for env, topology in _cases()}
 
@@ -167,12 +197,6 @@ def _assert_checks(world: World, title: str, checks: list[Check], capsys) -> Non
         f"{world.env}/{world.topology}: nca disagrees on "
         + "; ".join(f"{c} should be {'allowed' if c.allow else 'denied'}" for c in wrong)
     )
-
-
-def _cases() -> Iterator[tuple[str, str]]:
-    for env in sorted(INSTALLS):
-        for topology in TOPOLOGIES:
-            yield env, topology
 
 
 CASES = pytest.mark.parametrize(("env", "topology"), list(_cases()))
@@ -273,9 +297,8 @@ def test_the_model_covers_every_pod(worlds, env: str, topology: str) -> None:
     assert not missing, f"nca's map has no {sorted(missing)}:\n{world.connectivity.report}"
 
 
-def test_every_pipeline_step_that_calls_triton_is_labelled(tmp_path) -> None:
+def test_every_pipeline_step_that_calls_triton_is_labelled(compiled) -> None:
     """A step that is given Triton's address must carry the label Triton's policy admits, or it is refused."""
-    compiled = _compiled_pipeline(tmp_path)
     components = compiled[0]["components"]
     callers = [name.removeprefix("comp-") for name, spec in components.items()
                if "triton_url" in spec.get("inputDefinitions", {}).get("parameters", {})]
@@ -301,3 +324,66 @@ def test_every_policy_selects_only_project_pods(rendered, env: str) -> None:
         assert selector, f"{name} selects every pod of the namespace (KFP's too, when they share it)"
         assert any(selector_matches(selector, labels) for labels in project), f"{name} selects no workload"
         assert not any(selector_matches(selector, labels) for labels in foreign), f"{name} selects foreign pods"
+
+
+@CASES
+def test_nca_finds_nothing_to_warn_about(worlds, env: str, topology: str) -> None:
+    """nca's sanity query: no redundant policy or rule, no selector that selects nothing (a mistyped label)."""
+    findings = worlds[env, topology].sanity
+    assert not findings, f"{env}/{topology}: nca --sanity:\n" + "\n".join(findings)
+
+
+def test_an_overlay_narrows_the_retraining_checks_https_to_its_endpoints(rendered, compiled, tmp_path, capsys) -> None:
+    """The documented patch of retrain-https (docs/operations.md) limits HTTPS to the listed ranges."""
+    overlay = tmp_path / "narrowed"
+    overlay.mkdir()
+    patch = [{"op": "replace", "path": "/spec/egress/0/to",
+              "value": [{"ipBlock": {"cidr": "140.82.112.0/20"}}, {"ipBlock": {"cidr": f"{DVC_REMOTE}/32"}}]}]
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": [os.path.relpath(INSTALLS["prod-gpu"], overlay)],
+                     "patches": [{"target": {"kind": "NetworkPolicy", "name": "retrain-https"},
+                                  "patch": yaml.safe_dump(patch)}]}
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    namespace = INSTALL_NAMESPACE["prod-gpu"]
+    pods, world, policies = _world_of(namespace, "multi-user", render(overlay), rendered["prod-gpu/pretrain"], compiled)
+    narrowed = World("prod-gpu + narrowed retrain-https", "multi-user", namespace, pods,
+                     analyze(policies, world, tmp_path / "nca"), [])
+    checks = [Check("retrain", GIT_HOST, 443, True), Check("retrain", DVC_REMOTE, 443, True),
+              Check("retrain", "52.216.8.11", 443, False), Check("retrain", "8.8.8.8", 443, False),
+              Check("retrain", GIT_HOST, 22, False), Check("retrain", "ml-pipeline", 8888, True),
+              Check("kfp-step", "8.8.8.8", 443, True)]  # the pipeline's own pods are not narrowed
+    _assert_checks(narrowed, "HTTPS narrowed to 140.82.112.0/20 and the DVC remote", checks, capsys)
+
+
+@pytest.mark.parametrize(("text", "port", "protocol", "allowed"), [
+    ("All connections", 1, "UDP", True),
+    ("No connections", 443, "TCP", False),
+    ("{protocols:TCP,dst_ports:443}", 443, "TCP", True),
+    ("{protocols:TCP,dst_ports:443}", 443, "UDP", False),
+    ("{protocols:TCP,dst_ports:443}", 80, "TCP", False),
+    ("{protocols:TCP, UDP,dst_ports:53}", 53, "UDP", True),
+    ("{protocols:TCP,dst_ports:8000-8001}", 8001, "TCP", True),
+    ("{protocols:TCP,dst_ports:8000-8001}", 8002, "TCP", False),
+    ("{protocols:TCP,dst_ports:53,8000-8001},{protocols:UDP,dst_ports:53}", 8000, "TCP", True),
+    ("{protocols:TCP,dst_ports:53,8000-8001},{protocols:UDP,dst_ports:53}", 8000, "UDP", False),
+    ("{protocols:TCP}", 12345, "TCP", True),
+    ("All but {protocols:TCP,dst_ports:22}", 22, "TCP", False),
+    ("All but {protocols:TCP,dst_ports:22}", 23, "TCP", True),
+])
+def test_reading_ncas_connection_text(text: str, port: int, protocol: str, allowed: bool) -> None:
+    assert connections_allow(text, port, protocol) is allowed
+
+
+def test_connection_text_this_reader_does_not_know_is_an_error() -> None:
+    with pytest.raises(ValueError, match="paths"):
+        connections_allow("{protocols:TCP,paths:/admin}", 80)
+    with pytest.raises(ValueError, match="unexpected"):
+        connections_allow("some new wording", 80)
+
+
+def test_ip_destinations_are_found_in_ncas_ranges() -> None:
+    ranges = "0.0.0.0-9.255.255.255,11.0.0.0-255.255.255.255"
+    conn = Connectivity({("a/x[Pod]", ranges): "{protocols:TCP,dst_ports:443}"}, "")
+    assert conn.allows("a/x[Pod]", "8.8.8.8", 443)
+    assert not conn.allows("a/x[Pod]", "10.1.2.3", 443)
+    assert not conn.allows("a/y[Pod]", "8.8.8.8", 443)
