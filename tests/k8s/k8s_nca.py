@@ -22,10 +22,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
-from k8s_render import Resource, all_pod_templates, find, render
+from k8s_render import Resource, all_pod_templates, render
 
 # one line of the map: "ns/name[Pod] => 0.0.0.0-255.255.255.255 : {protocols:TCP,dst_ports:443}"
 _LINE = re.compile(r"^(?P<src>\S+) => (?P<dst>\S+) : (?P<conns>.+)$")
@@ -216,10 +215,3 @@ def sanity(policies: list[Resource], world: list[Resource], workdir: Path) -> li
         findings = [f"nca --sanity did not pass (exit {done.returncode}):", done.stdout, done.stderr]
     return findings
 
-
-def network_policies(resources: list[Resource]) -> list[Resource]:
-    return find(resources, "NetworkPolicy")
-
-
-def labels_of(resource: dict[str, Any]) -> dict[str, str]:
-    return resource.get("metadata", {}).get("labels", {})
