@@ -49,14 +49,23 @@ def use_data_repo_credentials(task: PipelineTask) -> PipelineTask:
 
 TRITON_MODELS_CLAIM = "triton-models"
 TRITON_ADMIN_SECRET = "triton-admin-key"
+# the pod label Triton's NetworkPolicy admits to its gRPC/HTTP ports (k8s/base/network/triton.yaml)
+TRITON_CLIENT_LABEL = ("dino-mlops/triton-client", "true")
+
+
+def call_triton(task: PipelineTask) -> PipelineTask:
+    """Let the task's pod connect to Triton: it carries the label Triton's NetworkPolicy admits. Every step
+    given `triton_url` needs it (the quality gate reads the served model's lineage, the deploy step loads)."""
+    key, value = TRITON_CLIENT_LABEL
+    kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    return task
 
 
 def use_triton_repository(task: PipelineTask) -> PipelineTask:
     """The claim Triton serves from, read-write at /models, and the admin key of its repository API: only
     the deploy step gets them. It runs in the namespace of the claim (docs/operations.md) and carries the
-    label the NetworkPolicy `triton-clients` lets through to Triton."""
+    label Triton's NetworkPolicy admits (call_triton)."""
     kubernetes.mount_pvc(task, pvc_name=TRITON_MODELS_CLAIM, mount_path="/models")
     kubernetes.use_secret_as_env(task, secret_name=TRITON_ADMIN_SECRET,
                                  secret_key_to_env={"admin-key": "TRITON_ADMIN_KEY"})
-    kubernetes.add_pod_label(task, label_key="dino-mlops/triton-client", label_value="true")
-    return task
+    return call_triton(task)

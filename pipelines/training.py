@@ -23,6 +23,7 @@ from components.evaluate import (
 )
 from components.train import gpu_placement, pretrain
 from pipelines.resources import (
+    call_triton,
     request_gpus,
     request_resources,
     use_data_repo_credentials,
@@ -129,6 +130,7 @@ def dino_training_pipeline(
     gate = quality_gate(knn_top1=knn.outputs["Output"], min_top1=min_knn_top1, require_not_worse=require_not_worse,
                         triton_url=triton_url, model_name=model_name)
     gate.set_caching_options(enable_caching=False)  # the serving model changes between runs
+    call_triton(gate)  # reads the serving model's score from Triton
     with dsl.If(gate.output == "deploy", name="quality-gate-passed"):
         onnx = export_onnx(model=model, data=dataset, train_subdir=train_subdir, knn_report=knn.outputs["report_json"],
                            linear_report=linear.outputs["report_json"])
