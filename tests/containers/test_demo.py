@@ -11,6 +11,7 @@ that was already running, and said which.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ def clean_clone() -> Iterator[Path]:
     clone = base / "dino-mlops"
     subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True, timeout=120)
     (clone / ".venv").symlink_to(REPO_ROOT / ".venv")
+    _require_installed_for(clone)
     try:
         yield clone
     finally:
@@ -46,6 +48,16 @@ def clean_clone() -> Iterator[Path]:
                               text=True, timeout=120)
         logger.info("stop-local: %s %s", stop.stdout, stop.stderr[-500:])
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _require_installed_for(clone: Path) -> None:
+    """The linked environment was installed from this pyproject.toml, so the clone's bootstrap installs nothing
+    (an install from the clone would point the shared environment's editable package at the clone)."""
+    stamp = REPO_ROOT / ".venv" / ".dino-mlops-installed"
+    wanted = hashlib.sha256((clone / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.is_file() or stamp.read_text().strip() != wanted:
+        pytest.fail(f"{REPO_ROOT / '.venv'} was not installed from HEAD's pyproject.toml: run "
+                    "`bash scripts/bootstrap.sh` (scripts/test.sh does) and commit pyproject.toml first")
 
 
 def _summary(stdout: str) -> dict:
