@@ -87,6 +87,9 @@ def submit(host: str, *, params: dict[str, Any], experiment: str = "dino-mlops",
     """
     if schedule:
         check_cron(schedule)
+        if not params.get("data_repo"):
+            raise ConfigError("a recurring run needs the data repository: add --param data_repo=<git URL> (its "
+                              "data step has nothing to clone otherwise, and every scheduled run would fail)")
     if registered and "@" not in registered:
         raise ConfigError(f"registered pipeline {registered!r} must be NAME@VERSION, e.g. dino-training@0.1.0")
     kwargs = {"params": params, "experiment": experiment, "run_name": run_name, "schedule": schedule,
