@@ -165,11 +165,11 @@ def setting(podman, tmp_path: Path) -> Iterator[dict]:
                "token_dir": token_dir}
     finally:
         recorder.close()
-        assert not recorder.invalid, recorder.invalid
         podman("pod", "rm", "-f", f"retrain-{tag}")
         podman("volume", "rm", "-f", claim)
         podman("secret", "rm", secret)
         shutil.rmtree(base, ignore_errors=True)
+    assert not recorder.invalid, f"requests KFP's models reject: {recorder.invalid}"
 
 
 def _play(podman, s: dict, *, kill_when_run_posted: bool = False, timeout: float = 240) -> tuple[int, str]:
