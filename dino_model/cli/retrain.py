@@ -23,8 +23,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dino_model.cli.options import add_renamed, print_result
+
+if TYPE_CHECKING:
+    from pipelines.retrain_settings import RetrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +127,7 @@ def _check_once(args: argparse.Namespace) -> dict:
     return check(current.md5, state_path=args.state, submit=submit, deployed_md5=deployed)
 
 
-def run_settings(args: argparse.Namespace):
+def run_settings(args: argparse.Namespace) -> RetrainSettings:
     """The environment's RetrainSettings with the flags given on the command line in place of its entries.
 
     An empty flag (`--namespace ""`) clears the entry.
