@@ -20,13 +20,36 @@ from dino_model.errors import ConfigError, PipelineError
 logger = logging.getLogger(__name__)
 
 
-def compile_pipeline(output: str | Path) -> Path:
+def compile_pipeline(output: str | Path, *, image: str | None = None) -> Path:
+    """Compile the training pipeline; with `image`, every step must run that image (else PipelineError).
+
+    components/_image.py reads DINO_IMAGE when it is first imported, so `image` is set there before the
+    pipeline is imported; a process that imported the components earlier with another image is told so.
+    """
+    import os
+
     from kfp import compiler
 
+    if image:
+        os.environ["DINO_IMAGE"] = image
     from pipelines.training import dino_training_pipeline
 
     compiler.Compiler().compile(dino_training_pipeline, str(output))
+    if image:
+        found = compiled_images(output)
+        if found != {image}:
+            raise PipelineError(f"the compiled pipeline runs {sorted(found)}, not {image}: components/_image.py "
+                                "was imported with another DINO_IMAGE in this process")
     return Path(output)
+
+
+def compiled_images(package: str | Path) -> set[str]:
+    """The container images of every executor in a compiled pipeline (IR YAML)."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(Path(package).read_text()) if d]
+    executors = docs[0].get("deploymentSpec", {}).get("executors", {})
+    return {e["container"]["image"] for e in executors.values() if "container" in e}
 
 
 def parse_params(items: Sequence[str]) -> dict[str, Any]:
@@ -53,20 +76,32 @@ def check_cron(schedule: str) -> str:
 
 def submit(host: str, *, params: dict[str, Any], experiment: str = "dino-mlops", run_name: str | None = None,
            schedule: str | None = None, package: str | Path | None = None, registered: str | None = None,
-           namespace: str | None = None, client=None, timeout_s: float = 120.0) -> dict[str, Any]:
+           namespace: str | None = None, image: str | None = None, client=None, timeout_s: float = 120.0
+           ) -> dict[str, Any]:
     """Create a run (or a recurring run when `schedule` is given); returns its ids.
 
     The run uses `package`, else the registered pipeline version `registered` ("NAME@VERSION", see
-    `upload`), else the pipeline compiled now. `namespace` is the KFP multi-user profile namespace.
-    Without an injected `client` the call runs in a child process that is killed after `timeout_s`.
+    `upload`), else the pipeline compiled now (running `image` when given). `namespace` is the KFP
+    multi-user profile namespace, passed to every call. Without an injected `client` the call runs in
+    a child process that is killed after `timeout_s`.
     """
     if schedule:
         check_cron(schedule)
+        if not params.get("data_repo"):
+            raise ConfigError("a recurring run needs the data repository: add --param data_repo=<git URL> (its "
+                              "data step has nothing to clone otherwise, and every scheduled run would fail)")
     if registered and "@" not in registered:
         raise ConfigError(f"registered pipeline {registered!r} must be NAME@VERSION, e.g. dino-training@0.1.0")
     kwargs = {"params": params, "experiment": experiment, "run_name": run_name, "schedule": schedule,
-              "package": str(package) if package else None, "registered": registered, "namespace": namespace}
+              "package": str(package) if package else None, "registered": registered, "namespace": namespace,
+              "image": image}
     return _call(_submit, host, kwargs, client, timeout_s)
+
+
+def run_state(host: str, run_id: str, *, namespace: str | None = None, client=None, timeout_s: float = 120.0
+              ) -> str:
+    """The KFP runtime state of a run (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED, ...), NOT_FOUND if none."""
+    return _call(_run_state, host, {"run_id": run_id, "namespace": namespace}, client, timeout_s)["state"]
 
 
 def upload(host: str, *, version: str, name: str = "dino-training", namespace: str | None = None, client=None,
@@ -138,17 +173,30 @@ def _token_credentials():
     return ServiceAccountTokenVolumeCredentials(path)
 
 
+def _run_state(client, host: str, *, run_id: str, namespace: str | None) -> dict[str, str]:
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        run = client.get_run(run_id)
+    except ApiException as exc:
+        if exc.status == 404:
+            return {"state": "NOT_FOUND"}
+        raise
+    return {"state": str(run.state or "RUNTIME_STATE_UNSPECIFIED")}
+
+
 def _submit(client, host: str, *, params: dict[str, Any], experiment: str, run_name: str | None,
-            schedule: str | None, package: str | None, registered: str | None, namespace: str | None
-            ) -> dict[str, Any]:
+            schedule: str | None, package: str | None, registered: str | None, namespace: str | None,
+            image: str | None = None) -> dict[str, Any]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         source: dict[str, Any] = {}
         if registered:
-            source = _registered_ids(client, *registered.split("@", 1))
+            source = _registered_ids(client, *registered.split("@", 1), namespace=namespace)
         else:
-            source = {"pipeline_package_path": package or str(compile_pipeline(Path(tmp) / "pipeline.yaml"))}
+            source = {"pipeline_package_path": package
+                      or str(compile_pipeline(Path(tmp) / "pipeline.yaml", image=image))}
         exp = client.create_experiment(name=experiment, namespace=namespace)
         if schedule:
             job = client.create_recurring_run(
@@ -162,10 +210,24 @@ def _submit(client, host: str, *, params: dict[str, Any], experiment: str, run_n
         return {"run_id": run.run_id, "experiment": experiment, "host": host}
 
 
-def _registered_ids(client, name: str, version: str) -> dict[str, str]:
-    pipeline_id = client.get_pipeline_id(name)
+def _pipeline_id(client, name: str, namespace: str | None) -> str | None:
+    """The id of pipeline `name`: the namespace's own first (multi-user KFP), else a shared one."""
+    flt = json.dumps({"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": name}]})
+    for scope in ([namespace] if namespace else []) + [None]:
+        page = client.list_pipelines(filter=flt, namespace=scope, page_size=10)
+        found = [p for p in page.pipelines or [] if p.display_name == name]
+        if len(found) > 1:
+            raise PipelineError(f"{len(found)} pipelines are named {name!r} in KFP; the name must be unique")
+        if found:
+            return found[0].pipeline_id
+    return None
+
+
+def _registered_ids(client, name: str, version: str, *, namespace: str | None = None) -> dict[str, str]:
+    pipeline_id = _pipeline_id(client, name, namespace)
     if pipeline_id is None:
-        raise PipelineError(f"no pipeline named {name!r} is registered; upload it with "
+        where = f" in namespace {namespace!r} or shared" if namespace else ""
+        raise PipelineError(f"no pipeline named {name!r} is registered{where}; upload it with "
                             f"`dino-mlops pipeline upload --version {version}`")
     token = ""
     while True:
@@ -186,7 +248,7 @@ def _upload(client, host: str, *, name: str, version: str, namespace: str | None
     description = (dino_training_pipeline.description or "").strip()
     with tempfile.TemporaryDirectory() as tmp:
         package = str(compile_pipeline(Path(tmp) / "pipeline.yaml"))
-        pipeline_id = client.get_pipeline_id(name)
+        pipeline_id = _pipeline_id(client, name, namespace)
         if pipeline_id is None:
             pipeline_id = client.upload_pipeline(package, pipeline_name=name, description=description,
                                                  namespace=namespace).pipeline_id

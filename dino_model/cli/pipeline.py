@@ -28,14 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
     p.add_argument("--registered", default=None, metavar="NAME@VERSION",
                    help="run a pipeline version registered with `pipeline upload` instead of compiling one")
-    p.add_argument("--namespace", default=None, help="KFP multi-user profile namespace")
+    p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE") or None,
+                   help="KFP multi-user profile namespace (default: $KFP_NAMESPACE)")
     p.set_defaults(func=run_submit)
 
     p = cmds.add_parser("upload", help="register the compiled pipeline as a named version in KFP")
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888")
     p.add_argument("--name", default="dino-training", help="pipeline name in the KFP UI")
     p.add_argument("--version", required=True, help="version name, e.g. the image tag 0.1.0")
-    p.add_argument("--namespace", default=None, help="KFP multi-user profile namespace")
+    p.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE") or None,
+                   help="KFP multi-user profile namespace (default: $KFP_NAMESPACE)")
     p.set_defaults(func=run_upload)
 
     p = cmds.add_parser("run", help="run the pipeline; --local runs it on this machine through kfp.local")

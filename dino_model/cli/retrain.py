@@ -5,6 +5,10 @@ DINO_DATA_REV, KFP_HOST, DINO_TRITON_URL, DINO_RETRAIN_STATE, DINO_RETRAIN_WORKD
 holds no checkout: when the repository is a git URL, each check clones it into a scratch folder
 (credentials from DINO_GIT_USERNAME/DINO_GIT_TOKEN), reads data.dvc at the revision and removes the
 clone, and the submitted run is told the same URL (`data_repo`) and the md5 (`data_version`).
+
+What the run is made of (its pipeline parameters DINO_PARAM_<name>, KFP_NAMESPACE, the registered
+DINO_PIPELINE, DINO_IMAGE, the retry policy) is the overlay's ConfigMap, read as one
+`RetrainSettings` (pipelines/retrain_settings.py); a flag given here replaces its entry.
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dino_model.cli.options import add_renamed, print_result
+
+if TYPE_CHECKING:
+    from pipelines.retrain_settings import RetrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--git-timeout", type=float, default=float(os.environ.get("DINO_GIT_TIMEOUT", "120")),
                        help="seconds a git clone or fetch may take")
         p.add_argument("--namespace", default=None,
-                       help="KFP multi-user profile namespace the run belongs to (not given: standalone KFP)")
+                       help="KFP multi-user profile namespace of every KFP call (default: $KFP_NAMESPACE; "
+                            "none: standalone KFP)")
+        p.add_argument("--registered", default=None, metavar="NAME@VERSION",
+                       help="run this registered pipeline version (default: $DINO_PIPELINE; none: compile one)")
+        p.add_argument("--image", default=None,
+                       help="image of a pipeline compiled for the run (default: $DINO_IMAGE, else the built-in tag)")
+        p.add_argument("--experiment", default=None,
+                       help="KFP experiment (default: $DINO_KFP_EXPERIMENT or dino-mlops)")
+        p.add_argument("--max-attempts", type=int, default=None,
+                       help="runs per data version when they fail (default: $DINO_RETRAIN_MAX_ATTEMPTS or 3)")
+        p.add_argument("--backoff", type=float, default=None,
+                       help="seconds before the 2nd attempt, doubling after (default: $DINO_RETRAIN_BACKOFF_S or 1800)")
         p.add_argument("--host", default=os.environ.get("KFP_HOST", ""), help="KFP API; submits a pipeline run")
         p.add_argument("--local", action="store_true", help="run the pipeline on this machine (kfp.local)")
         add_renamed(p, "--url", "--triton-url", default=os.environ.get("DINO_TRITON_URL", ""),
@@ -48,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--state", default=os.environ.get("DINO_RETRAIN_STATE", "runs/retrain/state.json"))
         p.add_argument("--timeout", type=float, default=float(os.environ.get("DINO_KFP_TIMEOUT", "120")),
                        help="seconds a KFP submission may take before the check gives up (the trigger stays pending)")
-        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
+        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="pipeline parameter, over $DINO_PARAM_<KEY> (with --local, only these are passed)")
         if name == "watch":
             p.add_argument("--interval", type=float, default=60.0)
             p.add_argument("--max-checks", type=int, default=0, help="stop after N checks (0: never)")
@@ -76,12 +96,13 @@ def _check_once(args: argparse.Namespace) -> dict:
     from dino_model.errors import ConfigError
     from dino_model.versioning.clone import public_url
     from dino_model.versioning.versions import current_version, version_at
-    from pipelines.retrain import check, deployed_data_version, kfp_submitter
+    from pipelines.retrain import check, deployed_data_version, kfp_run_state, kfp_submitter
     from pipelines.submit import parse_params
 
     if bool(args.host) == bool(args.local):
         raise ConfigError("give exactly one of --host URL (or KFP_HOST) and --local")
-    params = parse_params(args.param)
+    settings = None if args.local else run_settings(args)
+    params = dict(settings.params) if settings else parse_params(args.param)
     remote = is_git_url(args.repo)
     if remote and args.rev == "workspace":
         raise ConfigError(f"--rev workspace needs a local checkout, not the git URL {public_url(args.repo)}")
@@ -98,8 +119,33 @@ def _check_once(args: argparse.Namespace) -> dict:
     else:
         if remote:
             params.setdefault("data_repo", public_url(args.repo))
-        submit = kfp_submitter(args.host, params=params, timeout_s=args.timeout, namespace=args.namespace)
+        submit = kfp_submitter(args.host, params=params, experiment=settings.experiment, timeout_s=args.timeout,
+                               namespace=settings.namespace, registered=settings.registered, image=settings.image)
+        return check(current.md5, state_path=args.state, submit=submit, deployed_md5=deployed,
+                     run_state=kfp_run_state(args.host, timeout_s=args.timeout, namespace=settings.namespace),
+                     retry=settings.retry)
     return check(current.md5, state_path=args.state, submit=submit, deployed_md5=deployed)
+
+
+def run_settings(args: argparse.Namespace) -> RetrainSettings:
+    """The environment's RetrainSettings with the flags given on the command line in place of its entries.
+
+    An empty flag (`--namespace ""`) clears the entry.
+    """
+    from pipelines.retrain_settings import RetrainSettings, RetryPolicy, settings_from_env
+    from pipelines.submit import parse_params
+
+    env = settings_from_env()
+
+    def pick(flag: str | None, current: str | None) -> str | None:
+        return current if flag is None else (flag or None)
+
+    retry = RetryPolicy(max_attempts=env.retry.max_attempts if args.max_attempts is None else args.max_attempts,
+                        backoff_s=env.retry.backoff_s if args.backoff is None else args.backoff)
+    return RetrainSettings(params={**env.params, **parse_params(args.param)},
+                           namespace=pick(args.namespace, env.namespace),
+                           registered=pick(args.registered, env.registered), image=pick(args.image, env.image),
+                           experiment=args.experiment or env.experiment, retry=retry)
 
 
 def is_git_url(repo: str) -> bool:
@@ -146,7 +192,7 @@ def _git_bounded(root: Path, args: list[str], timeout_s: float) -> None:
 
 
 def _local_submitter(repo: Path, params: dict):
-    def submit(md5: str) -> str:
+    def submit(md5: str, attempt: int = 1) -> str:
         from pipelines.local import run_local
 
         result = run_local(repo, **params)

@@ -9,7 +9,8 @@ must import in the client-only install, which has no prometheus-client.
 from importlib import import_module
 from typing import Any
 
-__all__ = ["push_eval_metrics", "push_training_metrics", "record_data_version", "record_deployment"]
+__all__ = ["push_eval_metrics", "push_training_metrics", "record_data_version", "record_deployment",
+           "record_retraining"]
 
 
 def __getattr__(name: str) -> Any:

@@ -51,6 +51,10 @@ DEPLOYMENT_TIMESTAMP = ("dino_deployment_timestamp_seconds", "Unix time of the l
 MODEL_INFO = ("dino_model_info", "Always 1; labels name the deployed model, its version and its data version.")
 DATA_INFO = ("dino_data_version_info", "Always 1; the md5 label names the newest registered data version.")
 DATA_TIMESTAMP = ("dino_data_version_timestamp_seconds", "Unix time when the newest data version was registered.")
+RETRAIN_ATTEMPTS = ("dino_retrain_attempts",
+                    "Training runs the retraining check submitted for the newest data version.")
+RETRAIN_GAVE_UP = ("dino_retrain_gave_up",
+                   "1 when every allowed retraining run for the newest data version failed and the check stopped.")
 
 
 def run_label(default: str) -> str:
@@ -173,6 +177,23 @@ def record_data_version(md5: str, *, gateway: str | None = None, registered_at: 
             registered_at = known[1]
     when = time.time() if registered_at is None else registered_at
     return push_registry(data_version_registry(md5, registered_at=when), gateway=gateway, job=job)
+
+
+def retraining_registry(md5: str, *, attempts: int, gave_up: bool) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    _gauge(registry, RETRAIN_ATTEMPTS, attempts, {"data_version": md5})
+    _gauge(registry, RETRAIN_GAVE_UP, 1 if gave_up else 0, {"data_version": md5})
+    return registry
+
+
+def record_retraining(md5: str, *, attempts: int, gave_up: bool, gateway: str | None = None,
+                      job: str = "dino-retrain") -> bool:
+    """Record the retraining check's runs for the newest data version; True on success.
+
+    Each push replaces the group, so a new data version clears the `gave_up` of the previous one and
+    the DinoRetrainingGaveUp alert with it.
+    """
+    return push_registry(retraining_registry(md5, attempts=attempts, gave_up=gave_up), gateway=gateway, job=job)
 
 
 def push_registry(registry: CollectorRegistry, *, gateway: str | None, job: str,

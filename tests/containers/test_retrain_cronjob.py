@@ -1,10 +1,11 @@
 """The retraining CronJob's pod, as `kubectl kustomize k8s/overlays/dev` renders it, run by podman.
 
-No KFP API server can run here, so a small HTTP server on the host plays the KFP v2beta1 API that
-the real `kfp.Client` inside the pod calls (healthz, experiments, runs): it records every request
-and answers with minimal valid JSON, and each recorded body is checked with kfp-server-api's models,
-so it is a request a real KFP would accept. The data repository is a real git + DVC repository whose
-bare clone on the host is bind-mounted into the pod and cloned there through a file:// URL.
+No KFP API server can run here, so the multi-user KFP stand-in of tests/fixtures/kfp_api.py plays,
+on the host, the KFP v2beta1 API that the real `kfp.Client` inside the pod calls: it records every
+request, refuses what a multi-user KFP refuses without a namespace, and checks each body with
+kfp-server-api's models, so it is a request a real KFP would accept. The data repository is a real
+git + DVC repository whose bare clone on the host is bind-mounted into the pod and cloned there
+through a file:// URL.
 
 Transformation of the rendered manifests for `podman kube play --network=host` (nothing else changes:
 image, command, env, securityContext, resources, emptyDirs and mounts are played as rendered):
@@ -29,16 +30,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
+from fixtures.kfp_api import KfpApi, validated
 
 pytestmark = [pytest.mark.slow]
 
@@ -49,107 +48,6 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMI
            "GIT_COMMITTER_EMAIL": "t@t.invalid"}
 TOKEN = "projected-token-for-kfp"
 IN_POD_REPO = "file:///srv/data/data.git"
-
-
-class KfpRecorder:
-    """The KFP v2beta1 endpoints kfp.Client uses for a run; records (method, path, query, headers, body)."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.experiments: list[dict] = []
-        self.runs: list[dict] = []
-        self.hold_runs = False  # when set, a POST of a run is recorded, then answered only after `release`
-        self.run_received = threading.Event()
-        self.release = threading.Event()
-        self.lock = threading.Lock()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                recorder.handle(self, "GET")
-
-            def do_POST(self) -> None:
-                recorder.handle(self, "POST")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        url = urlparse(handler.path)
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = json.loads(handler.rfile.read(length)) if length else None
-        with self.lock:
-            self.requests.append({"method": method, "path": url.path, "query": query, "body": body,
-                                  "authorization": handler.headers.get("Authorization", "")})
-            status, answer = self.answer(method, url.path, query, body)
-        if method == "POST" and url.path == "/apis/v2beta1/runs" and self.hold_runs:
-            self.run_received.set()
-            self.release.wait(120)
-        data = json.dumps(answer).encode()
-        try:
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
-        except OSError:  # the client was killed while it waited
-            pass
-
-    def answer(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if (method, path) == ("GET", "/apis/v2beta1/healthz"):
-            return 200, {"multi_user": False}
-        if (method, path) == ("GET", "/apis/v2beta1/experiments"):
-            found = [e for e in self.experiments if _matches(e, query.get("filter"))]
-            return 200, {"experiments": found, "total_size": len(found)} if found else {}
-        if (method, path) == ("POST", "/apis/v2beta1/experiments"):
-            made = {**body, "experiment_id": str(uuid.uuid4()), "created_at": now, "storage_state": "AVAILABLE"}
-            self.experiments.append(made)
-            return 200, made
-        if (method, path) == ("GET", "/apis/v2beta1/runs"):
-            found = [r for r in self.runs if r["experiment_id"] == query.get("experiment_id")
-                     and _matches(r, query.get("filter"))]
-            return 200, {"runs": found, "total_size": len(found)} if found else {}
-        if (method, path) == ("POST", "/apis/v2beta1/runs"):
-            made = {**body, "run_id": str(uuid.uuid4()), "created_at": now, "state": "PENDING",
-                    "storage_state": "AVAILABLE"}
-            self.runs.append(made)
-            return 200, made
-        return 404, {"error": f"no route {method} {path}", "code": 5, "message": "not found"}
-
-    def posted(self, path: str) -> list[dict]:
-        return [r["body"] for r in self.requests if r["method"] == "POST" and r["path"] == path]
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _matches(item: dict, flt: str | None) -> bool:
-    """KFP's filter (protobuf JSON: enum by name or number, snake or camel case), `display_name EQUALS value`."""
-    for p in json.loads(flt).get("predicates", []) if flt else []:
-        assert p["operation"] in {"EQUALS", 1} and p["key"] == "display_name", p
-        if item.get("display_name") != p.get("string_value", p.get("stringValue")):
-            return False
-    return True
-
-
-def _validated(body: dict, model: str):
-    """`body` as kfp-server-api's `model`: unknown fields fail the constructor, and it serialises back unchanged."""
-    import kfp_server_api
-
-    cls = getattr(kfp_server_api, model)
-    cls(**body)  # TypeError on a field KFP's API does not have
-    api = kfp_server_api.ApiClient()
-    parsed = api._ApiClient__deserialize(body, model)
-    assert api.sanitize_for_serialization(parsed) == body, f"{model} loses fields: {body}"
-    return parsed
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -259,7 +157,7 @@ def setting(podman, tmp_path: Path) -> Iterator[dict]:
     assert podman("secret", "create", secret, str(secret_file)).returncode == 0
     mountpoint = podman("volume", "inspect", "--format", "{{.Mountpoint}}", claim).stdout.strip()
     os.chown(mountpoint, UID, UID)
-    recorder = KfpRecorder()
+    recorder = KfpApi(multi_user=True)
     played = tmp_path / "pod.yaml"
     try:
         yield {"rendered": rendered, "repo": repo, "recorder": recorder, "tag": tag, "played": played,
@@ -271,6 +169,7 @@ def setting(podman, tmp_path: Path) -> Iterator[dict]:
         podman("volume", "rm", "-f", claim)
         podman("secret", "rm", secret)
         shutil.rmtree(base, ignore_errors=True)
+    assert not recorder.invalid, f"requests KFP's models reject: {recorder.invalid}"
 
 
 def _play(podman, s: dict, *, kill_when_run_posted: bool = False, timeout: float = 240) -> tuple[int, str]:
@@ -300,17 +199,31 @@ def _state(s: dict) -> dict:
     return json.loads(s["state"].read_text())
 
 
+def _overlay_run(s: dict):
+    """The rendered overlay's RetrainSettings (its ConfigMap and the pod's env) and the CronJob's image."""
+    from pipelines.retrain_settings import settings_from_env
+
+    cron = next(d for d in s["rendered"] if d["kind"] == "CronJob" and d["metadata"]["name"] == "retrain-check")
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    name = next(e["configMapRef"]["name"] for e in container["envFrom"] if "configMapRef" in e)
+    data = next(d for d in s["rendered"] if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name)["data"]
+    env = {**data, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+    return settings_from_env(env), container["image"]
+
+
 def _check_run_request(s: dict, body: dict, md5: str) -> None:
-    """The run request is a valid V2beta1Run for the training pipeline with data_repo and data_version."""
-    run = _validated(body, "V2beta1Run")
+    """The run request is a valid V2beta1Run for the training pipeline with the overlay's parameters."""
+    settings, image = _overlay_run(s)
+    run = validated(body, "V2beta1Run")
     assert run.display_name == f"dino-retrain-{md5[:12]}"
-    assert run.experiment_id in {e["experiment_id"] for e in s["recorder"].experiments}
-    assert run.runtime_config.parameters == {"data_repo": IN_POD_REPO, "data_version": md5}
+    assert s["recorder"].experiment_namespace(run.experiment_id) == settings.namespace
+    assert run.runtime_config.parameters == {**settings.params, "data_repo": IN_POD_REPO, "data_version": md5}
     spec = body["pipeline_spec"]  # with Kubernetes settings (Secrets as env), kfp sends {pipeline_spec, platform_spec}
     spec, platform = (spec["pipeline_spec"], spec["platform_spec"]) if "platform_spec" in spec else (spec, {})
     declared = spec["root"]["inputDefinitions"]["parameters"]
     assert {"data_repo", "data_version", "dvc_remote"} <= set(declared)
     assert spec["pipelineInfo"]["name"] and "kubernetes" in platform.get("platforms", {})
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {image}
 
 
 def test_cronjob_pod_submits_one_run_per_data_version_across_pods_and_a_kill(podman, setting) -> None:
@@ -325,7 +238,7 @@ def test_cronjob_pod_submits_one_run_per_data_version_across_pods_and_a_kill(pod
     assert [b["display_name"] for b in recorder.posted("/apis/v2beta1/runs")] == [f"dino-retrain-{first[:12]}"]
     _check_run_request(s, recorder.posted("/apis/v2beta1/runs")[0], first)
     (experiment,) = recorder.posted("/apis/v2beta1/experiments")
-    _validated(experiment, "V2beta1Experiment")
+    validated(experiment, "V2beta1Experiment")
     assert _state(s)["submitted_md5"] == first and _state(s)["run_id"] == recorder.runs[0]["run_id"]
     assert {r["authorization"] for r in recorder.requests} == {f"Bearer {TOKEN}"}
 

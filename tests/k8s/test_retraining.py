@@ -93,3 +93,57 @@ def test_the_cli_accepts_the_cronjob_command(rendered) -> None:
     (container,) = _pod(_cron(rendered, "prod-gpu"))["containers"]
     args = build_parser().parse_args([*container["command"][1:], *container["args"]])
     assert callable(args.func)
+
+
+def _pod_environment(rendered, env: str) -> dict[str, str]:
+    """The retraining container's environment as the pod gets it: its ConfigMaps, then its `env` values."""
+    (container,) = _pod(_cron(rendered, env))["containers"]
+    environ: dict[str, str] = {}
+    for source in container["envFrom"]:
+        if "configMapRef" in source:
+            environ |= one(rendered[env], "ConfigMap", source["configMapRef"]["name"])["data"]
+    environ |= {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return environ
+
+
+def _settings(rendered, env: str):
+    from pipelines.retrain_settings import settings_from_env
+
+    return settings_from_env(_pod_environment(rendered, env))  # refuses parameters the pipeline lacks
+
+
+# what each install's retraining runs must be: the paper's recipe on GPUs, or the CPU-sized one
+SIZES = {"prod-gpu": {"gpus": 8, "config": "paper_vit_small", "triton_flavour": "gpu"},
+         "dev": {"gpus": 0, "config": "digits_vit_tiny", "triton_flavour": "cpu"}}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_retraining_submits_the_overlays_own_run(rendered, env: str) -> None:
+    """The parameters the pod submits name this overlay's namespace, image and sizes, not the pipeline's defaults."""
+    settings = _settings(rendered, env)
+    cron = _cron(rendered, env)
+    (container,) = _pod(cron)["containers"]
+    namespace = cron["metadata"]["namespace"]
+    host = settings.params["triton_url"].rsplit(":", 1)[0]
+    assert host.split(".")[:2] == ["triton-grpc", namespace], f"{env} deploys to {host}, not its namespace {namespace}"
+    one(rendered[env], "Service", "triton-grpc")
+    assert settings.image == container["image"], "a pipeline compiled in the pod must run the overlay's image"
+    assert {k: settings.params.get(k) for k in SIZES[env]} == SIZES[env]
+    assert settings.namespace, "KFP_NAMESPACE: multi-user KFP refuses experiments without one"
+
+
+def test_a_registered_pipeline_version_is_the_image_tag(rendered) -> None:
+    """prod-gpu runs the registered version named after the image it was compiled with; dev compiles its own."""
+    settings = _settings(rendered, "prod-gpu")
+    (container,) = _pod(_cron(rendered, "prod-gpu"))["containers"]
+    assert settings.registered == f"dino-training@{container['image'].rsplit(':', 1)[1]}"
+    assert _settings(rendered, "dev").registered is None
+
+
+def test_the_settings_reader_refuses_a_misspelt_parameter(rendered) -> None:
+    from dino_model.errors import ConfigError
+    from pipelines.retrain_settings import settings_from_env
+
+    environ = {**_pod_environment(rendered, "dev"), "DINO_PARAM_gpu": "0"}
+    with pytest.raises(ConfigError, match="gpu: not a parameter of the training pipeline"):
+        settings_from_env(environ)

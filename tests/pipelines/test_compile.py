@@ -139,8 +139,13 @@ class RecordingClient:
         self.pipelines = pipelines or {}
         self.calls: list[tuple[str, dict]] = []
 
-    def get_pipeline_id(self, name):
-        return f"id-{name}" if name in self.pipelines else None
+    def list_pipelines(self, filter, namespace, page_size):
+        import json
+
+        (predicate,) = json.loads(filter)["predicates"]
+        name = predicate["string_value"]
+        found = [type("P", (), {"display_name": name, "pipeline_id": f"id-{name}"})] if name in self.pipelines else []
+        return type("Page", (), {"pipelines": found})
 
     def upload_pipeline(self, path, pipeline_name, description, namespace):
         self.calls.append(("upload_pipeline", {"name": pipeline_name, "namespace": namespace, "path": path}))

@@ -21,7 +21,7 @@ class CountingSubmitter:
         self.runs: list[str] = []
         self.delay_s = delay_s
 
-    def __call__(self, md5: str) -> str:
+    def __call__(self, md5: str, attempt: int = 1) -> str:
         time.sleep(self.delay_s)
         self.runs.append(md5)
         return f"run-{len(self.runs)}"
