@@ -16,8 +16,8 @@ in the `admin-key` header (gRPC: `triton-grpc-protocol-admin-key`), as the clust
 (k8s/base/triton). Health, metadata, inference and statistics stay open. Without a given key, each
 start generates one and writes it, mode 0600, beside the repository (`<repository>.admin-key`),
 where `deploy` and `release` find it; binding a non-loopback address needs a key given by the
-operator. The key is on tritonserver's command line (Triton reads it nowhere else), so other users
-of the same machine can see it in the process list.
+operator. Triton reads the key only from its command line, which every local user may read, so the
+server gets a placeholder there and the key through a preloaded library (argv_secret.py).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from pathlib import Path
 
 from dino_model.errors import ConfigError, ServingError
 from dino_model.runtime import processes
+from dino_model.serving import argv_secret
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ class TritonServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def command(self, backend_dir: Path | None) -> list[str]:
+    def command(self, backend_dir: Path | None, *, key: str | None = None) -> list[str]:
+        """tritonserver's argv; `key` stands where the admin key goes (default: the key itself)."""
         args = [str(self.binary), f"--model-repository={self.repository}", "--model-control-mode=explicit",
                 *(f"--load-model={m}" for m in self.models), "--strict-readiness=true", "--exit-timeout-secs=10",
                 "--allow-metrics=true", "--metrics-config=summary_latencies=true"]
@@ -223,7 +225,7 @@ class TritonServer:
         if backend_dir is not None:
             args.append(f"--backend-directory={backend_dir}")
         if self.admin_key:
-            restriction = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_key}"
+            restriction = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={key or self.admin_key}"
             args += [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
         return args + self.extra_args
 
@@ -246,9 +248,10 @@ class TritonServer:
         backend_dir = self._python_backend_dir(self.workdir) if self.bundled else None
         # in a container the log belongs on stderr (`kubectl logs`); else in a file read for diagnoses
         log = sys.stderr.fileno() if self.log_to_stderr else (self.workdir / "tritonserver.log").open("wb")
+        command, env = self._launch(backend_dir)
         try:
-            self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
-                                            env=self._environment(), start_new_session=True)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
         except OSError as exc:
             self.stop()  # removes the work folder and the generated key file
             raise ServingError(f"cannot run {self.binary}: {exc}") from exc
@@ -366,6 +369,15 @@ class TritonServer:
         shutil.copy(stub, target / stub.name)
         (target / stub.name).chmod(0o755)
         return workdir / "backends"
+
+    def _launch(self, backend_dir: Path | None) -> tuple[list[str], dict[str, str]]:
+        """Command and environment, the admin key kept out of the command line where possible (argv_secret)."""
+        env = self._environment()
+        library = argv_secret.build_preload(self.workdir) if self.admin_key else None
+        if library is None:
+            return self.command(backend_dir), env
+        return (self.command(backend_dir, key=argv_secret.PLACEHOLDER),
+                argv_secret.hidden_environment(env, library, self.admin_key))
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
