@@ -57,12 +57,20 @@ def never_decode_past_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     decode = ImageFile.ImageFile.load
 
     def guarded(self: ImageFile.ImageFile):
-        if self.size[0] * self.size[1] > max_image_pixels():
+        if self.size[0] * self.size[1] > _cap_or_default():
             raise AssertionError(f"decoded a {self.size[0]} x {self.size[1]} image past the pixel cap")
         return decode(self)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", guarded)
     monkeypatch.delenv(PIXEL_CAP_ENV, raising=False)
+
+
+def _cap_or_default() -> int:
+    """The cap the code under test should apply (the default where the environment spells none)."""
+    try:
+        return max_image_pixels()
+    except ConfigError:
+        return DEFAULT_MAX_IMAGE_PIXELS
 
 
 def _png(path: Path, value: int, size: int = 12) -> Path:
@@ -96,6 +104,18 @@ def test_a_lowered_cap_skips_smaller_images_and_a_raised_one_keeps_them(tmp_path
     assert len(ImageFolderDataset(tmp_path)) == 2
 
 
+def test_a_bad_cap_stops_the_first_image_open_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture):
+    from dino_model.cli.main import main
+
+    _png(tmp_path / "src" / "a" / "1.png", 10)
+    monkeypatch.setenv(PIXEL_CAP_ENV, "64M")
+    with pytest.raises(ConfigError, match=f"{PIXEL_CAP_ENV}='64M' is not a positive whole number"):
+        ImageFolderDataset(tmp_path / "src")
+    assert main(["data", "shard", str(tmp_path / "src"), str(tmp_path / "out")]) == 2
+    assert f"{PIXEL_CAP_ENV}='64M' is not a positive whole number" in capsys.readouterr().err
+
+
 # ---- training from an image folder -------------------------------------------------------------------------
 
 
@@ -109,6 +129,19 @@ def test_the_folder_scan_skips_and_counts_an_image_over_the_cap(tmp_path: Path, 
     (path, reason), = ds.skipped
     assert path == tmp_path / "a" / "huge.png" and reason.startswith(CAPPED_REASON)
     assert "skipped 1 unreadable image(s)" in caplog.text and "huge.png" in caplog.text
+
+
+def test_packing_shards_leaves_out_and_counts_an_image_over_the_cap(tmp_path: Path, huge_png: bytes,
+                                                                    capsys: pytest.CaptureFixture):
+    from dino_model.cli.main import main
+
+    _png(tmp_path / "src" / "a" / "1.png", 10)
+    _png(tmp_path / "src" / "b" / "2.png", 20)
+    (tmp_path / "src" / "b" / "huge.png").write_bytes(huge_png)
+    assert main(["data", "shard", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["images"], report["skipped"]) == (2, 1)
+    assert json.loads((tmp_path / "out" / "shards.json").read_text())["skipped"] == 1
 
 
 def _swap_in_after_scan(tmp_path: Path, huge_png: bytes) -> ImageFolderDataset:
