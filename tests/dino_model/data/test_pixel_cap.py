@@ -28,7 +28,7 @@ from dino_model.data.encoded import SeededEncodedDataset
 from dino_model.data.loaders import SeededMultiCropDataset
 from dino_model.data.pixel_cap import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_CAP_ENV, max_image_pixels, parse_pixel_cap
 from dino_model.data.shard_eval import ShardLabelledImages
-from dino_model.data.shard_stream import ShardEncodedDataset, ShardImages, ShardMultiCropDataset
+from dino_model.data.shard_stream import ShardEncodedDataset, ShardImages, ShardMultiCropDataset, build_shard_loader
 from dino_model.data.transforms import MultiCropTransform, eval_transform
 from dino_model.errors import ConfigError, DataError
 from dino_model.serving.images import collect_images, load_batch
@@ -190,11 +190,35 @@ def test_the_device_decoder_is_never_handed_an_image_over_the_cap(monkeypatch: p
     assert "skipped huge.png: " + CAPPED_REASON in caplog.text
 
 
+def test_the_batched_nvjpeg_call_is_never_handed_a_jpeg_over_the_cap(monkeypatch: pytest.MonkeyPatch, caplog):
+    """The CUDA path decodes all JPEGs of a batch in one nvJPEG call; a stand-in records what it is handed."""
+    from dino_model.data import gpu_crops
+
+    handed: list[list[int]] = []
+
+    def batched(data: list[torch.Tensor], *, mode, device) -> list[torch.Tensor]:
+        handed.append([d.numel() for d in data])
+        return [gpu_crops.decode_image(d, mode=mode) for d in data]
+
+    monkeypatch.setattr(gpu_crops, "decode_jpeg", batched)
+    monkeypatch.setenv(PIXEL_CAP_ENV, "1000")  # a 40 x 40 JPEG stands for one over the cap
+    jpegs = []
+    for size in ((40, 40), (20, 30), (30, 20)):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (9, 9, 9)).save(buffer, format="JPEG")
+        jpegs.append(buffer.getvalue())
+    with caplog.at_level(logging.WARNING):
+        images, failed = gpu_crops.decode_batch(jpegs, ["big.jpg", "a.jpg", "b.jpg"], torch.device("cuda"))
+    assert failed == 1 and handed == [[len(jpegs[1]), len(jpegs[2])]]
+    assert [tuple(i.shape) for i in images] == [(3, 30, 20), (3, 30, 20), (3, 20, 30)]
+    assert "skipped big.jpg: image too large to decode safely (40 x 40 = 1,600 pixels" in caplog.text
+
+
 # ---- shards --------------------------------------------------------------------------------------------------
 
 
 def _shard_folder(root: Path, huge_png: bytes, n: int = 8, bad: int = 3) -> Path:
-    """One shard of n small labelled PNGs whose member `bad` is the 144 Mpx PNG, and its index."""
+    """One shard of n small labelled PNGs whose member `bad` is `huge_png`, and its index."""
     root.mkdir(parents=True)
     with tarfile.open(root / "shard-000000.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
         for i in range(n):
@@ -230,6 +254,17 @@ def test_shard_streaming_replaces_a_member_over_the_cap_and_counts_it(tmp_path: 
     assert len(items) == 8 and sum(skipped for _, _, skipped in items) == 1
     assert sorted({_first_value(views) for views, _, _ in items}) == [0, 1, 2, 4, 5, 6, 7]
     assert "skipped sample 000000003 of shard-000000.tar: " + CAPPED_REASON in caplog.text
+
+
+def test_dataloader_workers_apply_the_cap_set_in_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The cap is read where images are opened: a worker process inherits it with the environment."""
+    big = io.BytesIO()
+    Image.new("RGB", (100, 100), (200, 0, 0)).save(big, format="PNG")
+    root = _shard_folder(tmp_path / "shards", big.getvalue())
+    monkeypatch.setenv(PIXEL_CAP_ENV, "5000")
+    dataset = ShardMultiCropDataset(ShardImages(str(root)), FirstPixel(), 0, batch_size=8)
+    (views, _, skipped), = build_shard_loader(dataset, num_workers=1)
+    assert int(skipped.sum()) == 1 and 200 not in views[0][:, 0].tolist()
 
 
 def test_shard_evaluation_skips_a_member_over_the_cap(tmp_path: Path, huge_png: bytes, caplog):
