@@ -4,7 +4,7 @@ The client-only install (`dino-mlops infer` from the dino-mlops-client distribut
 without PyTorch, so the scan lives here rather than beside the torch Dataset in datasets.py.
 Unreadable or corrupt files are found when the folder is scanned, skipped, and counted in the log,
 so a bad file never stops a long run. That includes images whose header declares more pixels than
-the project's cap (pixel_cap.py: a 140 KB PNG can declare 12000 x 12000 pixels, 2 GB once decoded),
+the project's cap (pixel_cap.py: a PNG of a few dozen KB can declare 12000 x 12000 pixels),
 found from the header before anything is decoded, and files that vanish between the scan and their
 first read. Every image of a folder is opened through pixel_cap.open_image, so the cap holds for
 the scan, training, evaluation and `dino-mlops infer` alike. Labels follow sorted class-folder names

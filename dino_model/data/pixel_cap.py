@@ -1,11 +1,12 @@
 """One cap on the pixels of every image the project decodes, checked from the header before decoding.
 
 PIL refuses only images that declare more than twice `Image.MAX_IMAGE_PIXELS` (about 179 Mpx). Below
-that a 140 KB single-colour PNG of 12000 x 12000 pixels decodes, and costs about 2.2 GB of memory in
-each process that decodes it: every DataLoader worker of every rank, `dino-mlops infer`, index
-building. DINO trains on 224-pixel crops and serves 224-pixel inputs, so no useful image comes near
-that: the cap here, DEFAULT_MAX_IMAGE_PIXELS (64 Mpx, an 8000 x 8000 image, above the 12 to 50 Mpx of
-camera photographs), is far below PIL's limit.
+that a single-colour PNG of 12000 x 12000 pixels (a few dozen KB on disk) decodes, and costs from
+0.4 GB (the RGB pixels) to about 2 GB (with the conversions) of memory in each process that decodes
+it: every DataLoader worker of every rank, `dino-mlops infer`, index building. DINO trains on
+224-pixel crops and serves 224-pixel inputs, so no useful image comes near that: the cap here,
+DEFAULT_MAX_IMAGE_PIXELS (64 Mpx, an 8000 x 8000 image, above the 12 to 50 Mpx of camera
+photographs), is far below PIL's limit.
 
 Every image open goes through `open_image` (PIL's `Image.open` reads the header only; the size is
 checked before anything calls `.load()` or `.convert()`), and encoded bytes handed to torchvision or
@@ -44,6 +45,9 @@ class ImageTooLargeError(Image.DecompressionBombError):
         super().__init__(f"{width} x {height} = {width * height:,} pixels, over the cap of {cap:,}; "
                          f"set {PIXEL_CAP_ENV} to change it")
         self.width, self.height, self.cap = width, height, cap
+
+    def __reduce__(self) -> tuple[type, tuple[int, int, int]]:  # survives pickling between processes
+        return type(self), (self.width, self.height, self.cap)
 
 
 def max_image_pixels() -> int:

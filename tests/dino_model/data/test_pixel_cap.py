@@ -341,3 +341,13 @@ def test_davis_frames_and_masks_over_the_cap_are_a_clear_error(tmp_path: Path, h
     for read, path in ((read_frame, tmp_path / "00000.jpg"), (read_mask, tmp_path / "00000.png")):
         with pytest.raises(DataError, match=f"cannot use {path}: image too large to decode safely"):
             read(path)
+
+
+def test_the_error_survives_pickling_between_processes():
+    import pickle
+
+    from dino_model.data.pixel_cap import ImageTooLargeError
+
+    copy = pickle.loads(pickle.dumps(ImageTooLargeError(9000, 8000, 64_000_000)))
+    assert (copy.width, copy.height, copy.cap) == (9000, 8000, 64_000_000)
+    assert str(copy).startswith("9000 x 8000 = 72,000,000 pixels, over the cap of 64,000,000")
