@@ -351,3 +351,17 @@ def test_the_error_survives_pickling_between_processes():
     copy = pickle.loads(pickle.dumps(ImageTooLargeError(9000, 8000, 64_000_000)))
     assert (copy.width, copy.height, copy.cap) == (9000, 8000, 64_000_000)
     assert str(copy).startswith("9000 x 8000 = 72,000,000 pixels, over the cap of 64,000,000")
+
+
+def test_training_data_reads_the_cap_before_any_worker_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              huge_png: bytes, caplog):
+    """Shards decode only in the workers; a malformed cap must stop the run when the data is built."""
+    from dino_model.data.sources import build_train_data
+
+    root = _shard_folder(tmp_path / "shards", huge_png)
+    with caplog.at_level(logging.INFO, logger="dino_model.data.sources"):
+        build_train_data(str(root), FirstPixel(), seed=0, batch_size=4, rank=0, world_size=1)
+    assert f"images over 64,000,000 pixels are skipped ({PIXEL_CAP_ENV})" in caplog.text
+    monkeypatch.setenv(PIXEL_CAP_ENV, "lots")
+    with pytest.raises(ConfigError, match=f"{PIXEL_CAP_ENV}='lots' is not a positive whole number"):
+        build_train_data(str(root), FirstPixel(), seed=0, batch_size=4, rank=0, world_size=1)
