@@ -5,7 +5,8 @@ The items keep `SeededMultiCropDataset`'s contract: the same per-image seed from
 index), and a file that cannot be read any more is replaced by the next readable one (counted as
 skipped). JPEG and PNG bytes pass through untouched; another format (BMP, TIFF, WebP, ...) is
 decoded with PIL in the worker and passed on as an uncompressed PNG, since the device decoders
-read JPEG (and the CPU one PNG) only.
+read JPEG (and the CPU one PNG) only. Either way the header is read first and an image over the
+pixel cap (pixel_cap.py) is refused undecoded, so it is skipped and counted like an unreadable file.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from PIL import Image
-
 from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.loaders import SeededMultiCropDataset
+from dino_model.data.pixel_cap import open_image
 from dino_model.data.seeding import item_seed
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -24,10 +24,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def portable_bytes(data: bytes) -> bytes:
-    """`data` when it is a JPEG or PNG, else the image re-encoded as PNG; raises PIL's errors when unreadable."""
-    if data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC):
-        return data
-    with Image.open(io.BytesIO(data)) as img:
+    """`data` when it is a JPEG or PNG, else the image re-encoded as PNG.
+
+    Raises PIL's errors when the header is unreadable, ImageTooLargeError when it is over the pixel cap.
+    """
+    with open_image(io.BytesIO(data)) as img:
+        if data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC):
+            return data
         rgb = img.convert("RGB")
     out = io.BytesIO()
     rgb.save(out, format="PNG", compress_level=0)

@@ -3,9 +3,11 @@
 The client-only install (`dino-mlops infer` from the dino-mlops-client distribution) embeds folders
 without PyTorch, so the scan lives here rather than beside the torch Dataset in datasets.py.
 Unreadable or corrupt files are found when the folder is scanned, skipped, and counted in the log,
-so a bad file never stops a long run. That includes images PIL refuses to decode because their
-declared size makes them decompression bombs (a 48 KB PNG can declare 20000 x 20000 pixels), and
-files that vanish between the scan and their first read. Labels follow sorted class-folder names
+so a bad file never stops a long run. That includes images whose header declares more pixels than
+the project's cap (pixel_cap.py: a PNG of a few dozen KB can declare 12000 x 12000 pixels),
+found from the header before anything is decoded, and files that vanish between the scan and their
+first read. Every image of a folder is opened through pixel_cap.open_image, so the cap holds for
+the scan, training, evaluation and `dino-mlops infer` alike. Labels follow sorted class-folder names
 (torchvision's ImageFolder order); a flat folder has label -1 everywhere.
 """
 
@@ -17,14 +19,16 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from dino_model.data.pixel_cap import open_image
 from dino_model.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
-# What PIL raises for a file that is not a decodable image of a sane size; OSError covers missing
-# files and truncated data. Anything else is a bug and keeps its traceback.
+# What PIL raises for a file that is not a decodable image of a sane size (DecompressionBombError
+# includes pixel_cap.ImageTooLargeError, an image over the cap); OSError covers missing files and
+# truncated data. Anything else is a bug and keeps its traceback.
 UNREADABLE_ERRORS: tuple[type[Exception], ...] = (
     UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
 
@@ -43,8 +47,17 @@ class FolderScan:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
+    """The image at `path` as RGB; an image over the pixel cap raises ImageTooLargeError undecoded."""
+    with open_image(path) as img:
         return img.convert("RGB")
+
+
+def required_image(path: Path) -> Image.Image:
+    """open_image for a file the caller cannot do without: a DataError naming it and why, when unusable."""
+    try:
+        return open_image(path)
+    except UNREADABLE_ERRORS as exc:
+        raise DataError(f"cannot use {path}: {unreadable_reason(exc)}") from None
 
 
 def unreadable_reason(exc: BaseException) -> str:
@@ -92,11 +105,11 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _unreadable(path: Path) -> str | None:
-    """None when the whole file decodes; else why it does not."""
+    """None when the whole file decodes; else why it does not (the pixel cap is checked before decoding)."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.verify()
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
     except UNREADABLE_ERRORS as exc:
         return unreadable_reason(exc)

@@ -16,6 +16,10 @@ What equals the PIL path and what does not (each difference is tested or stated 
   radius), applied once in float with edges replicated; PIL applies the three passes in uint8;
 - the image stays float from decoding to normalisation; PIL rounds to uint8 after every step;
 - decoding: libjpeg-turbo (PIL), libjpeg (torchvision on CPU) and nvJPEG may differ by a grey level.
+
+Before any image reaches torchvision or nvJPEG, PIL reads its header alone and the pixel cap is
+applied (pixel_cap.py): a small file declaring a huge image would otherwise be decoded at full size
+in device memory. An image refused there is skipped and counted as an undecodable one is.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from dino_model.config import CropConfig
 from dino_model.data.crop_params import CropParams, ViewSpec, crop_params, draw_uniforms, view_specs
+from dino_model.data.folders import UNREADABLE_ERRORS, unreadable_reason
+from dino_model.data.pixel_cap import check_encoded
 from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dino_model.errors import ConfigError, DataError
 
@@ -102,8 +108,12 @@ class GpuMultiCrop:
 
 
 def decode_batch(encoded: list[bytes], paths: list[str], device: torch.device) -> tuple[list[torch.Tensor], int]:
-    """uint8 (3, H, W) RGB images on `device`; undecodable ones replaced by the next decodable, and counted."""
-    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
+    """uint8 (3, H, W) RGB images on `device`; undecodable ones replaced by the next decodable, and counted.
+
+    An image whose header PIL cannot read or that is over the pixel cap is never handed to a decoder.
+    """
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) if _header_ok(b, p) else None
+            for b, p in zip(encoded, paths, strict=True)]
     decoded = _decode(data, paths, device)
     good = [k for k, img in enumerate(decoded) if img is not None]
     if not good:
@@ -117,9 +127,20 @@ def _next_good(k: int, good: list[int]) -> int:
     return next((g for g in good if g > k), good[0])
 
 
-def _decode(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor | None]:
+def _header_ok(encoded: bytes, path: str) -> bool:
+    """Whether PIL reads the header of `encoded` and finds the image within the pixel cap; logs why not."""
+    try:
+        check_encoded(encoded)
+    except UNREADABLE_ERRORS as exc:
+        logger.warning("skipped %s: %s", path, unreadable_reason(exc))
+        return False
+    return True
+
+
+def _decode(data: list[torch.Tensor | None], paths: list[str], device: torch.device) -> list[torch.Tensor | None]:
+    """Each image decoded on `device`; None where `data` is None (refused) or the decoder fails."""
     out: list[torch.Tensor | None] = [None] * len(data)
-    jpegs = [k for k, d in enumerate(data) if bytes(d[:3]) == JPEG_MAGIC]
+    jpegs = [k for k, d in enumerate(data) if d is not None and bytes(d[:3]) == JPEG_MAGIC]
     if device.type == "cuda" and jpegs:
         try:  # one batched nvJPEG call; a failing image makes us decode them one by one below
             for k, img in zip(jpegs, decode_jpeg([data[k] for k in jpegs], mode=ImageReadMode.RGB, device=device),
@@ -127,9 +148,9 @@ def _decode(data: list[torch.Tensor], paths: list[str], device: torch.device) ->
                 out[k] = img
         except RuntimeError as exc:
             logger.debug("batched nvJPEG decode failed (%s); decoding image by image", exc)
-    for k, img in enumerate(out):
-        if img is None:
-            out[k] = _decode_one(data[k], paths[k], device)
+    for k, (img, d) in enumerate(zip(out, data, strict=True)):
+        if img is None and d is not None:
+            out[k] = _decode_one(d, paths[k], device)
     return out
 
 

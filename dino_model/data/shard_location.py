@@ -9,6 +9,9 @@
   the remote when it is not cached - no `dvc pull` of the whole data set first. `repo` defaults to
   the working directory's repository, `rev` to its workspace, `remote` to the default remote.
 
+Whatever the route, only plain file names directly below the root are opened (shards.py's rule,
+checked when the index is read and again here), so an index cannot point training outside it.
+
 The filesystem is opened lazily in each process (DataLoader workers included, forked or spawned)
 and never shared: a DVC repository handle (git objects, sqlite indexes) does not survive being
 copied into another process.
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
-from dino_model.data.shards import INDEX_NAME, ShardIndex, parse_index
+from dino_model.data.shards import INDEX_NAME, ShardIndex, parse_index, unsafe_shard_name
 from dino_model.errors import DataError
 
 DVC_SCHEME = "dvc"
@@ -60,6 +63,9 @@ class ShardLocation:
         return self.root
 
     def path(self, name: str) -> str:
+        """`name` below the root; a name that is not a plain file name there is refused (see shards.py)."""
+        if (why := unsafe_shard_name(name)) is not None:
+            raise DataError(f"{name!r} is not a file inside {self.root}: {why}")
         return f"{self._base.rstrip('/')}/{name}" if self._base else name
 
     def open(self, name: str) -> IO[bytes]:

@@ -13,7 +13,8 @@ position in the folder scan's order), exactly as the folder source seeds them: t
 gets the same crops whichever rank or worker reads it, and whether training reads the folder or
 its shards.
 
-A member that no longer decodes is replaced, like an unreadable file in the folder source, by the
+A member that no longer decodes, or whose header declares more pixels than the cap (pixel_cap.py,
+checked before decoding), is replaced, like an unreadable file in the folder source, by the
 next readable image of the same worker (the last one at the end of its runs), keeping its own
 index's seed, so batch shapes and step counts stay as planned; each such item reports one skip.
 A shard's sha256 is checked whenever a worker reads it to its end (every shard that a worker
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dino_model.data.encoded import portable_bytes
 from dino_model.data.folders import IMAGE_EXTENSIONS, UNREADABLE_ERRORS, unreadable_reason
 from dino_model.data.loaders import MAX_CONSECUTIVE_UNREADABLE
+from dino_model.data.pixel_cap import open_image
 from dino_model.data.seeding import item_seed, seeded_crops
 from dino_model.data.shard_location import ShardLocation
 from dino_model.data.shard_plan import Segment, reader_segments, steps_per_epoch
@@ -120,7 +122,7 @@ class ShardEncodedDataset(ShardMultiCropDataset):
             try:
                 encoded = portable_bytes(sample[suffix]) if suffix else b""
             except UNREADABLE_ERRORS:
-                encoded = sample[suffix]  # the device decoder fails on it too, and says so
+                encoded = sample[suffix]  # the device refuses it too (header, pixel cap or decoder) and says why
             label = int(sample["cls"]) if "cls" in sample else -1
             yield {"encoded": encoded, "seed": item_seed(self.seed, self.epoch, index), "path": name}, label, 0
 
@@ -205,12 +207,12 @@ def readable(samples: Iterable[Sample]) -> Iterator[tuple[int, Image.Image, int,
 
 
 def decode(sample: dict[str, Any]) -> tuple[Image.Image, int]:
-    """(RGB image, label or -1) of a sample; UNREADABLE_ERRORS when it holds no decodable image."""
+    """(RGB image, label or -1) of a sample; UNREADABLE_ERRORS when it holds no decodable image within the cap."""
     suffix = next((s for s in _IMAGE_SUFFIXES if s in sample), None)
     if suffix is None:
         raise ValueError(f"no image member (looked for .{', .'.join(_IMAGE_SUFFIXES)})")
     label = int(sample["cls"]) if "cls" in sample else -1
-    with Image.open(BytesIO(sample[suffix])) as img:
+    with open_image(BytesIO(sample[suffix])) as img:
         return img.convert("RGB"), label
 
 

@@ -18,6 +18,12 @@ names, mode 0444, ustar format), so packing an unchanged folder again rewrites i
 and DVC sees no change. The shards are written with webdataset's TarWriter, which takes a fixed
 mtime, owner names and mode and writes members in sorted suffix order; nothing in its output
 depends on the clock or the machine once those are fixed.
+
+The index is input, not trusted code: a shard name in it is a plain file name beside shards.json
+(SHARD_NAME: letters, digits, '.', '_', '-', '+', not starting with '.'), never a path. A name such as
+`../../outside.tar`, `/etc/x.tar` or `s3://other/x.tar` would make training read a tar from outside
+the versioned shard folder (on local disk, through fsspec or inside a DVC repository alike), so
+reading the index refuses it, naming the entry and the index, before any shard is opened.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ DEFAULT_SHARD_BYTES = 256 * 1024**2
 TAR_BLOCK = 512
 PACK_ORDER_SEED = 0
 _POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")  # one file name: no separator, no '..', no scheme
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ def parse_index(text: str, where: str) -> ShardIndex:
         shards = [ShardInfo(str(s["name"]), int(s["count"]), int(s["bytes"]), str(s["sha256"])) for s in raw["shards"]]
         index = ShardIndex([str(c) for c in raw["classes"]], shards, int(raw.get("skipped", 0)))
         total = int(raw["total"])
+        check_shard_names([s.name for s in shards], where)
     except DataError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -91,6 +99,31 @@ def parse_index(text: str, where: str) -> ShardIndex:
         raise DataError(f"{where}: total {total} does not match the {len(shards)} shard(s) listed "
                         f"({index.total} samples); the index is damaged or empty")
     return index
+
+
+def unsafe_shard_name(name: str) -> str | None:
+    """Why `name` is not a plain file name inside the shard folder; None when it is one."""
+    if SHARD_NAME.fullmatch(name):
+        return None
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[/\\]", name):
+        return "an absolute path"
+    if "://" in name:
+        return "a URL"
+    if ".." in re.split(r"[/\\]", name):
+        return "a path leaving the shard folder"
+    return "not a plain file name (letters, digits, '.', '_', '-', '+'; no separator, not starting with '.')"
+
+
+def check_shard_names(names: list[str], where: str) -> None:
+    """A DataError naming the first entry of the index at `where` that is not a plain, unique shard file name."""
+    seen: set[str] = set()
+    for position, name in enumerate(names):
+        why = unsafe_shard_name(name) or ("listed twice" if name in seen else None)
+        if why:
+            raise DataError(f"{where}: shard entry {position} names {name!r}, {why}; shard names must be plain "
+                            f"file names inside the shard folder. The index is damaged or was tampered with: "
+                            f"pack the folder again with `dino-mlops data shard`")
+        seen.add(name)
 
 
 def parse_size(text: str) -> int:

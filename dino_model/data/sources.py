@@ -1,12 +1,15 @@
 """The training data source for `data.root`: an image folder, or a folder (or URL) of tar shards.
 
 fit() asks for (images, dataset, loader, epoch setter) and does not care which source it gets:
-both seed every image's crops by (seed, epoch, index), skip unreadable images without changing
-batch shapes, and give every rank the same number of steps.
+both seed every image's crops by (seed, epoch, index), skip unreadable images (and those over the
+pixel cap, pixel_cap.py) without changing batch shapes, and give every rank the same number of steps.
+The cap in force is read and logged here, so a malformed DINO_MAX_IMAGE_PIXELS stops the run before
+any worker starts.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,12 @@ from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.encoded import SeededEncodedDataset
 from dino_model.data.folders import folder_classes
 from dino_model.data.loaders import SeededMultiCropDataset, build_train_loader
+from dino_model.data.pixel_cap import PIXEL_CAP_ENV, max_image_pixels
 from dino_model.data.shard_eval import ShardLabelledImages
 from dino_model.data.shard_location import ShardLocation, is_shard_root
 from dino_model.data.shard_stream import ShardEncodedDataset, ShardImages, ShardMultiCropDataset, build_shard_loader
+
+logger = logging.getLogger(__name__)
 
 
 def build_train_data(root: str, transform: Callable[[Any], Any], *, seed: int, batch_size: int, rank: int,
@@ -33,6 +39,7 @@ def build_train_data(root: str, transform: Callable[[Any], Any], *, seed: int, b
     With `encoded` (crops.backend=gpu) the items are the files' bytes and `transform` is not used:
     the training loop builds the crops on its device (gpu_crops.GpuMultiCrop).
     """
+    logger.info("images over %s pixels are skipped (%s)", f"{max_image_pixels():,}", PIXEL_CAP_ENV)
     if is_shard_root(root):
         shards = ShardImages(root)
         stream = (ShardEncodedDataset(shards, seed, batch_size=batch_size, rank=rank, world_size=world_size)

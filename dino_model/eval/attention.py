@@ -25,7 +25,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 from torchvision import transforms as T
 
-from dino_model.data.datasets import load_rgb
+from dino_model.data.folders import required_image
 from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dino_model.errors import ConfigError
 from dino_model.eval.report import build_report, metrics_table, write_report
@@ -143,7 +143,8 @@ def attention_maps_for_image(model: nn.Module, image_path: str | Path, out_dir: 
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    x = preprocess(load_rgb(Path(image_path)), image_size=image_size, patch_size=patch_size)
+    with required_image(Path(image_path)) as image:  # one clear error for a bad file or one over the pixel cap
+        x = preprocess(image.convert("RGB"), image_size=image_size, patch_size=patch_size)
     maps = cls_attention_maps(model, x.to(device)).cpu()
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     rgb = ((x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)

@@ -23,6 +23,7 @@ from torchvision import transforms as T
 
 from dino_model.config import EvalConfig
 from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.folders import required_image
 from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dino_model.errors import DataError
 from dino_model.eval.copydetection import check_edits, cls_gem_embedding, make_queries, score_copies
@@ -74,9 +75,10 @@ def embed_images(backbone: nn.Module, images: Sequence[Image.Image], cfg: EvalCo
 
 
 def _load(paths: Sequence[Path]) -> list[Image.Image]:
+    """The scanned images as RGB; one changed since the scan (unreadable, over the pixel cap) is a DataError."""
     images = []
     for path in paths:
-        with Image.open(path) as im:
+        with required_image(path) as im:
             images.append(im.convert("RGB"))
     return images
 

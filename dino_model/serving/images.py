@@ -5,9 +5,10 @@ shorter side, centre crop, /255, normalisation), so an embedding from the server
 evaluation computes for the same file. They are written with PIL and numpy, not torchvision, so that
 the client-only install (dino-mlops-client) needs no PyTorch; each step follows torchvision's
 arithmetic on PIL images (sizes, crop offsets, zero padding, float32 division) and a test holds the
-result equal to `eval_transform`. A corrupt file, a decompression bomb (an image declaring more
-pixels than PIL will decode) or a file removed meanwhile is skipped and named with the reason, never
-fatal: the rest of the inputs are still embedded.
+result equal to `eval_transform`. A corrupt file, an image whose header declares more pixels than
+the project's cap (data/pixel_cap.py, DINO_MAX_IMAGE_PIXELS; refused before it is decoded) or a file
+removed meanwhile is skipped and named with the reason, never fatal: the rest of the inputs are
+still embedded.
 """
 
 from __future__ import annotations

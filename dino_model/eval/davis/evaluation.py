@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from dino_model.data.folders import required_image
 from dino_model.errors import DataError
 from dino_model.eval.davis.io import annotation_paths, read_mask
 from dino_model.eval.davis.metrics import BOUND_TH, contour_accuracy, region_similarity
@@ -80,7 +80,7 @@ def evaluate_sequence(davis_root: str | Path, results_dir: str | Path, sequence:
 def _read_result(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"result mask {path} is missing; results need one PNG per annotated frame")
-    with Image.open(path) as img:
+    with required_image(path) as img:
         mask = np.array(img)  # raw ids, as the official reader takes them
     if mask.shape != shape:
         raise DataError(f"result mask {path} is {mask.shape}, the ground truth is {shape} (H, W)")

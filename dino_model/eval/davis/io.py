@@ -6,6 +6,8 @@ DAVIS 2017 (Pont-Tuset et al. 2017) stores `JPEGImages/<res>/<seq>/*.jpg`, palet
 grayscale PNGs with values {0, 255}; the 2017 tools would read 255 as void and find no object, so
 such masks are read here as object id 1. Results are written as palette PNGs with the standard
 PASCAL VOC / DAVIS colour map, generated here rather than downloaded as the DINO script does.
+Every frame and mask is opened through the project's pixel cap (data/pixel_cap.py; OpenCV's own
+limit is 1 Gpx): a sequence cannot skip a frame, so one over the cap is a DataError naming it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from dino_model.data.folders import required_image
 from dino_model.errors import DataError
 from dino_model.eval.davis.config import MASK_FORMATS
 
@@ -86,7 +89,7 @@ def read_mask(path: str | Path, *, mask_format: str = "auto") -> np.ndarray:
     """
     if mask_format not in MASK_FORMATS:
         raise DataError(f"mask_format={mask_format!r} is not one of {', '.join(MASK_FORMATS)}")
-    with Image.open(path) as img:
+    with required_image(Path(path)) as img:
         mode = img.mode
         if mode not in ("P", "L", "1"):
             raise DataError(f"{path} is a mode {mode!r} image; DAVIS masks are palette (P) or grayscale (L) PNGs")
@@ -101,7 +104,12 @@ def read_mask(path: str | Path, *, mask_format: str = "auto") -> np.ndarray:
 
 
 def read_frame(path: str | Path) -> np.ndarray:
-    """RGB frame (H, W, 3) uint8, decoded by OpenCV as the official reader does (its JPEG decoder)."""
+    """RGB frame (H, W, 3) uint8, decoded by OpenCV as the official reader does (its JPEG decoder).
+
+    PIL reads the header first, so a frame over the pixel cap is refused before OpenCV decodes it.
+    """
+    with required_image(Path(path)):
+        pass
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"cannot read frame {path}: missing or not an image OpenCV can decode")

@@ -374,8 +374,9 @@ def test_a_file_corrupted_after_the_scan_is_skipped_with_the_original_seed(tmp_p
     item, _, skipped = dataset[5]
     assert skipped == 1 and item["path"] == str(images.samples[6].path)
     item, _, skipped = dataset[4]
-    assert skipped == 0  # looks like a JPEG: passed on, and the device decoder drops it (previous test)
-    assert item["seed"] == SeededEncodedDataset(images, seed=0)[4][0]["seed"]
+    # looks like a JPEG, but the worker reads every header (for the pixel cap): skipped there, with 5
+    assert skipped == 2 and item["path"] == str(images.samples[6].path)
+    assert item["seed"] == SeededEncodedDataset(images, seed=0)[4][0]["seed"] != dataset[6][0]["seed"]
 
 
 def test_backend_is_validated_and_needs_kornia(monkeypatch):

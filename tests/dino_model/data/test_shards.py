@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from dino_model.cli.main import main
 from dino_model.data.shard_location import ShardLocation
+from dino_model.data.shard_stream import ShardImages
 from dino_model.data.shards import INDEX_NAME, pack_folder, parse_size
 from dino_model.errors import DataError
 
@@ -100,3 +103,59 @@ def test_the_cli_packs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture
                       "classes": 2}
     assert main(["data", "shard", str(tmp_path / "src"), str(tmp_path / "o2"), "--shard-size", "lots"]) == 2
     assert "shard size 'lots' is not a positive size" in capsys.readouterr().err
+
+
+def _index_listing(folder: Path, name: str) -> str:
+    """A valid index of one real shard, except that its entry names `name`."""
+    write_folder(folder / "src", 3)
+    index = pack_folder(folder / "src", folder / "shards")
+    raw = json.loads((folder / "shards" / INDEX_NAME).read_text())
+    raw["shards"][0]["name"] = name
+    assert len(index.shards) == 1
+    return json.dumps(raw)
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("../outside.tar", "a path leaving the shard folder"),
+    ("../../outside.tar", "a path leaving the shard folder"),
+    ("ok/../../outside.tar", "a path leaving the shard folder"),
+    ("..\\outside.tar", "a path leaving the shard folder"),
+    ("/tmp/outside.tar", "an absolute path"),
+    ("C:\\outside.tar", "an absolute path"),
+    ("file:///tmp/outside.tar", "a URL"),
+    ("s3://other-bucket/outside.tar", "a URL"),
+    ("sub/shard.tar", "not a plain file name"),
+    ("..", "a path leaving the shard folder"),
+    (".hidden.tar", "not a plain file name"),
+    ("", "not a plain file name"),
+])
+def test_a_shard_name_outside_the_shard_folder_is_refused_when_the_index_is_read(tmp_path: Path, name: str,
+                                                                                  why: str):
+    """`../../outside.tar` in shards.json must not make training read a tar beside or above the folder."""
+    outside = tmp_path / "outside.tar"
+    text = _index_listing(tmp_path, name)
+    shutil.copy(tmp_path / "shards" / "shard-000000.tar", outside)  # a real tar there: only the name rule stops it
+    (tmp_path / "shards" / INDEX_NAME).write_text(text)
+    for root in (str(tmp_path / "shards"), f"file://{tmp_path}/shards"):
+        with pytest.raises(DataError, match=re.escape(f"{root} ({INDEX_NAME}): shard entry 0 names {name!r}, {why}")):
+            ShardLocation(root).read_index()
+        with pytest.raises(DataError, match="shard names must be plain file names inside the shard folder"):
+            ShardImages(root)
+
+
+def test_a_shard_listed_twice_is_refused(tmp_path: Path):
+    write_folder(tmp_path / "src", 4)
+    pack_folder(tmp_path / "src", tmp_path / "shards", max_per_shard=2)
+    raw = json.loads((tmp_path / "shards" / INDEX_NAME).read_text())
+    raw["shards"][1] = raw["shards"][0]
+    (tmp_path / "shards" / INDEX_NAME).write_text(json.dumps(raw))
+    with pytest.raises(DataError, match=r"shard entry 1 names 'shard-000000\.tar', listed twice"):
+        ShardLocation(str(tmp_path / "shards")).read_index()
+
+
+def test_the_location_opens_only_plain_names_below_its_root(tmp_path: Path):
+    location = ShardLocation(str(tmp_path))
+    assert location.path("shard-000000.tar") == f"{tmp_path}/shard-000000.tar"
+    for name in ("../x.tar", "/etc/passwd", "a/b.tar"):
+        with pytest.raises(DataError, match=f"is not a file inside {re.escape(str(tmp_path))}"):
+            location.open(name)
