@@ -120,3 +120,12 @@ def test_infer_refuses_an_invalid_reference_before_calling_the_server(reference,
     assert code == 2 and len(err) == 1
     assert f"the drift reference {bad} is invalid: bandwidth=nan must be a finite number > 0" in err[0]
     assert not out.exists()
+
+
+def test_printed_results_are_strict_json(capsys: pytest.CaptureFixture) -> None:
+    """A NaN in a result is a bug: it raises before anything is written instead of printing a `NaN` token."""
+    from dino_model.cli.options import print_result
+
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        print_result({"drift": {"mmd2_max": float("nan")}})
+    assert capsys.readouterr().out == ""
