@@ -53,6 +53,11 @@ DEFAULT_NPROBE = 16
 POINTS_PER_CELL = 39  # fewest training points per k-means cell faiss accepts without a warning
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+    """An int (not a bool, not a float such as 2.0 or 2.5) of at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 @dataclass(frozen=True)
 class ServedIdentity:
     """Which served model produced a set of embeddings."""
@@ -87,10 +92,10 @@ class IndexOptions:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"index kind {self.kind!r} is unknown; choose one of {', '.join(KINDS)}")
-        if self.nlist is not None and self.nlist < 1:
-            raise ConfigError(f"nlist must be >= 1, got {self.nlist}")
-        if self.nprobe < 1:
-            raise ConfigError(f"nprobe must be >= 1, got {self.nprobe}")
+        if self.nlist is not None and not _is_int(self.nlist, 1):
+            raise ConfigError(f"nlist must be >= 1, got {self.nlist!r} (--nlist takes an integer >= 1)")
+        if not _is_int(self.nprobe, 1):
+            raise ConfigError(f"nprobe must be >= 1, got {self.nprobe!r} (--nprobe takes an integer >= 1)")
 
 
 @dataclass
@@ -261,11 +266,6 @@ def _first_line(exc: BaseException) -> str:
     """faiss's C++ exceptions span lines; a DataError is one."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    """An int (not a bool, not a float such as 2.0 or 2.5) of at least `minimum`."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _is_strings(value: Any, count: int) -> bool:

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 import pytest
 
-from dino_model.errors import DataError
+from dino_model.errors import ConfigError, DataError
 from dino_model.runtime.digests import file_sha256
 from dino_model.serving.index import (
     INDEX_FILE,
@@ -145,3 +145,9 @@ def test_infer_search_with_a_changed_index_is_one_line(exact: Path, run_cli, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "the index file changed after it was built" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("options", [dict(nprobe=2.5), dict(nprobe="4"), dict(nprobe=True), dict(nlist=3.0)])
+def test_build_options_must_be_integers(options: dict) -> None:
+    with pytest.raises(ConfigError, match=r"must be >= 1, got .* takes an integer >= 1"):
+        IndexOptions("ivf", **options)
