@@ -25,8 +25,9 @@ repeats the few lines of arithmetic; a test pins the two together). A drift fail
 request, and never reads as "no drift" either: a third gauge, dino_embedding_drift_monitor_up, is 1
 while the statistic is computed and 0 when it cannot be (a reference that breaks the rules of
 drift.py's reference_problem -- NaN or zero bandwidth, NaN threshold, NaN, empty or too short sample --
-or an error while computing it), and the error is logged. Such a model still loads and serves
-embeddings: the monitor is what is broken, and the DinoEmbeddingDriftMonitorDown alert says so.
+or an error while computing it: then the mmd2 and threshold gauges are withdrawn), and the error is
+logged. Such a model still loads and serves embeddings: the monitor is what is broken, and the
+DinoEmbeddingDriftMonitorDown alert says so.
 
 One version at a time owns the gauges. During a rollout versions N and N+1 are both loaded, each in its
 own stub process; two stubs registering the same metric family made tritonserver 2.51 hang when one of
@@ -128,6 +129,7 @@ class TritonPythonModel:
             self.drift.add(embeddings)
         except Exception as exc:  # monitoring must never fail a request
             _log_error(f"embedding drift monitor down (dino_embedding_drift_monitor_up 0): {exc!r}")
+            self.drift.gauges.withdraw_statistic()
             self.drift = BrokenDrift(self.drift.gauges)
 
     def _check(self, array):
@@ -179,6 +181,16 @@ class DriftGauges:
         self.gauges[self.UP].set(1.0 if up else 0.0)
         if value is not None and self.MMD2 in self.gauges:
             self.gauges[self.MMD2].set(value)
+
+    def withdraw_statistic(self):
+        """Remove the mmd2 and threshold gauges (their families stay): a stale value must not feed the alert."""
+        if self.threshold is None:
+            return
+        self.threshold = None
+        if self.gauges is not None:
+            self.gauges.pop(self.MMD2, None)
+            self.gauges.pop(self.THRESHOLD, None)
+            gc.collect()
 
     def _acquire(self):
         handle = open(self.lock_path, "a")  # noqa: SIM115 (held open while this version owns the gauges)

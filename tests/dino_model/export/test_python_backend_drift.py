@@ -129,6 +129,7 @@ def test_a_drift_failure_never_fails_a_request(backend, tiny_export, tiny_onnx: 
     model.drift.seen = model.drift.size
     assert _embeddings(model, np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 64)
     assert _gauges()[UP].values == [1.0, 0.0]  # the monitor reports itself down
+    assert set(model.drift.gauges.gauges) == {UP}  # the stale statistic and threshold are withdrawn
     assert any(level == "error" and "drift monitor down" in message for level, message in LOGGED)
     assert _embeddings(model, np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 64)  # and keeps serving
 
@@ -143,6 +144,7 @@ def test_a_nan_statistic_marks_the_monitor_down_instead_of_publishing_nan(backen
     assert _embeddings(model, images).shape == (len(images), 64)
     gauges = _gauges()
     assert gauges[MMD2].values == [] and gauges[UP].values == [1.0, 0.0]
+    assert set(model.drift.gauges.gauges) == {UP}
 
 
 def test_an_unreadable_reference_does_not_keep_the_model_from_loading(backend, tiny_export, tiny_onnx: Path,
