@@ -159,7 +159,7 @@ class RunConfig:
     output_dir: str = "runs/dino"
     device: str = "auto"  # auto | cpu | cuda
     log_every_steps: int = 10
-    saveckp_freq: int = 20  # extra numbered copy every N epochs
+    saveckp_freq: int = 20  # extra numbered copy every N epochs; 0 = none (logged at the start), < 0 refused
     stop_after_epochs: int = 0  # stop early (schedules still span `epochs`); 0 = run all
     channels_last: bool = False
     compile: bool = False

@@ -218,10 +218,11 @@ def run_attention(args: argparse.Namespace) -> int:
 def run_retrieval(args: argparse.Namespace) -> int:
     from dino_model.eval.retrieval_run import run_retrieval_eval
 
+    settings = RetrievalConfig(recall_ks=args.recall_k)  # ranges checked before the checkpoint is read
     cfg = checkpoint_config_from_args(args)
     result = run_retrieval_eval(args.checkpoint, cfg.eval, database_dir=args.database_dir or cfg.data.knn_train,
-                                query_dir=args.query_dir, settings=RetrievalConfig(recall_ks=args.recall_k),
-                                output=args.output, device=_device(args.device))
+                                query_dir=args.query_dir, settings=settings, output=args.output,
+                                device=_device(args.device))
     print_result(_summary(result))
     return 0
 
@@ -229,9 +230,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
 def run_copydetection(args: argparse.Namespace) -> int:
     from dino_model.eval.copydetection_run import run_copydetection_eval
 
-    cfg = checkpoint_config_from_args(args)
     settings = CopyDetectionConfig(originals=args.originals, edits=list(args.edits), seed=args.seed,
                                    gem_p=args.gem_p, whitening=not args.no_whitening, whiten_dim=args.whiten_dim)
+    cfg = checkpoint_config_from_args(args)  # after the ranges: a bad option is refused before the checkpoint is read
     result = run_copydetection_eval(args.checkpoint, cfg.eval, images_dir=args.images or cfg.data.knn_val,
                                     settings=settings, output=args.output, device=_device(args.device))
     print_result(_summary(result))

@@ -48,8 +48,13 @@ def checkpoint_config_from_args(args: argparse.Namespace):
 
 
 def print_result(result: dict[str, Any]) -> None:
-    """The command's result on stdout as indented JSON."""
-    json.dump(result, sys.stdout, indent=2, default=str)
+    """The command's result on stdout as indented, strictly valid JSON.
+
+    NaN and Infinity are not JSON: a reader either fails on them or, worse, reads a monitor's NaN as a
+    number. A result holding one is a bug, so it raises (ValueError) before anything is written.
+    """
+    text = json.dumps(result, indent=2, default=str, allow_nan=False)
+    sys.stdout.write(text)
     sys.stdout.write("\n")
 
 

@@ -158,9 +158,9 @@ def run_infer(args: argparse.Namespace) -> int:
     check_model_name(args.model_name)
     if args.model_version:
         check_version(args.model_version)
+    reference = _drift_reference(args.drift_reference) if args.drift_reference else None
     client = EmbeddingClient(args.url, args.model_name, model_version=args.model_version)
     index = _search_index(args, client) if args.search else None
-    reference = _drift_reference(args.drift_reference) if args.drift_reference else None
     result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency)
     if args.knn_index:
         result.predictions = knn_predict(result, args.knn_index, k=args.k, temperature=args.temperature)
@@ -185,7 +185,8 @@ def run_infer(args: argparse.Namespace) -> int:
 
 
 def _drift_reference(path: str):
-    """The --drift-reference file, read before any image is sent."""
+    """The --drift-reference file, read and checked before the server is called (an invalid one is an error
+    naming the file and the problem, never a `drifted: false`)."""
     from dino_model.monitoring.drift import DriftReference
 
     return DriftReference.load(path)

@@ -13,6 +13,7 @@ is rebuilt identically whatever the order or number of originals.
 from __future__ import annotations
 
 import io
+import math
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,15 +25,23 @@ from torch import Tensor, nn
 
 from dino_model.errors import ConfigError, DataError
 from dino_model.eval.retrieval import QueryScores, rank_and_score
-from dino_model.eval.search_settings import COPY_EDITS, CopyDetectionConfig
+from dino_model.eval.search_settings import COPY_EDITS, MAX_WHITEN_POWER, CopyDetectionConfig, check_int, check_number
 from dino_model.models.backbone import intermediate_tokens
 
 EIGEN_FLOOR = 1e-5  # eigenvalues below this fraction of the largest are raised to it (as the official PCA)
 
 
 def gem(tokens: Tensor, p: float = 4.0, eps: float = 1e-6) -> Tensor:
-    """Generalised mean over tokens: (B, N, D) -> (B, D), (mean_n max(x, eps)^p)^(1/p)."""
-    return tokens.clamp(min=eps).pow(p).mean(dim=1).pow(1.0 / p)
+    """Generalised mean over tokens: (B, N, D) -> (B, D), (mean_n max(x, eps)^p)^(1/p).
+
+    Computed as m (mean_n (x / m)^p)^(1/p) with m the largest token value, so that no finite p > 0
+    overflows (x^p in float32 passes 3.4e38 at x = 50 once p > 22).
+    """
+    if not (math.isfinite(p) and p > 0):
+        raise ConfigError(f"gem_p (--gem-p)={p!r} must be a finite number > 0")
+    x = tokens.clamp(min=eps)
+    scale = x.amax(dim=1, keepdim=True)
+    return scale.squeeze(1) * (x / scale).pow(p).mean(dim=1).pow(1.0 / p)
 
 
 def cls_gem_embedding(backbone: nn.Module, images: Tensor, p: float = 4.0) -> Tensor:
@@ -60,6 +69,9 @@ def fit_whitening(features: Tensor, *, power: float = 0.5, dim: int | None = Non
     dim None keeps min(D, N - 1) components, the rank of the centred covariance: directions the
     learning set does not span would otherwise be scaled up from noise.
     """
+    check_number("whiten_power", power, 0.0, MAX_WHITEN_POWER)
+    if dim is not None:
+        check_int("whiten_dim (--whiten-dim)", dim, 1)
     n, d_in = features.shape
     if n < 2:
         raise DataError(f"whitening needs at least 2 images, got {n}")

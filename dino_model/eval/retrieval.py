@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from dino_model.errors import DataError
+from dino_model.eval.search_settings import check_int, check_ints
 
 
 def compute_ap(ranks: Sequence[int] | np.ndarray, n_positives: int) -> float:
@@ -103,6 +104,8 @@ def rank_and_score(query_x: Tensor, query_y: Tensor, db_x: Tensor, db_y: Tensor,
     Labels < 0 are never positive. leave_one_out: the queries are the database itself and query i
     is junk in its own ranking. Ties keep database order.
     """
+    check_ints("recall_ks (--recall-k)", ks, 1)  # recall@0 and mP@0 are 0/0
+    check_int("chunk_size", chunk_size, 1)
     if leave_one_out and len(query_x) != len(db_x):
         raise ValueError("leave-one-out needs the queries to be the database")
     q = torch.nn.functional.normalize(query_x.float(), dim=1)

@@ -22,18 +22,28 @@ until the window is full.
 
 No torch here: the Triton Python backend and the export both use the reference file
 (`<stem>.drift.npz`), and the statistic is plain numpy.
+
+A monitor must fail closed: a reference with a NaN or zero bandwidth, a NaN threshold or a NaN or
+empty sample makes every MMD^2 NaN, and `NaN > threshold` is false, so such a file would report
+"no drift" forever. So a reference is checked (`reference_problem`) wherever it is written or read:
+the export refuses to write an invalid one, `load` refuses to read one, and the Triton backend (which
+repeats these rules) serves without the statistic and reports the monitor down. The rules: a 2-D
+finite sample of unit-length rows, at least `window` of them; window an integer >= 2 (the unbiased
+estimator needs two points per sample); bandwidth and threshold finite and > 0; self_term the kernel
+mean of the sample itself (it enters every window's statistic, so a tampered value would shift them all).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dino_model.errors import ConfigError
+from dino_model.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +56,9 @@ QUANTILE = 0.99
 # windows cross it at 1 - QUANTILE on average, and up to 9% with one fixed reference (measured on digits)
 DRIFTED_SHARE = 0.2
 DRIFT_SUFFIX = ".drift.npz"
+MIN_WINDOW = 2  # the unbiased MMD^2 averages over pairs i != j of the window
+UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed of a stored (float32) sample row
+SELF_TERM_TOLERANCE = 1e-4  # |stored - recomputed| of the sample's kernel mean (float32 rounding)
 
 
 @dataclass(frozen=True)
@@ -70,8 +83,15 @@ class DriftReference:
     self_term: float
 
     def save(self, path: str | Path) -> Path:
-        """Write the reference as a .npz file (what the Triton Python backend reads)."""
+        """Write the reference as a .npz file (what the Triton Python backend reads).
+
+        Raises:
+            ConfigError: the reference is invalid (see `reference_problem`); nothing is written.
+        """
         path = Path(path)
+        problem = reference_problem(self)
+        if problem:
+            raise ConfigError(f"refusing to write the drift reference {path}: {problem}")
         with path.open("wb") as fh:
             np.savez(fh, format=np.int64(FORMAT), sample=self.sample.astype(np.float32), mean=self.mean,
                      std=self.std, bandwidth=np.float64(self.bandwidth), threshold=np.float64(self.threshold),
@@ -83,18 +103,71 @@ class DriftReference:
         """Read a reference written by `save`.
 
         Raises:
-            ConfigError: the file is missing, unreadable or of another format.
+            ConfigError: the file is missing, unreadable, of another format or invalid (`reference_problem`).
         """
         try:
-            with np.load(Path(path)) as data:
+            with np.load(Path(path), allow_pickle=False) as data:
                 if int(data["format"]) != FORMAT:
                     raise ConfigError(f"{path} is a drift reference of format {int(data['format'])}; this code "
                                       f"reads format {FORMAT}: rebuild it with `dino-mlops export`")
-                return cls(sample=data["sample"], mean=data["mean"], std=data["std"],
-                           bandwidth=float(data["bandwidth"]), threshold=float(data["threshold"]),
-                           window=int(data["window"]), self_term=float(data["self_term"]))
-        except (OSError, KeyError, ValueError) as exc:
+                reference = cls(sample=data["sample"], mean=data["mean"], std=data["std"],
+                                bandwidth=float(data["bandwidth"]), threshold=float(data["threshold"]),
+                                window=_integer(data["window"]), self_term=float(data["self_term"]))
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise ConfigError(f"cannot read the drift reference {path}: {exc}") from exc
+        problem = reference_problem(reference)
+        if problem:
+            raise ConfigError(f"the drift reference {path} is invalid: {problem}; rebuild it with `dino-mlops export`")
+        return reference
+
+
+def _integer(value: np.ndarray) -> int:
+    """A stored scalar that must be an integer (a float window such as 2.5 is not silently truncated)."""
+    number = float(value)
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError(f"window={number} is not an integer")
+    return int(number)
+
+
+def reference_problem(reference: DriftReference) -> str | None:
+    """Why the drift statistic cannot be trusted with this reference, in one line; None when it can.
+
+    The Triton Python backend repeats these rules (it cannot import this package); a test pins the two.
+    """
+    sample = np.asarray(reference.sample)
+    if sample.ndim != 2 or sample.shape[1] < 1 or not np.issubdtype(sample.dtype, np.floating):
+        return f"the sample must be a non-empty (n, d) float array, got {sample.dtype} of shape {list(sample.shape)}"
+    window = reference.window
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < MIN_WINDOW:
+        return f"window={window!r} must be an integer >= {MIN_WINDOW}"
+    if len(sample) < window:
+        return f"the sample holds {len(sample)} embeddings, fewer than the window of {window}"
+    if not np.isfinite(sample).all():
+        return "the sample holds NaN or infinite values"
+    norms = np.linalg.norm(sample.astype(np.float64), axis=1)
+    if np.abs(norms - 1.0).max() > UNIT_TOLERANCE:
+        return f"the sample rows must be L2-normalised; their norms range from {norms.min():.3g} to {norms.max():.3g}"
+    for name in ("bandwidth", "threshold"):
+        value = getattr(reference, name)
+        if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and value > 0):
+            return f"{name}={value!r} must be a finite number > 0"
+    for name in ("mean", "std"):
+        stats = np.asarray(getattr(reference, name))
+        if stats.shape != (sample.shape[1],) or not np.isfinite(stats).all():
+            return f"{name} must be {sample.shape[1]} finite numbers, got shape {list(stats.shape)}"
+    expected = _off_diagonal_mean(gaussian_kernel(sample.astype(np.float64), sample.astype(np.float64),
+                                                  float(reference.bandwidth)))
+    if not (math.isfinite(reference.self_term) and abs(reference.self_term - expected) <= SELF_TERM_TOLERANCE):
+        return f"self_term={reference.self_term!r} is not the kernel mean of the sample ({expected:.6g})"
+    return None
+
+
+def check_reference(reference: DriftReference, *, source: str = "the drift reference") -> DriftReference:
+    """`reference`, or a ConfigError naming `source` and why the statistic cannot be computed with it."""
+    problem = reference_problem(reference)
+    if problem:
+        raise ConfigError(f"{source} is invalid: {problem}")
+    return reference
 
 
 def drift_path(onnx_path: str | Path) -> Path:
@@ -178,7 +251,8 @@ def build_reference(embeddings: np.ndarray, *, size: int = REFERENCE_SIZE, windo
     calibration split still has two equal parts at worst.
 
     Raises:
-        ConfigError: fewer than 4 embeddings, non-finite values, or bad sizes.
+        ConfigError: fewer than 4 embeddings, non-finite values, bad sizes, or a reference the statistic
+            cannot use (e.g. a threshold <= 0 from degenerate embeddings).
     """
     x = np.asarray(embeddings)
     if x.ndim != 2 or len(x) < 4:
@@ -198,8 +272,10 @@ def build_reference(embeddings: np.ndarray, *, size: int = REFERENCE_SIZE, windo
     bandwidth = median_bandwidth(sample)
     k = gaussian_kernel(sample, sample, bandwidth)
     threshold = calibrate_threshold(k, window, n_permutations=n_permutations, quantile=quantile, rng=rng)
-    return DriftReference(sample=sample.astype(np.float32), mean=normalised.mean(0), std=normalised.std(0),
-                          bandwidth=bandwidth, threshold=threshold, window=window, self_term=_off_diagonal_mean(k))
+    reference = DriftReference(sample=sample.astype(np.float32), mean=normalised.mean(0), std=normalised.std(0),
+                               bandwidth=bandwidth, threshold=threshold, window=window,
+                               self_term=_off_diagonal_mean(k))
+    return check_reference(reference, source="the drift reference built from these embeddings")
 
 
 class DriftMonitor:
@@ -212,7 +288,7 @@ class DriftMonitor:
     def __init__(self, reference: DriftReference, *, update_every: int = 64) -> None:
         if update_every < 1:
             raise ConfigError(f"update_every must be >= 1, got {update_every}")
-        self.reference, self.update_every = reference, update_every
+        self.reference, self.update_every = check_reference(reference), update_every
         self._window: deque[np.ndarray] = deque(maxlen=reference.window)
         self._since_update = 0
         self.value: float | None = None
@@ -223,7 +299,7 @@ class DriftMonitor:
             self._since_update += 1
         full = len(self._window) == self.reference.window
         if full and (self.value is None or self._since_update >= self.update_every):
-            self.value = window_mmd2(np.stack(self._window), self.reference)
+            self.value = _finite(window_mmd2(np.stack(self._window), self.reference))
             self._since_update = 0
         return self.value
 
@@ -239,18 +315,36 @@ def batch_drift(embeddings: np.ndarray, reference: DriftReference) -> dict[str, 
     is not what the training data looks like) and cut into windows of the reference's W (a remainder
     shorter than W is left out: the threshold holds for W only); each window's MMD^2 is compared with
     the threshold, as the serving monitor compares its sliding window.
+    A set shorter than one window cannot be judged: `drifted` is then None (unknown), never False.
+
+    Raises:
+        ConfigError: the reference is invalid or belongs to another model (another width).
+        DataError: the embeddings hold NaN or infinite values, or the statistic is not finite.
     """
+    check_reference(reference)
     rows = np.asarray(embeddings, dtype=np.float32)
     if rows.ndim != 2 or rows.shape[1] != reference.sample.shape[1]:
         raise ConfigError(f"embeddings of shape {rows.shape} do not match the drift reference's width "
                           f"{reference.sample.shape[1]}: the reference belongs to another model")
+    if not np.isfinite(rows).all():
+        raise DataError("the embeddings hold NaN or infinite values: their drift cannot be computed")
     rows = rows[np.random.default_rng(0).permutation(len(rows))]
     n_windows = len(rows) // reference.window
-    values = [window_mmd2(rows[i * reference.window:(i + 1) * reference.window], reference)
+    values = [_finite(window_mmd2(rows[i * reference.window:(i + 1) * reference.window], reference))
               for i in range(n_windows)]
     drifted = sum(v > reference.threshold for v in values)
+    if n_windows == 0:
+        logger.warning("%d embeddings are fewer than one drift window of %d: their drift is unknown", len(rows),
+                       reference.window)
     return {"window": reference.window, "threshold": reference.threshold, "windows": n_windows,
             "drifted_windows": drifted, "mmd2_max": max(values, default=None),
             "mmd2_median": float(np.median(values)) if values else None,
-            "drifted": n_windows > 0 and drifted / n_windows > DRIFTED_SHARE,
+            "drifted": None if n_windows == 0 else drifted / n_windows > DRIFTED_SHARE,
             "left_out": len(rows) - n_windows * reference.window}
+
+
+def _finite(value: float) -> float:
+    """The statistic, or a DataError: a NaN would compare below any threshold and hide drift."""
+    if not math.isfinite(value):
+        raise DataError(f"the drift statistic MMD^2 is {value}: the monitor cannot compute it")
+    return value

@@ -11,6 +11,13 @@ index (every vector compared), `ivf` an inverted file of `nlist` k-means cells o
 searched per query (faster on large sets, at some recall; with nprobe = nlist it is exact). faiss is
 imported inside the functions that need it: the client-only install (no faiss) imports this module,
 and only a search tells it to install faiss-cpu.
+
+The manifest is also bound to its index file: it records the sha256 of `index.faiss`, and a search
+checks that digest, then every field it relies on (paths and labels one per vector, kind, metric,
+nprobe a positive integer), before the index is used. A changed or corrupted index.faiss (zeroed
+vectors answer with silently wrong neighbours) or an inconsistent manifest is one DataError naming
+the file, not a traceback or a wrong answer. Manifests of format 1 carry no digest: they are refused
+with a request to rebuild, because nothing can tell their index file from a changed one.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 from dino_model.errors import ConfigError, DataError, ServingError
 from dino_model.export.lineage import VERIFIED_KEY
 from dino_model.export.triton_config import config_parameters
+from dino_model.runtime.digests import file_sha256
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.gate import config_lineage
 
@@ -40,9 +48,14 @@ KINDS = ("exact", "ivf")
 METRIC = "inner_product"  # of L2-normalised vectors: cosine similarity
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest records index.faiss's sha256 (format 1 did not)
 DEFAULT_NPROBE = 16
 POINTS_PER_CELL = 39  # fewest training points per k-means cell faiss accepts without a warning
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    """An int (not a bool, not a float such as 2.0 or 2.5) of at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 @dataclass(frozen=True)
@@ -79,10 +92,10 @@ class IndexOptions:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"index kind {self.kind!r} is unknown; choose one of {', '.join(KINDS)}")
-        if self.nlist is not None and self.nlist < 1:
-            raise ConfigError(f"nlist must be >= 1, got {self.nlist}")
-        if self.nprobe < 1:
-            raise ConfigError(f"nprobe must be >= 1, got {self.nprobe}")
+        if self.nlist is not None and not _is_int(self.nlist, 1):
+            raise ConfigError(f"nlist must be >= 1, got {self.nlist!r} (--nlist takes an integer >= 1)")
+        if not _is_int(self.nprobe, 1):
+            raise ConfigError(f"nprobe must be >= 1, got {self.nprobe!r} (--nprobe takes an integer >= 1)")
 
 
 @dataclass
@@ -191,7 +204,11 @@ def build_index(embeddings: np.ndarray, paths: Sequence[str], labels: Sequence[s
 
 
 def write_index(index: SimilarityIndex, folder: str | Path) -> Path:
-    """Write `index.faiss` and then `manifest.json` into `folder` (each replaced atomically)."""
+    """Write `index.faiss` and then `manifest.json` (recording the index file's sha256) into `folder`.
+
+    Each is replaced atomically; between the two replacements the old manifest's digest does not match
+    the new index file, so a reader then refuses the folder rather than mixing the two.
+    """
     faiss = faiss_module()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,6 +216,7 @@ def write_index(index: SimilarityIndex, folder: str | Path) -> Path:
         temporary = Path(tmp.name)
     try:
         faiss.write_index(index.index, str(temporary))
+        index.manifest["index_sha256"] = file_sha256(temporary)
         temporary.replace(folder / INDEX_FILE)
     finally:
         temporary.unlink(missing_ok=True)
@@ -211,7 +229,13 @@ def write_index(index: SimilarityIndex, folder: str | Path) -> Path:
 
 
 def load_index(folder: str | Path) -> SimilarityIndex:
-    """The index in `folder` (written by write_index); DataError naming what is missing or inconsistent."""
+    """The index in `folder` (written by write_index), checked against its manifest before any use.
+
+    Raises:
+        DataError: in one line naming the file: a file is missing or unreadable, the manifest is of an
+            older format or malformed (see check_manifest), index.faiss is not the file the manifest
+            recorded (sha256), or it holds other vectors than the manifest lists.
+    """
     faiss = faiss_module()
     folder = Path(folder)
     manifest_path, index_path = folder / MANIFEST_FILE, folder / INDEX_FILE
@@ -220,17 +244,91 @@ def load_index(folder: str | Path) -> SimilarityIndex:
                         "(written by `dino-mlops index build`)")
     try:
         manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the index manifest {manifest_path}: {exc}") from exc
+    check_manifest(manifest, manifest_path)
+    digest = file_sha256(index_path)
+    if digest != manifest["index_sha256"]:
+        raise DataError(f"{index_path} has sha256 {digest[:12]}... but {manifest_path} records "
+                        f"{manifest['index_sha256'][:12]}...: the index file changed after it was built; "
+                        "rebuild it with `dino-mlops index build`")
+    try:
         index = faiss.read_index(str(index_path))
     except (OSError, ValueError, RuntimeError) as exc:
-        raise DataError(f"cannot read the similarity index in {folder}: {exc}") from exc
-    if manifest.get("format") != FORMAT_VERSION or not isinstance(manifest.get("paths"), list):
-        raise DataError(f"{manifest_path} is not a format-{FORMAT_VERSION} index manifest")
-    if index.ntotal != len(manifest["paths"]) or index.d != manifest.get("dimension"):
-        raise DataError(f"{index_path} holds {index.ntotal} {index.d}-d vectors but {manifest_path} lists "
-                        f"{len(manifest['paths'])} {manifest.get('dimension')}-d ones: rebuild the index")
-    if manifest.get("kind") == "ivf":
-        faiss.extract_index_ivf(index).nprobe = int(manifest["nprobe"])
+        raise DataError(f"cannot read the similarity index {index_path}: {_first_line(exc)}") from exc
+    _check_against_index(index, manifest, index_path, manifest_path)
+    if manifest["kind"] == "ivf":
+        faiss.extract_index_ivf(index).nprobe = manifest["nprobe"]
     return SimilarityIndex(index, manifest)
+
+
+def _first_line(exc: BaseException) -> str:
+    """faiss's C++ exceptions span lines; a DataError is one."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _is_strings(value: Any, count: int) -> bool:
+    return isinstance(value, list) and len(value) == count and all(isinstance(v, str) for v in value)
+
+
+def check_manifest(manifest: Any, where: str | Path) -> None:
+    """DataError, one line naming `where`, unless `manifest` has every field a search relies on, well-formed."""
+    def bad(problem: str) -> DataError:
+        return DataError(f"{where} is not a usable index manifest: {problem}; rebuild it with `dino-mlops index build`")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"it holds a JSON {type(manifest).__name__}, not an object")
+    if manifest.get("format") == 1:
+        raise bad("it is of format 1, written before manifests recorded the sha256 of index.faiss, so the "
+                  "index file cannot be checked")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise bad(f"format {manifest.get('format')!r} is not {FORMAT_VERSION}")
+    digest = manifest.get("index_sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise bad(f"index_sha256={digest!r} is not a sha256 hex digest")
+    if manifest.get("kind") not in KINDS:
+        raise bad(f"kind={manifest.get('kind')!r} is not one of {', '.join(KINDS)}")
+    if manifest.get("metric") != METRIC:
+        raise bad(f"metric={manifest.get('metric')!r} is not {METRIC!r}")
+    for key, minimum in (("dimension", 1), ("count", 0)):
+        if not _is_int(manifest.get(key), minimum):
+            raise bad(f"{key}={manifest.get(key)!r} must be an integer >= {minimum}")
+    count = manifest["count"]
+    if not _is_strings(manifest.get("paths"), count):
+        raise bad(f"paths must be a list of {count} strings (one per vector), got {_describe(manifest.get('paths'))}")
+    if "labels" in manifest and not _is_strings(manifest["labels"], count):
+        raise bad(f"labels must be a list of {count} strings (one per vector), got {_describe(manifest['labels'])}")
+    if not isinstance(manifest.get("model"), dict):
+        raise bad(f"model={manifest.get('model')!r} must be an object")
+    if manifest["kind"] == "ivf":
+        if not _is_int(manifest.get("nlist"), 1):
+            raise bad(f"nlist={manifest.get('nlist')!r} must be an integer >= 1")
+        nprobe = manifest.get("nprobe")
+        if not _is_int(nprobe, 1) or nprobe > manifest["nlist"]:
+            raise bad(f"nprobe={nprobe!r} must be an integer in [1, nlist={manifest['nlist']}]")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        kinds = sorted({type(v).__name__ for v in value})
+        return f"a list of {len(value)} ({', '.join(kinds) or 'empty'})"
+    return f"a {type(value).__name__}"
+
+
+def _check_against_index(index: Any, manifest: dict[str, Any], index_path: Path, manifest_path: Path) -> None:
+    """DataError unless the faiss index holds what the manifest says: count, width, kind and metric."""
+    faiss = faiss_module()
+    if index.ntotal != manifest["count"] or index.d != manifest["dimension"]:
+        raise DataError(f"{index_path} holds {index.ntotal} {index.d}-d vectors but {manifest_path} lists "
+                        f"{manifest['count']} {manifest['dimension']}-d ones: rebuild the index")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise DataError(f"{index_path} does not rank by inner product (metric type {index.metric_type}), as "
+                        f"{manifest_path} says: rebuild the index")
+    is_ivf = faiss.try_extract_index_ivf(index) is not None
+    if is_ivf != (manifest["kind"] == "ivf"):
+        raise DataError(f"{index_path} is {'an ivf' if is_ivf else 'a flat'} index but {manifest_path} says "
+                        f"kind={manifest['kind']!r}: rebuild the index")
 
 
 def served_identity(client: EmbeddingClient) -> ServedIdentity:

@@ -121,7 +121,7 @@ def write_embeddings(result: EmbeddingResult, output: str | Path, *, model: str 
                  classes=np.array(classes, dtype=str), predictions=np.array(result.predictions, dtype=str),
                  **_neighbour_arrays(result.neighbours))
     else:
-        output.write_text(json.dumps(_as_json(result, model), indent=1) + "\n")
+        output.write_text(json.dumps(_as_json(result, model), indent=1, allow_nan=False) + "\n")
     return output
 
 

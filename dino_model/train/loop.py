@@ -137,8 +137,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
         _write_output(lambda: dump_config(cfg, out / "config.yaml"), out / "config.yaml")
         drop_metrics_from(out / METRICS, start_epoch)
         logger.info("training %d images (%d unreadable file(s) skipped), %d steps/epoch, %d process(es), device %s, "
-                    "precision %s", len(images), images.n_skipped, len(loader), dist.world_size, dist.device,
-                    cfg.train.precision)
+                    "precision %s; %s", len(images), images.n_skipped, len(loader), dist.world_size, dist.device,
+                    cfg.train.precision, numbered_copies(cfg.train.saveckp_freq))
     metrics: dict[str, Any] = {}
     last_epoch = cfg.train.epochs if not cfg.train.stop_after_epochs else min(
         cfg.train.epochs, cfg.train.stop_after_epochs)
@@ -312,6 +312,13 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
+
+
+def numbered_copies(saveckp_freq: int) -> str:
+    """What train.saveckp_freq does, for the start-of-training log: 0 (no numbered copies) is said, not silent."""
+    if saveckp_freq == 0:
+        return f"{LATEST} only, no numbered copies (train.saveckp_freq=0)"
+    return f"{LATEST} every epoch and checkpointNNNN.pth every {saveckp_freq} epoch(s) (train.saveckp_freq)"
 
 
 def _save(t: Trainer, out: Path, epoch: int) -> None:

@@ -22,7 +22,12 @@ window against the reference, Gaussian kernel on L2-normalised embeddings; 0 unt
 full) and dino_embedding_drift_threshold, both labelled by model and version. The statistic is the one
 dino_model/monitoring/drift.py defines and calibrates (this file cannot import the package, so it
 repeats the few lines of arithmetic; a test pins the two together). A drift failure never fails a
-request: drift monitoring is switched off and logged instead.
+request, and never reads as "no drift" either: a third gauge, dino_embedding_drift_monitor_up, is 1
+while the statistic is computed and 0 when it cannot be (a reference that breaks the rules of
+drift.py's reference_problem -- NaN or zero bandwidth, NaN threshold, NaN, empty or too short sample --
+or an error while computing it: then the mmd2 and threshold gauges are withdrawn), and the error is
+logged. Such a model still loads and serves embeddings: the monitor is what is broken, and the
+DinoEmbeddingDriftMonitorDown alert says so.
 
 One version at a time owns the gauges. During a rollout versions N and N+1 are both loaded, each in its
 own stub process; two stubs registering the same metric family made tritonserver 2.51 hang when one of
@@ -50,6 +55,10 @@ MAX_ABS_PIXEL = 1e4
 DRIFT_FILE = "drift.npz"
 EMBEDDING = "embedding"
 DRIFT_UPDATE_EVERY = 64  # answered embeddings between two updates of the drift gauges
+# the reference rules of dino_model/monitoring/drift.py (MIN_WINDOW, UNIT_TOLERANCE, SELF_TERM_TOLERANCE)
+MIN_DRIFT_WINDOW = 2
+UNIT_TOLERANCE = 1e-3
+SELF_TERM_TOLERANCE = 1e-4
 
 
 class TritonPythonModel:
@@ -69,8 +78,8 @@ class TritonPythonModel:
         self.sample_shape = tuple(int(d) for d in spec["dims"])
         self.output_names = [o["name"] for o in config["output"]]
         self._self_check()
-        self.drift = _drift_window(path.parent / DRIFT_FILE, {"model": args["model_name"],
-                                                              "version": str(args["model_version"])})
+        self.drift = _drift_monitor(path.parent / DRIFT_FILE, {"model": args["model_name"],
+                                                               "version": str(args["model_version"])})
 
     def _self_check(self):
         """Refuse to load a graph that answers NaN or Inf for a blank image (broken weights)."""
@@ -119,8 +128,9 @@ class TritonPythonModel:
         try:
             self.drift.add(embeddings)
         except Exception as exc:  # monitoring must never fail a request
-            _log_warning(f"embedding drift monitoring switched off: {exc!r}")
-            self.drift = None
+            _log_error(f"embedding drift monitor down (dino_embedding_drift_monitor_up 0): {exc!r}")
+            self.drift.gauges.withdraw_statistic()
+            self.drift = BrokenDrift(self.drift.gauges)
 
     def _check(self, array):
         """An error message for a request this model cannot answer, or None."""
@@ -146,22 +156,41 @@ class TritonPythonModel:
 
 
 class DriftGauges:
-    """The two drift gauges of one model, owned by at most one loaded version of it at a time."""
+    """The drift gauges of one model, owned by at most one loaded version of it at a time.
+
+    A version whose reference is invalid registers only the monitor_up family (there is no threshold
+    to publish and no statistic to compute).
+    """
 
     DESCRIBED = (("dino_embedding_drift_mmd2", "MMD^2 of the last served embeddings against the training "
                   "reference (0 until the window is full)"),
-                 ("dino_embedding_drift_threshold", "MMD^2 above which the window counts as drifted"))
+                 ("dino_embedding_drift_threshold", "MMD^2 above which the window counts as drifted"),
+                 ("dino_embedding_drift_monitor_up", "1 while the embedding drift statistic is computed, 0 when "
+                  "the monitor cannot compute it (invalid reference or a failure): the drift alert cannot fire"))
+    MMD2, THRESHOLD, UP = DESCRIBED[0][0], DESCRIBED[1][0], DESCRIBED[2][0]
 
-    def __init__(self, labels, threshold):
+    def __init__(self, labels, threshold=None):
         self.labels, self.threshold = labels, threshold
         self.lock_path = Path(tempfile.gettempdir()) / f"dino-drift-{os.getppid()}-{labels['model']}.lock"
         self.lock, self.families, self.gauges = None, None, None
 
-    def set(self, value):
-        """Publish `value` when this version owns the gauges (taking them over if they are free)."""
+    def publish(self, up, value=None):
+        """Publish the monitor's state (and `value`) when this version owns the gauges (taking them if free)."""
         if self.gauges is None and not self._acquire():
             return
-        self.gauges[0].set(value)
+        self.gauges[self.UP].set(1.0 if up else 0.0)
+        if value is not None and self.MMD2 in self.gauges:
+            self.gauges[self.MMD2].set(value)
+
+    def withdraw_statistic(self):
+        """Remove the mmd2 and threshold gauges (their families stay): a stale value must not feed the alert."""
+        if self.threshold is None:
+            return
+        self.threshold = None
+        if self.gauges is not None:
+            self.gauges.pop(self.MMD2, None)
+            self.gauges.pop(self.THRESHOLD, None)
+            gc.collect()
 
     def _acquire(self):
         handle = open(self.lock_path, "a")  # noqa: SIM115 (held open while this version owns the gauges)
@@ -171,10 +200,13 @@ class DriftGauges:
             handle.close()
             return False
         self.lock = handle
+        described = self.DESCRIBED if self.threshold is not None else self.DESCRIBED[2:]
         self.families = [pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
-                         for name, text in self.DESCRIBED]
-        self.gauges = [family.Metric(labels=self.labels) for family in self.families]
-        self.gauges[1].set(self.threshold)
+                         for name, text in described]
+        self.gauges = {name: family.Metric(labels=self.labels)
+                       for family, (name, _) in zip(self.families, described, strict=True)}
+        if self.threshold is not None:
+            self.gauges[self.THRESHOLD].set(self.threshold)
         return True
 
     def close(self):
@@ -198,6 +230,7 @@ class DriftWindow:
         self.buffer = np.zeros((self.size, self.sample.shape[1]))
         self.seen, self.since_update, self.value = 0, 0, None
         self.gauges = gauges
+        gauges.publish(up=True)
 
     def close(self):
         self.gauges.close()
@@ -208,24 +241,84 @@ class DriftWindow:
         self.seen += len(embeddings)
         self.since_update += len(embeddings)
         if self.seen >= self.size and (self.value is None or self.since_update >= self.update_every):
-            self.value = _mmd2(self.buffer, self.sample, self.bandwidth, self.self_term)
+            value = _mmd2(self.buffer, self.sample, self.bandwidth, self.self_term)
+            if not np.isfinite(value):  # NaN > threshold is false: a NaN gauge would hide any drift
+                raise FloatingPointError(f"the drift statistic MMD^2 is {value}")
+            self.value = value
             self.since_update = 0
-            self.gauges.set(self.value)
+            self.gauges.publish(up=True, value=self.value)
 
 
-def _drift_window(path, labels):
-    """The drift window of this version, or None without a reference or custom metrics support."""
+class BrokenDrift:
+    """A monitor that cannot compute: reports dino_embedding_drift_monitor_up 0 and nothing else.
+
+    A version that does not own the gauges (another version of the model does) tries to take them
+    every `update_every` served embeddings, as DriftWindow does at each update.
+    """
+
+    def __init__(self, gauges, update_every=DRIFT_UPDATE_EVERY):
+        self.gauges, self.update_every, self.since_update, self.value = gauges, update_every, 0, None
+        gauges.publish(up=False)
+
+    def add(self, embeddings):
+        self.since_update += len(embeddings)
+        if self.since_update >= self.update_every:
+            self.since_update = 0
+            self.gauges.publish(up=False)
+
+    def close(self):
+        self.gauges.close()
+
+
+def reference_problem(reference):
+    """Why the drift statistic cannot be trusted with this reference, or None.
+
+    The rules of dino_model/monitoring/drift.py's reference_problem (this file cannot import it; a test
+    runs the same invalid references through both).
+    """
+    sample = np.asarray(reference["sample"])
+    if sample.ndim != 2 or sample.shape[1] < 1 or not np.issubdtype(sample.dtype, np.floating):
+        return f"the sample must be a non-empty (n, d) float array, got {sample.dtype} of shape {list(sample.shape)}"
+    window = np.asarray(reference["window"])
+    if window.shape != () or not np.isfinite(window) or window != np.floor(window) or window < MIN_DRIFT_WINDOW:
+        return f"window={window.tolist()!r} must be an integer >= {MIN_DRIFT_WINDOW}"
+    if len(sample) < int(window):
+        return f"the sample holds {len(sample)} embeddings, fewer than the window of {int(window)}"
+    if not np.isfinite(sample).all():
+        return "the sample holds NaN or infinite values"
+    norms = np.linalg.norm(sample.astype(np.float64), axis=1)
+    if np.abs(norms - 1.0).max() > UNIT_TOLERANCE:
+        return f"the sample rows must be L2-normalised; their norms range from {norms.min():.3g} to {norms.max():.3g}"
+    for name in ("bandwidth", "threshold"):
+        value = float(reference[name])
+        if not (np.isfinite(value) and value > 0):
+            return f"{name}={value!r} must be a finite number > 0"
+    self_term = float(reference["self_term"])
+    rows = sample.astype(np.float64)
+    expected = _kernel_mean(rows, rows, float(reference["bandwidth"]), off_diagonal=True)
+    if not (np.isfinite(self_term) and abs(self_term - expected) <= SELF_TERM_TOLERANCE):
+        return f"self_term={self_term!r} is not the kernel mean of the sample ({expected:.6g})"
+    return None
+
+
+def _drift_monitor(path, labels):
+    """The drift monitor of this version: None without a reference file or custom metrics support; a
+    BrokenDrift (gauge monitor_up 0, an error in the log) when the reference cannot be used."""
     if not path.is_file():
         return None
     if not hasattr(pb_utils, "MetricFamily"):
         _log_warning("this Triton has no Python-backend custom metrics: embedding drift is not exported")
         return None
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             reference = {k: data[k] for k in ("sample", "bandwidth", "self_term", "window", "threshold")}
+        problem = reference_problem(reference)
     except Exception as exc:  # a broken monitoring file must not keep the model from loading
-        _log_warning(f"cannot read the drift reference {path} ({exc!r}): embedding drift is not exported")
-        return None
+        problem = f"cannot read it ({exc!r})"
+    if problem:
+        _log_error(f"the drift reference {path} is invalid: {problem}; serving without the drift statistic "
+                   "(dino_embedding_drift_monitor_up 0): re-export the model to rebuild it")
+        return BrokenDrift(DriftGauges(labels))
     return DriftWindow(reference, DriftGauges(labels, float(reference["threshold"])))
 
 
@@ -253,6 +346,12 @@ def _log_warning(message):
     logger = getattr(pb_utils, "Logger", None)
     if logger is not None:
         logger.log_warn(message)
+
+
+def _log_error(message):
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_error(message)
 
 
 def _non_finite(outputs):

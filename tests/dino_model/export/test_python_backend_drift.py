@@ -2,7 +2,9 @@
 
 The backend repeats the statistic of dino_model/monitoring/drift.py (it cannot import the package):
 its gauge must equal that module's MMD^2 of the same window, be updated every DRIFT_UPDATE_EVERY
-embeddings rather than every request, and be absent when the version carries no reference.
+embeddings rather than every request, and be absent when the version carries no reference. A
+reference the statistic cannot use (the same files drift.py refuses) still serves embeddings but
+reports the monitor down (dino_embedding_drift_monitor_up 0), never a NaN statistic read as "no drift".
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dino_model.errors import ConfigError
 from dino_model.export.triton_config import RepositoryOptions
 from dino_model.export.triton_repository import PYTHON_MODEL, read_config, write_model_repository
 from dino_model.monitoring.drift import DriftReference, drift_path, window_mmd2
+
+MMD2, THRESHOLD, UP = "dino_embedding_drift_mmd2", "dino_embedding_drift_threshold", "dino_embedding_drift_monitor_up"
 
 
 class _Gauge:
@@ -41,9 +46,14 @@ class _MetricFamily:
         return _MetricFamily.created[-1]
 
 
+LOGGED: list[tuple[str, str]] = []
+
+
 def _pb_utils() -> types.ModuleType:
     pb = types.ModuleType("triton_python_backend_utils")
     pb.MetricFamily = _MetricFamily
+    pb.Logger = types.SimpleNamespace(**{f"log_{level}": (lambda message, level=level: LOGGED.append((level, message)))
+                                         for level in ("info", "warn", "error")})
     pb.Tensor = lambda name, array: types.SimpleNamespace(name=name, array=array)
     pb.InferenceResponse = lambda output_tensors, error=None: types.SimpleNamespace(tensors=output_tensors, error=error)
     pb.TritonError = lambda message, code=None: types.SimpleNamespace(message=message)
@@ -56,6 +66,7 @@ def backend(monkeypatch: pytest.MonkeyPatch):
     """load(version_dir) -> an initialised TritonPythonModel of the backend file, on the stand-in pb_utils."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _pb_utils())
     _MetricFamily.created.clear()
+    LOGGED.clear()
     spec = importlib.util.spec_from_file_location("dino_python_backend_under_test", PYTHON_MODEL)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -70,6 +81,11 @@ def backend(monkeypatch: pytest.MonkeyPatch):
     return types.SimpleNamespace(load=load, module=module)
 
 
+def _gauges(version: str = "1") -> dict[str, _Gauge]:
+    """The gauges the backend created for `version`, by family name."""
+    return {g.family.name: g for g in _MetricFamily.created if g.labels["version"] == version}
+
+
 def _embeddings(model, images: np.ndarray) -> np.ndarray:
     (response,) = model.execute([images])
     return next(t.array for t in response.tensors if t.name == "embedding")
@@ -82,12 +98,12 @@ def test_gauges_hold_the_drift_statistic_of_the_last_window(backend, tiny_export
     reference = DriftReference.load(drift_path(tiny_onnx))
     rng, every, w = np.random.default_rng(0), backend.module.DRIFT_UPDATE_EVERY, reference.window
     served = [_embeddings(model, rng.standard_normal((w - 1, 3, 32, 32), dtype=np.float32))]
-    assert _MetricFamily.created == []  # the window is not full yet
+    mmd2, threshold, up = (_gauges()[name] for name in (MMD2, THRESHOLD, UP))
+    assert len(_MetricFamily.created) == 3 and mmd2.values == []  # the window is not full yet
+    assert up.values == [1.0]  # the monitor is up from the load
     served.append(_embeddings(model, rng.standard_normal((1, 3, 32, 32), dtype=np.float32)))
-    mmd2, threshold = _MetricFamily.created
-    assert (mmd2.family.name, threshold.family.name) == ("dino_embedding_drift_mmd2", "dino_embedding_drift_threshold")
-    assert mmd2.family.kind == threshold.family.kind == "gauge"
-    assert mmd2.labels == threshold.labels == {"model": "dino", "version": "1"}
+    assert mmd2.family.kind == threshold.family.kind == up.family.kind == "gauge"
+    assert mmd2.labels == threshold.labels == up.labels == {"model": "dino", "version": "1"}
     assert threshold.values == [pytest.approx(reference.threshold)]
     assert mmd2.values == [pytest.approx(window_mmd2(np.concatenate(served)[-w:], reference), abs=1e-9)]
     for _ in range(every - 1):  # single-image requests: no update until `every` embeddings arrived
@@ -112,7 +128,23 @@ def test_a_drift_failure_never_fails_a_request(backend, tiny_export, tiny_onnx: 
     model.drift.sample = np.zeros((3, 5))  # wrong width: the statistic raises
     model.drift.seen = model.drift.size
     assert _embeddings(model, np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 64)
-    assert model.drift is None
+    assert _gauges()[UP].values == [1.0, 0.0]  # the monitor reports itself down
+    assert set(model.drift.gauges.gauges) == {UP}  # the stale statistic and threshold are withdrawn
+    assert any(level == "error" and "drift monitor down" in message for level, message in LOGGED)
+    assert _embeddings(model, np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 64)  # and keeps serving
+
+
+def test_a_nan_statistic_marks_the_monitor_down_instead_of_publishing_nan(backend, tiny_export, tiny_onnx: Path,
+                                                                          tmp_path: Path) -> None:
+    """A NaN MMD^2 compares below any threshold: it must never reach the gauge the alert reads."""
+    written = write_model_repository(tiny_onnx, tmp_path / "repo", RepositoryOptions(flavour="cpu"))
+    model = backend.load(Path(written["version_dir"]))
+    model.drift.bandwidth = float("nan")  # as a corrupted reference would make it
+    images = np.zeros((model.drift.size, 3, 32, 32), np.float32)
+    assert _embeddings(model, images).shape == (len(images), 64)
+    gauges = _gauges()
+    assert gauges[MMD2].values == [] and gauges[UP].values == [1.0, 0.0]
+    assert set(model.drift.gauges.gauges) == {UP}
 
 
 def test_an_unreadable_reference_does_not_keep_the_model_from_loading(backend, tiny_export, tiny_onnx: Path,
@@ -121,8 +153,60 @@ def test_an_unreadable_reference_does_not_keep_the_model_from_loading(backend, t
     version_dir = Path(written["version_dir"])
     (version_dir / "drift.npz").write_bytes(b"truncated")
     model = backend.load(version_dir)
-    assert model.drift is None and _MetricFamily.created == []
+    assert [(g.family.name, g.values) for g in _MetricFamily.created] == [(UP, [0.0])]
     assert _embeddings(model, np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 64)
+
+
+def _corrupted(source: Path, target: Path, **fields) -> Path:
+    """A copy of the drift reference `source` with `fields` replaced."""
+    with np.load(source) as data:
+        arrays = {k: data[k] for k in data.files}
+    with target.open("wb") as fh:
+        np.savez(fh, **(arrays | fields))
+    return target
+
+
+def _bad_fields(reference: DriftReference) -> dict[str, dict]:
+    sample = reference.sample
+    nan_row = sample.copy()
+    nan_row[0, 0] = np.nan
+    return {
+        "nan bandwidth": {"bandwidth": np.float64("nan")},
+        "zero bandwidth": {"bandwidth": np.float64(0.0)},
+        "nan threshold": {"threshold": np.float64("nan")},
+        "negative threshold": {"threshold": np.float64(-0.01)},
+        "nan in the sample": {"sample": nan_row},
+        "empty sample": {"sample": sample[:0]},
+        "zeroed sample": {"sample": np.zeros_like(sample)},
+        "sample shorter than the window": {"sample": sample[:reference.window - 1]},
+        "window 0": {"window": np.int64(0)},
+        "window 1": {"window": np.int64(1)},
+        "fractional window": {"window": np.float64(2.5)},
+        "tampered self term": {"self_term": np.float64(reference.self_term + 0.2)},
+    }
+
+
+BAD = ["nan bandwidth", "zero bandwidth", "nan threshold", "negative threshold", "nan in the sample", "empty sample",
+       "zeroed sample", "sample shorter than the window", "window 0", "window 1", "fractional window",
+       "tampered self term"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_an_invalid_reference_serves_with_the_monitor_down_and_the_package_refuses_it(
+        backend, tiny_export, tiny_onnx: Path, tmp_path: Path, case: str) -> None:
+    """The backend's rules are the package's: every file drift.py refuses leaves the served monitor down."""
+    written = write_model_repository(tiny_onnx, tmp_path / "repo", RepositoryOptions(flavour="cpu"))
+    version_dir = Path(written["version_dir"])
+    reference = DriftReference.load(drift_path(tiny_onnx))
+    bad = _corrupted(drift_path(tiny_onnx), tmp_path / "bad.drift.npz", **_bad_fields(reference)[case])
+    with pytest.raises(ConfigError, match="bad.drift.npz"):
+        DriftReference.load(bad)
+    (version_dir / "drift.npz").write_bytes(bad.read_bytes())
+    model = backend.load(version_dir)
+    images = np.zeros((max(reference.window, backend.module.DRIFT_UPDATE_EVERY), 3, 32, 32), np.float32)
+    assert _embeddings(model, images).shape == (len(images), 64)  # embeddings are still served
+    assert [(g.family.name, g.values) for g in _MetricFamily.created] == [(UP, [0.0, 0.0])]
+    assert [level for level, message in LOGGED if "drift.npz is invalid" in message] == ["error"]
 
 
 def test_one_loaded_version_at_a_time_owns_the_gauges(backend, tiny_export, tiny_onnx: Path, tmp_path: Path) -> None:
@@ -137,9 +221,10 @@ def test_one_loaded_version_at_a_time_owns_the_gauges(backend, tiny_export, tiny
     images = np.zeros((max(first.drift.size, every), 3, 32, 32), np.float32)
     _embeddings(first, images)
     _embeddings(second, images)
-    assert [g.labels["version"] for g in _MetricFamily.created] == ["1", "1"]  # version 2 computes, publishes nothing
+    assert [g.labels["version"] for g in _MetricFamily.created] == ["1"] * 3  # version 2 computes, publishes nothing
     first.finalize()
     _embeddings(second, images[:every])
-    assert [g.labels["version"] for g in _MetricFamily.created] == ["1", "1", "2", "2"]
-    assert _MetricFamily.created[2].values == [pytest.approx(second.drift.value)]
+    assert [g.labels["version"] for g in _MetricFamily.created] == ["1"] * 3 + ["2"] * 3
+    assert _gauges("2")[MMD2].values == [pytest.approx(second.drift.value)]
+    assert _gauges("2")[UP].values == [1.0]
     second.finalize()

@@ -39,6 +39,25 @@ def test_triton_exports_the_drift_gauges(tiny_export, tiny_onnx: Path, cpu_repos
     value = _gauge(server.metrics_url, "dino_embedding_drift_mmd2")
     assert value is not None and value > reference.threshold  # noise images are far from the digits
     assert _gauge(server.metrics_url, "dino_embedding_drift_threshold") == pytest.approx(reference.threshold)
+    assert _gauge(server.metrics_url, "dino_embedding_drift_monitor_up") == 1
+
+
+def test_an_invalid_reference_serves_with_the_monitor_reported_down(tiny_export, tiny_onnx: Path,
+                                                                     cpu_repository: Path, start_server) -> None:
+    """A NaN bandwidth made every MMD^2 NaN, read as "no drift": now the model serves and says the monitor is down."""
+    reference = DriftReference.load(drift_path(tiny_onnx))
+    stored = cpu_repository / "dino" / "1" / "drift.npz"
+    with np.load(stored) as data:
+        arrays = {k: data[k] for k in data.files}
+    with stored.open("wb") as fh:
+        np.savez(fh, **(arrays | {"bandwidth": np.float64("nan")}))
+    server = start_server(cpu_repository)
+    client = EmbeddingClient(server.grpc_url, "dino")
+    for _ in range(-(-reference.window // 8)):
+        assert client.infer(np.zeros((8, 3, 32, 32), np.float32))["embedding"].shape[0] == 8  # still served
+    assert _gauge(server.metrics_url, "dino_embedding_drift_monitor_up") == 0
+    assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2") is None
+    assert "drift.npz is invalid: bandwidth=nan must be a finite number > 0" in server.log_tail(400)
 
 
 def test_a_rollout_hands_the_gauges_to_the_new_version(tiny_export, tiny_onnx: Path, cpu_repository: Path,

@@ -85,12 +85,13 @@ def test_round_trip_and_manifest(tmp_path: Path) -> None:
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert {k: manifest[k] for k in ("format", "kind", "metric", "dimension", "count", "nlist", "nprobe",
                                      "data_version", "image_root")} == {
-        "format": 1, "kind": "ivf", "metric": "inner_product", "dimension": 16, "count": 400, "nlist": 8,
+        "format": 2, "kind": "ivf", "metric": "inner_product", "dimension": 16, "count": 400, "nlist": 8,
         "nprobe": 3, "data_version": "0123456789abcdef0123456789abcdef.dir", "image_root": "/data/images"}
     assert manifest["model"] == {"name": "dino", "version": "3", "onnx_sha256": "ab" * 32,
                                  "lineage_verified": "runs/model.export.json",
                                  "lineage": {"data_version": "d41d8cd98f00b204e9800998ecf8427e.dir"}}
     assert manifest["paths"] == names(400) and manifest["labels"] == labels
+    assert manifest["index_sha256"] == file_sha256(folder / INDEX_FILE)
     assert datetime.fromisoformat(manifest["built_at"]).tzinfo is not None
     loaded = load_index(folder)
     assert loaded.model == MODEL and loaded.index.nprobe == 3
@@ -142,7 +143,7 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
         index.search(np.ones((1, 8), np.float32), 3)
     folder = write_index(index, tmp_path / "i")
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest | {"paths": names(9)}))
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest | {"paths": names(9), "count": 9}))
     with pytest.raises(DataError, match="holds 10 16-d vectors but .* lists 9"):
         load_index(folder)
 
