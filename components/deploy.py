@@ -27,19 +27,24 @@ def export_onnx(model: Input[Model], data: Input[Dataset], train_subdir: str, kn
 
     The evaluation reports become the model's lineage metrics (read by the quality gate of later runs);
     a sample of the training images becomes the drift reference served beside the model.
-    The file's sha256 and lineage go into the artifact's metadata, which KFP keeps in its metadata
-    store, away from the bucket holding the file: deploy_to_triton checks the file against it.
+    The file's sha256, lineage and their signature (made with the private key of the Secret
+    lineage-signing-key, $DINO_LINEAGE_SIGNING_KEY) go into the artifact's metadata, which KFP keeps in
+    its metadata store, away from the bucket holding the file: deploy_to_triton checks the file and the
+    signature against it.
     """
     from pathlib import Path
 
     from dino_model.export.export_run import ExportOptions, export_checkpoint
     from dino_model.export.lineage import LineageRecord
+    from dino_model.export.signing import Signature
 
     Path(onnx.path).mkdir(parents=True, exist_ok=True)
     options = ExportOptions(metrics_reports=[knn_report.path, linear_report.path],
                             drift_images=f"{data.path}/{train_subdir}")
     report = export_checkpoint(f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx", options)
-    record = LineageRecord(sha256=report["details"]["files"]["fp32"]["sha256"], lineage=report["details"]["lineage"])
+    fp32 = report["details"]["files"]["fp32"]
+    record = LineageRecord(sha256=fp32["sha256"], lineage=report["details"]["lineage"],
+                           signature=Signature.from_dict(fp32.get("signature")))
     onnx.metadata.update({"framework": "onnx", "data_version": model.metadata.get("data_version", ""),
                           **record.to_metadata()})
     for name, value in report["metrics"].items():
@@ -56,7 +61,9 @@ def deploy_to_triton(onnx: Input[Model], repository: str, triton_url: str, model
     each step of the switch is taken on all of them. The admin key comes from the Secret triton-admin-key
     ($TRITON_ADMIN_KEY). The lineage (data md5 and git revision, code revision, evaluation metrics) travels
     inside the ONNX metadata, and is served as verified only when the file's sha256 matches the one
-    export_onnx recorded in the artifact's metadata; a file changed since export is refused. A successful
+    export_onnx recorded in the artifact's metadata and a public key of $DINO_LINEAGE_PUBLIC_KEYS (Secret
+    lineage-signing-key) verifies the signature recorded there; a file changed since export is refused,
+    an unsigned or forged record serves the lineage unverified. A successful
     deployment is recorded at the Pushgateway `pushgateway`.
     """
     from dino_model.export.lineage import LineageRecord

@@ -60,3 +60,23 @@ def use_triton_repository(task: PipelineTask) -> PipelineTask:
                                  secret_key_to_env={"admin-key": "TRITON_ADMIN_KEY"})
     kubernetes.add_pod_label(task, label_key="dino-mlops/triton-client", label_value="true")
     return task
+
+
+LINEAGE_SIGNING_SECRET = "lineage-signing-key"
+
+
+def use_lineage_signing_key(task: PipelineTask) -> PipelineTask:
+    """The export's private key that signs the lineage (key `private-key` -> $DINO_LINEAGE_SIGNING_KEY): only
+    the export step gets it. Required: an export signing with a key generated in its own pod would
+    produce lineage nothing trusts (dino_model/export/signing.py)."""
+    kubernetes.use_secret_as_env(task, secret_name=LINEAGE_SIGNING_SECRET,
+                                 secret_key_to_env={"private-key": "DINO_LINEAGE_SIGNING_KEY"})
+    return task
+
+
+def use_lineage_public_keys(task: PipelineTask) -> PipelineTask:
+    """The public key(s) that verify signed lineage (key `public-keys` -> $DINO_LINEAGE_PUBLIC_KEYS), for the
+    deploy step and the quality gate; several PEM blocks while a key is rotated."""
+    kubernetes.use_secret_as_env(task, secret_name=LINEAGE_SIGNING_SECRET,
+                                 secret_key_to_env={"public-keys": "DINO_LINEAGE_PUBLIC_KEYS"})
+    return task

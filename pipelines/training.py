@@ -27,6 +27,8 @@ from pipelines.resources import (
     request_resources,
     use_data_repo_credentials,
     use_dvc_credentials,
+    use_lineage_public_keys,
+    use_lineage_signing_key,
     use_triton_repository,
 )
 
@@ -129,10 +131,13 @@ def dino_training_pipeline(
     gate = quality_gate(knn_top1=knn.outputs["Output"], min_top1=min_knn_top1, require_not_worse=require_not_worse,
                         triton_url=triton_url, model_name=model_name)
     gate.set_caching_options(enable_caching=False)  # the serving model changes between runs
+    use_lineage_public_keys(gate)
     with dsl.If(gate.output == "deploy", name="quality-gate-passed"):
         onnx = export_onnx(model=model, data=dataset, train_subdir=train_subdir, knn_report=knn.outputs["report_json"],
                            linear_report=linear.outputs["report_json"])
+        use_lineage_signing_key(onnx)
         deploy = deploy_to_triton(onnx=onnx.outputs["onnx"], repository=triton_repository, triton_url=triton_url,
                                   model_name=model_name, flavour=triton_flavour, pushgateway=pushgateway)
         deploy.set_caching_options(enable_caching=False)
         use_triton_repository(deploy)
+        use_lineage_public_keys(deploy)

@@ -1,8 +1,10 @@
 """Quality gate rule, and the one reading of a served model's lineage."""
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dino_model.export.lineage import VERIFIED_KEY
+from dino_model.export.lineage import SIGNATURE_KEY, VERIFIED_KEY
+from dino_model.export.signing import PUBLIC_KEYS_ENV, public_pem, sign
 from dino_model.serving.gate import DEPLOY, HOLD, config_lineage, decide, served_lineage, serving_score
 
 
@@ -25,8 +27,17 @@ def test_unreachable_server_means_nothing_to_compare(free_port):
     assert served_lineage(f"127.0.0.1:{free_port}", "dino", timeout_s=1.0) is None
 
 
-def test_only_verified_lineage_is_read():
-    claimed = {"data_version": {"string_value": "abc.dir"}, "metrics": {"string_value": '{"knn_top1": 99.9}'}}
+def test_only_verified_lineage_is_read(monkeypatch):
+    key = Ed25519PrivateKey.generate()
+    monkeypatch.setenv(PUBLIC_KEYS_ENV, public_pem(key.public_key()).decode())
+    lineage = {"data_version": "abc.dir", "metrics": '{"knn_top1": 99.9}'}
+    signature = sign(key, "ab" * 32, lineage)
+    claimed = {k: {"string_value": v} for k, v in (lineage | {"onnx_sha256": "ab" * 32}).items()}
     assert config_lineage({"parameters": claimed}) is None
-    verified = config_lineage({"parameters": {**claimed, VERIFIED_KEY: {"string_value": "record.json"}}})
+    marked = {**claimed, VERIFIED_KEY: {"string_value": "record.json"}}
+    assert config_lineage({"parameters": marked}) is None  # the mark alone, without a signature
+    signed = {**marked, SIGNATURE_KEY: {"string_value": signature.value}}
+    verified = config_lineage({"parameters": signed})
     assert verified is not None and verified["data_version"] == "abc.dir"
+    moved = {**signed, "onnx_sha256": {"string_value": "cd" * 32}}  # the signature of another file
+    assert config_lineage({"parameters": moved}) is None
