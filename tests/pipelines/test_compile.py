@@ -100,6 +100,22 @@ def test_gpu_request_toleration_and_node_selector_only_when_gpus_are_asked_for(i
     assert {s["secretName"] for s in secrets["secretAsEnv"]} == {"dvc-remote-credentials", "data-repo-credentials"}
 
 
+def test_only_the_export_gets_the_lineage_signing_key(ir):
+    """The export signs the lineage; the gate and the deploy step only verify it, with the public keys."""
+    _, platform, _ = ir
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+    def lineage_env(executor: str) -> set[str]:
+        return {env["envVar"] for secret in executors[executor].get("secretAsEnv", [])
+                if secret["secretName"] == "lineage-signing-key" for env in secret["keyToEnv"]}
+
+    assert lineage_env("exec-export-onnx") == {"DINO_LINEAGE_SIGNING_KEY"}
+    assert lineage_env("exec-quality-gate") == lineage_env("exec-deploy-to-triton") == {"DINO_LINEAGE_PUBLIC_KEYS"}
+    assert all(not any(s.get("optional") for s in executors[e].get("secretAsEnv", [])
+                       if s["secretName"] == "lineage-signing-key")
+               for e in ("exec-export-onnx", "exec-quality-gate", "exec-deploy-to-triton"))
+
+
 def test_every_component_runs_the_project_image(ir):
     from components._image import IMAGE
 
