@@ -9,7 +9,12 @@ from components._image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, triton_url: str,
                  model_name: str) -> str:
-    """"deploy" when k-NN top-1 reaches `min_top1` and is not worse than the serving model's, else "hold"."""
+    """"deploy" when k-NN top-1 reaches `min_top1` and is not worse than the serving model's, else "hold".
+
+    The serving model's score is read only from lineage whose signature a key of $DINO_LINEAGE_PUBLIC_KEYS
+    (Secret lineage-signing-key) verifies; without it only `min_top1` applies. A server that shows an
+    unfinished deploy fails the step (gate.served_lineage): this step has no repository to finish it.
+    """
     import logging
 
     from dino_model.serving.gate import decide, serving_score
