@@ -8,18 +8,25 @@ from components._image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, triton_url: str,
-                 model_name: str) -> str:
+                 model_name: str, triton_repository: str = "") -> str:
     """"deploy" when k-NN top-1 reaches `min_top1` and is not worse than the serving model's, else "hold".
 
     The serving model's score is read only from lineage whose signature a key of $DINO_LINEAGE_PUBLIC_KEYS
-    (Secret lineage-signing-key) verifies; without it only `min_top1` applies. A server that shows an
-    unfinished deploy fails the step (gate.served_lineage): this step has no repository to finish it.
+    (Secret lineage-signing-key) verifies; without it only `min_top1` applies. Given `triton_repository`
+    (the claim Triton serves from, with the admin key, as the deploy step has them), a deploy that was
+    killed midway is finished first; without it, a server that shows an unfinished deploy fails the step
+    (gate.served_lineage).
     """
     import logging
 
+    from dino_model.serving.client import replica_urls
     from dino_model.serving.gate import decide, serving_score
 
-    serving = serving_score(triton_url, model_name, "knn_top1") if require_not_worse else None
+    serving = None
+    if require_not_worse:
+        replicas = replica_urls(triton_url) if triton_repository else ()
+        serving = serving_score(triton_url, model_name, "knn_top1", repository=triton_repository or None,
+                                replicas=replicas)
     decision = decide(knn_top1, threshold=min_top1, serving=serving, require_not_worse=require_not_worse)
     logging.getLogger("quality_gate").warning("quality gate: %s (%s)", decision.decision, decision.reason)
     return decision.decision

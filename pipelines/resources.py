@@ -53,8 +53,9 @@ TRITON_ADMIN_SECRET = "triton-admin-key"
 
 def use_triton_repository(task: PipelineTask) -> PipelineTask:
     """The claim Triton serves from, read-write at /models, and the admin key of its repository API: only
-    the deploy step gets them. It runs in the namespace of the claim (docs/operations.md) and carries the
-    label the NetworkPolicy `triton-clients` lets through to Triton."""
+    the deploy step and the quality gate get them (the gate to finish a deploy that was killed before it
+    reads the served score; both run the project's own code). They run in the namespace of the claim
+    (docs/operations.md) and carry the label the NetworkPolicy `triton-clients` lets through to Triton."""
     kubernetes.mount_pvc(task, pvc_name=TRITON_MODELS_CLAIM, mount_path="/models")
     kubernetes.use_secret_as_env(task, secret_name=TRITON_ADMIN_SECRET,
                                  secret_key_to_env={"admin-key": "TRITON_ADMIN_KEY"})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,14 @@ def decide(candidate: float, *, threshold: float, serving: float | None = None,
 
 
 def served_lineage(url: str, model: str, *, timeout_s: float = 10.0, repository: str | Path | None = None,
-                   headers: dict[str, str] | None = None) -> dict[str, str] | None:
+                   headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> dict[str, str] | None:
     """The verified lineage of the model Triton serves at `url` (gRPC), or None.
 
     None when nothing is served yet or the served lineage is not verified; an unreachable server also
     gives None (with a warning), since a first deployment has no server to compare with. The quality
     gate and the retraining check both read the serving model's lineage here. With `repository` (the
     server's own, and `headers`, its admin key; default: the key found for it) a deploy of `model`
-    that was killed is finished first.
+    that was killed is finished first, on every server of `replicas` (client.replica_urls) as a deploy does.
 
     Raises:
         ServingError: the server shows an unfinished deploy of `model` (see `unfinished_deploy`), or
@@ -78,7 +79,7 @@ def served_lineage(url: str, model: str, *, timeout_s: float = 10.0, repository:
 
     check_model_name(model)
     if repository is not None:
-        _finish_deploy(url, model, Path(repository), headers)
+        _finish_deploy(url, model, Path(repository), headers, replicas)
     try:
         client = InferenceServerClient(url=url)
         if not client.is_model_ready(model, client_timeout=timeout_s):
@@ -110,13 +111,14 @@ def unfinished_deploy(config: dict[str, Any], versions: list[str]) -> str:
     return ""
 
 
-def _finish_deploy(url: str, model: str, repository: Path, headers: dict[str, str] | None) -> None:
+def _finish_deploy(url: str, model: str, repository: Path, headers: dict[str, str] | None,
+                   replicas: Sequence[str]) -> None:
     """rollout.recover of `model` when the repository holds a journal or leftovers of a killed deploy."""
     from dino_model.serving.rollout import recover, unfinished
 
     if model not in unfinished(repository):
         return
-    result = recover(repository, url=url, model_name=model, headers=headers)
+    result = recover(repository, url=url, model_name=model, headers=headers, replicas=replicas)
     logger.warning("finished an interrupted deploy of %s before reading its lineage: %s", model, result["action"])
 
 
@@ -130,13 +132,16 @@ def config_lineage(config: dict[str, Any], *, source: str = "the serving model")
 
 
 def serving_score(url: str, model: str, metric: str, *, timeout_s: float = 10.0,
-                  repository: str | Path | None = None, headers: dict[str, str] | None = None) -> float | None:
+                  repository: str | Path | None = None, headers: dict[str, str] | None = None,
+                  replicas: Sequence[str] = ()) -> float | None:
     """The `metric` recorded in the verified lineage of the model Triton serves at `url` (gRPC), or None.
 
     None when nothing is served yet, the served model carries no such metric, or its lineage is not
     verified; an unreachable server also gives None (see served_lineage, also for `repository`).
     """
-    return _metric(served_lineage(url, model, timeout_s=timeout_s, repository=repository, headers=headers), metric)
+    lineage = served_lineage(url, model, timeout_s=timeout_s, repository=repository, headers=headers,
+                             replicas=replicas)
+    return _metric(lineage, metric)
 
 
 def verified_score(config: dict[str, Any], metric: str, *, source: str = "the serving model") -> float | None:

@@ -116,6 +116,16 @@ def test_only_the_export_gets_the_lineage_signing_key(ir):
                for e in ("exec-export-onnx", "exec-quality-gate", "exec-deploy-to-triton"))
 
 
+def test_the_gate_can_finish_a_killed_deploy_before_it_reads_the_bar(ir):
+    """Like the deploy step, the gate gets Triton's claim and admin key, and is told the repository."""
+    spec, platform, _ = ir
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    gate = executors["exec-quality-gate"]
+    assert [m["mountPath"] for m in gate["pvcMount"]] == ["/models"]
+    assert {e["envVar"] for s in gate["secretAsEnv"] for e in s["keyToEnv"]} >= {"TRITON_ADMIN_KEY"}
+    assert "triton_repository" in spec["components"]["comp-quality-gate"]["inputDefinitions"]["parameters"]
+
+
 def test_every_component_runs_the_project_image(ir):
     from components._image import IMAGE
 
