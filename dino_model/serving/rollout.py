@@ -216,15 +216,18 @@ def unfinished(repository: str | Path) -> list[str]:
                   (repository / (p.name + CANDIDATE_SUFFIX)).exists() or _temporaries(p))
 
 
-def recover_repository(repository: str | Path, *, url: str, load_timeout_s: float = 600.0,
-                       headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """`recover` every model of `repository` that an interrupted deploy left unfinished; what each recovery did.
+def recover_repository(repository: str | Path, *, url: str, models: Sequence[str] = ("*",),
+                       load_timeout_s: float = 600.0, headers: dict[str, str] | None = None,
+                       replicas: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """`recover` every model of `repository` (of `models`, "*" for all) that an interrupted deploy left
+    unfinished; what each recovery did.
 
     Raises:
         ServingError: as `recover` (the first model whose recovery failed; its journal is kept).
     """
+    names = [n for n in unfinished(repository) if "*" in models or n in models]
     return [recover(repository, url=url, model_name=name, load_timeout_s=load_timeout_s, headers=headers,
-                    replicas=replicas) for name in unfinished(repository)]
+                    replicas=replicas) for name in names]
 
 
 def ready_versions(client: EmbeddingClient) -> list[int]:

@@ -311,7 +311,8 @@ class TritonServer:
         if not unfinished(self.repository):
             return
         try:
-            for result in recover_repository(self.repository, url=self.grpc_url, headers=self.admin_headers):
+            for result in recover_repository(self.repository, url=self.grpc_url, models=self.models,
+                                             headers=self.admin_headers):
                 logger.warning("finished an interrupted deploy of %s at start-up: %s", result["model"],
                                result["action"])
         except (ServingError, ConfigError) as exc:
