@@ -8,13 +8,25 @@ from components._image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, triton_url: str,
-                 model_name: str) -> str:
-    """"deploy" when k-NN top-1 reaches `min_top1` and is not worse than the serving model's, else "hold"."""
+                 model_name: str, triton_repository: str = "") -> str:
+    """"deploy" when k-NN top-1 reaches `min_top1` and is not worse than the serving model's, else "hold".
+
+    The serving model's score is read only from lineage whose signature a key of $DINO_LINEAGE_PUBLIC_KEYS
+    (Secret lineage-signing-key) verifies; without it only `min_top1` applies. Given `triton_repository`
+    (the claim Triton serves from, with the admin key, as the deploy step has them), a deploy that was
+    killed midway is finished first; without it, a server that shows an unfinished deploy fails the step
+    (gate.served_lineage).
+    """
     import logging
 
+    from dino_model.serving.client import replica_urls
     from dino_model.serving.gate import decide, serving_score
 
-    serving = serving_score(triton_url, model_name, "knn_top1") if require_not_worse else None
+    serving = None
+    if require_not_worse:
+        replicas = replica_urls(triton_url) if triton_repository else ()
+        serving = serving_score(triton_url, model_name, "knn_top1", repository=triton_repository or None,
+                                replicas=replicas)
     decision = decide(knn_top1, threshold=min_top1, serving=serving, require_not_worse=require_not_worse)
     logging.getLogger("quality_gate").warning("quality gate: %s (%s)", decision.decision, decision.reason)
     return decision.decision
@@ -27,19 +39,24 @@ def export_onnx(model: Input[Model], data: Input[Dataset], train_subdir: str, kn
 
     The evaluation reports become the model's lineage metrics (read by the quality gate of later runs);
     a sample of the training images becomes the drift reference served beside the model.
-    The file's sha256 and lineage go into the artifact's metadata, which KFP keeps in its metadata
-    store, away from the bucket holding the file: deploy_to_triton checks the file against it.
+    The file's sha256, lineage and their signature (made with the private key of the Secret
+    lineage-signing-key, $DINO_LINEAGE_SIGNING_KEY) go into the artifact's metadata, which KFP keeps in
+    its metadata store, away from the bucket holding the file: deploy_to_triton checks the file and the
+    signature against it.
     """
     from pathlib import Path
 
     from dino_model.export.export_run import ExportOptions, export_checkpoint
     from dino_model.export.lineage import LineageRecord
+    from dino_model.export.signing import Signature
 
     Path(onnx.path).mkdir(parents=True, exist_ok=True)
     options = ExportOptions(metrics_reports=[knn_report.path, linear_report.path],
                             drift_images=f"{data.path}/{train_subdir}")
     report = export_checkpoint(f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx", options)
-    record = LineageRecord(sha256=report["details"]["files"]["fp32"]["sha256"], lineage=report["details"]["lineage"])
+    fp32 = report["details"]["files"]["fp32"]
+    record = LineageRecord(sha256=fp32["sha256"], lineage=report["details"]["lineage"],
+                           signature=Signature.from_dict(fp32.get("signature")))
     onnx.metadata.update({"framework": "onnx", "data_version": model.metadata.get("data_version", ""),
                           **record.to_metadata()})
     for name, value in report["metrics"].items():
@@ -56,7 +73,9 @@ def deploy_to_triton(onnx: Input[Model], repository: str, triton_url: str, model
     each step of the switch is taken on all of them. The admin key comes from the Secret triton-admin-key
     ($TRITON_ADMIN_KEY). The lineage (data md5 and git revision, code revision, evaluation metrics) travels
     inside the ONNX metadata, and is served as verified only when the file's sha256 matches the one
-    export_onnx recorded in the artifact's metadata; a file changed since export is refused. A successful
+    export_onnx recorded in the artifact's metadata and a public key of $DINO_LINEAGE_PUBLIC_KEYS (Secret
+    lineage-signing-key) verifies the signature recorded there; a file changed since export is refused,
+    an unsigned or forged record serves the lineage unverified. A successful
     deployment is recorded at the Pushgateway `pushgateway`.
     """
     from dino_model.export.lineage import LineageRecord

@@ -63,9 +63,30 @@ def call_triton(task: PipelineTask) -> PipelineTask:
 
 def use_triton_repository(task: PipelineTask) -> PipelineTask:
     """The claim Triton serves from, read-write at /models, and the admin key of its repository API: only
-    the deploy step gets them. It runs in the namespace of the claim (docs/operations.md) and carries the
-    label Triton's NetworkPolicy admits (call_triton)."""
+    the deploy step and the quality gate get them (the gate to finish a deploy that was killed before it
+    reads the served score; both run the project's own code). They run in the namespace of the claim
+    (docs/operations.md) and carry the label Triton's NetworkPolicy admits (call_triton)."""
     kubernetes.mount_pvc(task, pvc_name=TRITON_MODELS_CLAIM, mount_path="/models")
     kubernetes.use_secret_as_env(task, secret_name=TRITON_ADMIN_SECRET,
                                  secret_key_to_env={"admin-key": "TRITON_ADMIN_KEY"})
     return call_triton(task)
+
+
+LINEAGE_SIGNING_SECRET = "lineage-signing-key"
+
+
+def use_lineage_signing_key(task: PipelineTask) -> PipelineTask:
+    """The export's private key that signs the lineage (key `private-key` -> $DINO_LINEAGE_SIGNING_KEY): only
+    the export step gets it. Required: an export signing with a key generated in its own pod would
+    produce lineage nothing trusts (dino_model/export/signing.py)."""
+    kubernetes.use_secret_as_env(task, secret_name=LINEAGE_SIGNING_SECRET,
+                                 secret_key_to_env={"private-key": "DINO_LINEAGE_SIGNING_KEY"})
+    return task
+
+
+def use_lineage_public_keys(task: PipelineTask) -> PipelineTask:
+    """The public key(s) that verify signed lineage (key `public-keys` -> $DINO_LINEAGE_PUBLIC_KEYS), for the
+    deploy step and the quality gate; several PEM blocks while a key is rotated."""
+    kubernetes.use_secret_as_env(task, secret_name=LINEAGE_SIGNING_SECRET,
+                                 secret_key_to_env={"public-keys": "DINO_LINEAGE_PUBLIC_KEYS"})
+    return task

@@ -241,11 +241,14 @@ def _find_run(client, host: str, *, experiment: str, name: str, namespace: str |
     return {"run_id": runs[0].run_id if runs else ""}
 
 
-def deployed_data_version(url: str, model: str = "dino") -> str | None:
+def deployed_data_version(url: str, model: str = "dino", *, repository: str | Path | None = None) -> str | None:
     """The data md5 in the verified lineage of the model Triton serves, or None when nothing (reachable) serves.
 
     A file that merely claims a data version must not stop retraining, so unverified lineage counts as none.
+    With `repository` (the server's own) a deploy killed midway is finished first; without it, a server
+    showing an unfinished deploy raises ServingError (gate.served_lineage), so the check decides nothing
+    from a model that may be rolled back.
     """
     from dino_model.serving.gate import served_lineage
 
-    return (served_lineage(url, model) or {}).get("data_version") or None
+    return (served_lineage(url, model, repository=repository) or {}).get("data_version") or None

@@ -23,11 +23,12 @@ from components.evaluate import (
 )
 from components.train import gpu_placement, pretrain
 from pipelines.resources import (
-    call_triton,
     request_gpus,
     request_resources,
     use_data_repo_credentials,
     use_dvc_credentials,
+    use_lineage_public_keys,
+    use_lineage_signing_key,
     use_triton_repository,
 )
 
@@ -87,8 +88,8 @@ def dino_training_pipeline(
         require_not_worse: Quality gate: also require k-NN top-1 not below the serving model's.
         triton_url: Triton's gRPC endpoint (host:port); the headless Service, whose name resolves to
             every ready Triton pod, so that the deploy step switches all replicas.
-        triton_repository: Model repository on the `triton-models` claim (mounted at /models in the deploy
-            step), the folder Triton serves.
+        triton_repository: Model repository on the `triton-models` claim (mounted at /models in the quality
+            gate and deploy steps), the folder Triton serves.
         model_name: Name of the served model.
         triton_flavour: gpu (onnxruntime backend on GPU) or cpu (Python backend running onnxruntime).
         pushgateway: Prometheus Pushgateway (host:port) for training, evaluation and deployment
@@ -128,13 +129,16 @@ def dino_training_pipeline(
             request_resources(task, cpu="4", memory="16Gi")
 
     gate = quality_gate(knn_top1=knn.outputs["Output"], min_top1=min_knn_top1, require_not_worse=require_not_worse,
-                        triton_url=triton_url, model_name=model_name)
+                        triton_url=triton_url, model_name=model_name, triton_repository=triton_repository)
     gate.set_caching_options(enable_caching=False)  # the serving model changes between runs
-    call_triton(gate)  # reads the serving model's score from Triton
+    use_lineage_public_keys(gate)
+    use_triton_repository(gate)  # to finish a deploy that was killed before reading the serving model's score
     with dsl.If(gate.output == "deploy", name="quality-gate-passed"):
         onnx = export_onnx(model=model, data=dataset, train_subdir=train_subdir, knn_report=knn.outputs["report_json"],
                            linear_report=linear.outputs["report_json"])
+        use_lineage_signing_key(onnx)
         deploy = deploy_to_triton(onnx=onnx.outputs["onnx"], repository=triton_repository, triton_url=triton_url,
                                   model_name=model_name, flavour=triton_flavour, pushgateway=pushgateway)
         deploy.set_caching_options(enable_caching=False)
         use_triton_repository(deploy)
+        use_lineage_public_keys(deploy)

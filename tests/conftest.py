@@ -35,6 +35,26 @@ def require_shared(sub: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _lineage_keys_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's own config dir: the export generates its lineage signing key there, not in ~/.config.
+
+    Set in os.environ (not monkeypatch) so that the `dino-mlops` subprocesses of the tests see it too; a
+    signing key or trusted public keys of the outer environment are set aside for the session.
+    """
+    from dino_model.export.signing import CONFIG_HOME_ENV, PUBLIC_KEYS_ENV, SIGNING_KEY_ENV
+
+    saved = {k: os.environ.pop(k, None) for k in (CONFIG_HOME_ENV, PUBLIC_KEYS_ENV, SIGNING_KEY_ENV)}
+    home = tmp_path_factory.getbasetemp() / "config-home"
+    home.mkdir(exist_ok=True)
+    os.environ[CONFIG_HOME_ENV] = str(home)
+    yield home
+    for key, value in saved.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     import torch

@@ -1,10 +1,11 @@
 """`dino-mlops retrain check|watch`: start training when a new DVC data version lands.
 
 Settings come from flags or, for the Kubernetes CronJob, from the environment: DINO_DATA_REPO,
-DINO_DATA_REV, KFP_HOST, DINO_TRITON_URL, DINO_RETRAIN_STATE, DINO_RETRAIN_WORKDIR, DINO_GIT_TIMEOUT. A pod
-holds no checkout: when the repository is a git URL, each check clones it into a scratch folder
-(credentials from DINO_GIT_USERNAME/DINO_GIT_TOKEN), reads data.dvc at the revision and removes the
-clone, and the submitted run is told the same URL (`data_repo`) and the md5 (`data_version`).
+DINO_DATA_REV, KFP_HOST, DINO_TRITON_URL, DINO_TRITON_REPOSITORY, DINO_RETRAIN_STATE,
+DINO_RETRAIN_WORKDIR, DINO_GIT_TIMEOUT. A pod holds no checkout: when the repository is a git URL,
+each check clones it into a scratch folder (credentials from DINO_GIT_USERNAME/DINO_GIT_TOKEN), reads
+data.dvc at the revision and removes the clone, and the submitted run is told the same URL
+(`data_repo`) and the md5 (`data_version`).
 
 What the run is made of (its pipeline parameters DINO_PARAM_<name>, KFP_NAMESPACE, the registered
 DINO_PIPELINE, DINO_IMAGE, the retry policy) is the overlay's ConfigMap, read as one
@@ -64,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--local", action="store_true", help="run the pipeline on this machine (kfp.local)")
         add_renamed(p, "--url", "--triton-url", default=os.environ.get("DINO_TRITON_URL", ""),
                     help="serving Triton (gRPC host:port), whose model lineage names the deployed data version")
+        p.add_argument("--triton-repository", default=os.environ.get("DINO_TRITON_REPOSITORY", ""),
+                       help="that Triton's model repository, when mounted here: a deploy killed midway is finished "
+                            "(rolled forward or back) before the lineage is read")
         p.add_argument("--state", default=os.environ.get("DINO_RETRAIN_STATE", "runs/retrain/state.json"))
         p.add_argument("--timeout", type=float, default=float(os.environ.get("DINO_KFP_TIMEOUT", "120")),
                        help="seconds a KFP submission may take before the check gives up (the trigger stays pending)")
@@ -113,7 +117,8 @@ def _check_once(args: argparse.Namespace) -> dict:
             current = current_version(repo)
         else:
             current = version_at(repo, _tracked_rev(repo, args.rev) if remote else args.rev)
-    deployed = deployed_data_version(args.url) if args.url else None
+    repository = args.triton_repository or None
+    deployed = deployed_data_version(args.url, repository=repository) if args.url else None
     if args.local:
         submit = _local_submitter(repo, params)
     else:

@@ -3,8 +3,10 @@
 The report uses the shared metrics-JSON envelope (dino_model/eval/report.py), so pipelines read the
 parity numbers the same way they read evaluation scores. A file that fails its parity check is
 removed, so nothing downstream can pick it up. The report is also the export record of each file
-(`details.files.<precision>.sha256` and `details.lineage`): serving checks a file against it before
-it serves the file's lineage as verified (dino_model/export/lineage.py).
+(`details.files.<precision>.sha256` and `details.lineage`), signed per file with the export's
+private key (`details.files.<precision>.signature`, dino_model/export/signing.py): serving checks a
+file against it, and the signature with the trusted public keys, before it serves the file's lineage
+as verified (dino_model/export/lineage.py).
 The export also writes the drift reference `<stem>.drift.npz`, embeddings of a sample of the
 training images that serving compares its requests with (dino_model/monitoring/drift.py), and records
 its sha256 in the report (`details.drift`).
@@ -32,6 +34,7 @@ from dino_model.export.lineage import build_lineage, default_metric_reports, fil
 from dino_model.export.onnx import EmbeddingModel, export_onnx
 from dino_model.export.options import ExportOptions
 from dino_model.export.parity import FP16_TOLERANCE, check_parity, parity_inputs
+from dino_model.export.signing import sign, signing_key
 from dino_model.logs import progress
 from dino_model.models.loading import load_backbone
 from dino_model.monitoring.drift import REFERENCE_SIZE, build_reference, drift_path
@@ -49,6 +52,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     output = Path(output)
     if output.suffix != ".onnx":
         raise ExportError(f"output {output} must end in .onnx")
+    key = signing_key()  # a misconfigured key fails here, before minutes of export
     ckpt = load_checkpoint(checkpoint)
     train_cfg = config_from_dict(ckpt["config"]) if "config" in ckpt else None
     backbone, model_cfg = load_backbone(checkpoint)
@@ -76,7 +80,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
             path.unlink(missing_ok=True)
             raise ExportError(f"{precision} export differs from PyTorch by {report.worst:.3g} > {tolerance:g} "
                               f"({report.max_abs_diff}); {path} was removed")
-        files[precision] = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+        digest = file_sha256(path)
+        files[precision] = {"path": str(path), "sha256": digest, "bytes": path.stat().st_size,
+                            "signature": sign(key, digest, contract.lineage).to_dict()}
     metrics = {f"parity_max_abs_diff_{p}": r["worst"] for p, r in parity.items()}
     details = {"files": files, "parity": parity, "opset": opts.opset, "parity_images": str(image_dir),
                "contract": contract.to_properties(), "lineage": dict(contract.lineage)}

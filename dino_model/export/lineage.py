@@ -8,23 +8,23 @@ DINO_CODE_REVISION in images built without .git), and the metrics of the evaluat
 
 Metadata inside a file is whatever the file says, and the quality gate takes the served model's
 `metrics` as the bar a new model must reach, so lineage is only served as *verified* when it is
-bound to the exact model bytes by a record the pipeline itself wrote at export: the sha256 of each
-exported file and its lineage (`LineageRecord`). `dino-mlops export` writes that record into its
+bound to the exact model bytes by a record the export itself wrote and signed: the sha256 of each
+exported file, its lineage, and an Ed25519 signature over both made with the export's private key
+(`LineageRecord`, dino_model/export/signing.py). `dino-mlops export` writes that record into its
 report beside the file (`<stem>.export.json`); the pipeline's export step also puts it into the
-output artifact's metadata, which KFP keeps in its metadata store rather than in the artifact bucket
-where the file lives, and its deploy step checks the file against that copy. Every path that writes
-lineage into a Triton config (`triton-repo`, `deploy`, the pipeline's release) checks the file:
+output artifact's metadata, and its deploy step checks the file against that copy. Every path that
+writes lineage into a Triton config (`triton-repo`, `deploy`, the pipeline's release) checks the file:
 
-- a record whose sha256 differs from the file's: refused, naming the file (edited after export);
-- no record (a file from elsewhere), or lineage overridden on the command line: served, but the
-  lineage carries no `lineage_verified` mark, and the gate does not read a bar from it;
-- a matching record: served with `lineage_verified` naming the record.
+- a record whose sha256 or lineage differs from the file's: refused, naming the file (edited after export);
+- no record (a file from elsewhere), a record without a signature, or one whose signature no trusted
+  public key verifies (a forged record, or one copied from another file: the signature covers the
+  sha256 and the lineage), or lineage overridden on the command line: served, but the lineage
+  carries no `lineage_verified` mark, and the gate does not read a bar from it;
+- a matching record signed by a trusted key: served with `lineage_verified` naming the record, and
+  with the signature and its key id in the config, where the gate checks it again.
 
-Why a digest rather than a signature: a signature needs a key held by both export and deploy, and in
-the pipeline the record already lives where the artifact's writer cannot reach (KFP's metadata
-store), so the digest carries the same guarantee without a key to rotate. What this does not cover:
-someone able to rewrite both the file and the report beside it when `dino-mlops deploy` is run by
-hand; keep those folders writable only by the export.
+Why a signature and not only a digest: whoever can rewrite the file can rewrite a digest beside it
+too, but cannot sign without the private key, which only the export holds (a Secret in the cluster).
 """
 
 from __future__ import annotations
@@ -38,12 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dino_model.errors import ExportError
+from dino_model.export import signing
+from dino_model.export.signing import Ed25519PublicKey, Signature
 from dino_model.runtime.digests import file_sha256
 
 logger = logging.getLogger(__name__)
 
 REVISION_ENV = "DINO_CODE_REVISION"
 VERIFIED_KEY = "lineage_verified"  # config parameter: the record that vouched for the lineage ("" = none)
+SIGNATURE_KEY = "lineage_signature"  # config parameter: the export's signature (base64) of sha256 + lineage
+KEY_ID_KEY = "lineage_key_id"  # config parameter: the id of the key that made it
 # what export binds to the bytes
 RECORDED_KEYS = ("data_version", "data_revision", "code_revision", "metrics", "checkpoint")
 
@@ -55,10 +59,12 @@ class LineageRecord:
     sha256: str
     lineage: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    signature: Signature | None = None
 
     def to_metadata(self) -> dict[str, object]:
         """The record as KFP artifact metadata (kept in the pipeline's metadata store)."""
-        return {"sha256": self.sha256, "lineage": dict(self.lineage)}
+        signed = {"signature": self.signature.to_dict()} if self.signature is not None else {}
+        return {"sha256": self.sha256, "lineage": dict(self.lineage), **signed}
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, object], *, source: str) -> LineageRecord | None:
@@ -68,17 +74,39 @@ class LineageRecord:
         if not isinstance(sha256, str) or not sha256:
             return None
         lineage = {str(k): str(v) for k, v in lineage.items()} if isinstance(lineage, Mapping) else {}
-        return cls(sha256=sha256, lineage=lineage, source=source)
+        return cls(sha256=sha256, lineage=lineage, source=source,
+                   signature=Signature.from_dict(metadata.get("signature")))
+
+    def signed_by(self, trusted: Sequence[Ed25519PublicKey]) -> str | None:
+        """The id of the trusted key whose signature binds this sha256 to this lineage, else None."""
+        return signing.verify(self.signature, self.sha256, self.lineage, trusted)
 
 
-def verified_lineage(params: Mapping[str, str]) -> dict[str, str] | None:
+def signed_record(sha256: str, lineage: Mapping[str, str], key: signing.Ed25519PrivateKey, *,
+                  source: str = "") -> LineageRecord:
+    """The export's record of one file, signed with `key` (see dino_model/export/signing.py)."""
+    lineage = {k: str(v) for k, v in lineage.items()}
+    return LineageRecord(sha256=sha256, lineage=lineage, source=source, signature=signing.sign(key, sha256, lineage))
+
+
+def verified_lineage(params: Mapping[str, str], trusted: Sequence[Ed25519PublicKey] | None = None
+                     ) -> dict[str, str] | None:
     """The lineage in a served config's string parameters when serving verified it, else None.
 
-    What the quality gate and anything else that acts on a served model's lineage should read.
+    Verified means marked `lineage_verified` at deploy and signed, over `onnx_sha256` and the
+    lineage, by one of the `trusted` public keys (default: signing.trusted_keys()), so a config
+    edited by hand to claim other metrics is not read. What the quality gate and anything else that
+    acts on a served model's lineage should read.
     """
     if not params.get(VERIFIED_KEY):
         return None
-    return {k: params[k] for k in (*RECORDED_KEYS, "onnx_sha256", VERIFIED_KEY) if k in params}
+    signature = Signature(value=params.get(SIGNATURE_KEY, ""), key_id=params.get(KEY_ID_KEY, ""))
+    keys = signing.trusted_keys() if trusted is None else trusted
+    if not signature.value or signing.verify(signature, params.get("onnx_sha256", ""), params, keys) is None:
+        logger.warning("served lineage %s carries no signature that a trusted key verifies (%d trusted; see $%s): "
+                       "it is not taken as verified", params.get(VERIFIED_KEY), len(keys), signing.PUBLIC_KEYS_ENV)
+        return None
+    return {k: params[k] for k in (*RECORDED_KEYS, "onnx_sha256", VERIFIED_KEY, KEY_ID_KEY) if k in params}
 
 
 def report_path(onnx_path: str | Path) -> Path:
@@ -111,7 +139,7 @@ def find_record(onnx_path: str | Path) -> LineageRecord | None:
         contract = details.get("contract", {})
         lineage = {k: contract[k] for k in RECORDED_KEYS if k in contract}
     return LineageRecord(sha256=str(entry["sha256"]), lineage={str(k): str(v) for k, v in lineage.items()},
-                         source=str(report))
+                         source=str(report), signature=Signature.from_dict(entry.get("signature")))
 
 
 def verify_record(onnx_path: str | Path, record: LineageRecord, lineage: Mapping[str, str], *,

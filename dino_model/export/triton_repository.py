@@ -4,9 +4,10 @@ Each version folder holds the self-contained `model.onnx` (and, for the `cpu` fl
 backend's `model.py`). Folders are written under a hidden name and renamed into place, so a server
 never sees half a version (Triton ignores names that are not positive integers).
 The config's parameters carry the contract and the lineage of the model being written; the
-lineage is marked verified only when the file matches its export record (dino_model/export/lineage.py),
-and a file that contradicts its record is refused. Model names and versions are checked before any
-path is built from them (triton_config.check_model_name / check_version).
+lineage is marked verified only when the file matches its export record and a trusted key signed
+that record (dino_model/export/lineage.py, signing.py), and a file that contradicts its record is
+refused. Model names and versions are checked before any path is built from them
+(triton_config.check_model_name / check_version).
 The export's drift reference (`<stem>.drift.npz` beside the file) is copied in as `drift.npz` when
 present: the `cpu` flavour's backend exports the embedding drift statistic from it.
 """
@@ -22,8 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from dino_model.errors import ConfigError
+from dino_model.export import signing
 from dino_model.export.contract import ModelContract
-from dino_model.export.lineage import VERIFIED_KEY, LineageRecord, file_sha256, find_record, verify_record
+from dino_model.export.lineage import (
+    KEY_ID_KEY,
+    SIGNATURE_KEY,
+    VERIFIED_KEY,
+    LineageRecord,
+    file_sha256,
+    find_record,
+    verify_record,
+)
 from dino_model.export.onnx import read_contract
 from dino_model.export.triton_config import (
     RepositoryOptions,
@@ -100,19 +110,22 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
 def served_contract(onnx_path: str | Path, *, record: LineageRecord | None = None, **lineage: str) -> ModelContract:
     """The ONNX file's contract with lineage overrides and the file's sha256 added.
 
-    The lineage is marked verified (`lineage_verified` names the record) only when the file matches
-    `record` (default: the export report beside the file) and no override changes it; whatever the
-    file's own metadata says about verification is dropped.
+    The lineage is marked verified (`lineage_verified` names the record, `lineage_signature` and
+    `lineage_key_id` carry the export's signature) only when the file matches `record` (default:
+    the export report beside the file), a trusted public key verifies the record's signature
+    (signing.trusted_keys) and no override changes it; whatever the file's own metadata says about
+    verification is dropped.
 
     Raises:
         ExportError: the file is not a readable export, or it contradicts its export record.
+        ConfigError: a configured public key is unreadable.
     """
     contract, digest = read_contract(onnx_path), file_sha256(onnx_path)
     record = record if record is not None else find_record(onnx_path)
     if record is not None:
         verify_record(onnx_path, record, contract.lineage, sha256=digest)
     overridden = sorted(k for k, v in lineage.items() if v and v != contract.lineage.get(k, ""))
-    verified = record.source if record is not None and not overridden else ""
+    signed_by = _signed_by(onnx_path, record) if record is not None and not overridden else None
     if record is None:
         logger.warning("%s has no export record: its lineage is served unverified, and the quality gate will not "
                        "compare against it", onnx_path)
@@ -120,8 +133,29 @@ def served_contract(onnx_path: str | Path, *, record: LineageRecord | None = Non
         logger.warning("lineage %s of %s overridden by hand: served unverified, and the quality gate will not "
                        "compare against it", ", ".join(overridden), onnx_path)
     contract = contract.with_lineage(**lineage, onnx_sha256=digest)
-    kept = {k: v for k, v in contract.lineage.items() if k != VERIFIED_KEY}
-    return replace(contract, lineage=kept | ({VERIFIED_KEY: verified} if verified else {}))
+    kept = {k: v for k, v in contract.lineage.items() if k not in (VERIFIED_KEY, SIGNATURE_KEY, KEY_ID_KEY)}
+    if signed_by is None or record is None or record.signature is None:
+        return replace(contract, lineage=kept)
+    return replace(contract, lineage=kept | {VERIFIED_KEY: record.source, SIGNATURE_KEY: record.signature.value,
+                                             KEY_ID_KEY: signed_by})
+
+
+def _signed_by(onnx_path: str | Path, record: LineageRecord) -> str | None:
+    """The id of the trusted key that signed `record`, or None (with the reason logged)."""
+    trusted = signing.trusted_keys()
+    signed_by = record.signed_by(trusted)
+    if signed_by is not None:
+        return signed_by
+    if record.signature is None:
+        why = "is not signed (written before lineage was signed, or by hand)"
+    elif not trusted:
+        why = f"is signed, but no public key is trusted here (set ${signing.PUBLIC_KEYS_ENV})"
+    else:
+        why = (f"carries a signature (key id {record.signature.key_id or '?'}) that none of the {len(trusted)} "
+               "trusted public key(s) verifies for this file and lineage: forged, or copied from another file")
+    logger.warning("the export record %s of %s %s: its lineage is served unverified, and the quality gate will not "
+                   "compare against it", record.source, onnx_path, why)
+    return None
 
 
 def write_model_repository(onnx_path: str | Path, repository: str | Path, opts: RepositoryOptions, *,

@@ -2,30 +2,38 @@
 
 Triton no longer documents an EXPLICIT-mode reload as free of downtime, and it
 answers unpinned requests with the highest ready version, so a new version must be proven before it
-ever becomes ready under the served name. The rollout therefore runs in two stages:
+ever becomes ready under the served name: a version loaded beside N under the same name would take
+every unpinned request at once. The rollout therefore runs in two stages:
 
 1. candidate: the new file is loaded as a separate model `<name>_candidate` and smoke-tested over
-   gRPC against in-process onnxruntime (smoke.py); clients never see it. A load failure or a failed
-   smoke test ends the deploy here, and nothing about the served model has changed.
-2. promote: the file becomes version N+1 of the served model, loaded with a configuration override
-   whose version policy serves N and N+1 together; N+1 is smoke-tested again with pinned requests,
-   and only then the final config.pbtxt (the usual `latest` policy, the new lineage) is loaded,
-   which retires N. On any failure N+1's folder is removed, the previous config.pbtxt is restored
+   gRPC (requests pinned to its version) against in-process onnxruntime (smoke.py); clients never
+   see it. A load failure or a failed smoke test ends the deploy here, and nothing about the served
+   model has changed. This is the pinned smoke test a version passes before it is promoted.
+2. promote: the tested file becomes version N+1 of the served model while the loaded config still
+   serves N alone (config.pbtxt on disk is pinned to N meanwhile, with a `deploy_unfinished`
+   parameter, so a server restarted in the middle serves N and says a deploy is unfinished); then
+   the final config.pbtxt (the usual `latest` policy, the new lineage) is loaded, which switches
+   unpinned requests from N to N+1 in one reload, and N+1 is smoke-tested once more, pinned, inside
+   the served model. On any failure N+1's folder is removed, the previous config.pbtxt is restored
    and reloaded, and N is checked to be ready before the command exits non-zero with the reason.
 
-While the new version is being added, config.pbtxt on disk pins the versions being served, so a
-server restart in the middle cannot pick up an untested folder. tests/dino_model/serving proves the
-switch under concurrent clients with zero failed requests.
+So no unpinned request reaches N+1 before it has passed its candidate smoke test and been
+promoted, and at no step (a kill included) are N and N+1 both READY under the served name, except
+for the instant of the switch itself. tests/dino_model/serving proves the switch under concurrent
+clients with zero failed requests.
 
 Crash safety. A deploy that is stopped (an error, Ctrl-C, SIGTERM) rolls back before it exits. One
 that is killed outright cannot, so before promotion touches the served model it writes a journal,
 `<model>/.deploy-journal.json` (atomically: a temporary file renamed over the old one), holding the
 new version, the versions that served, the previous config.pbtxt and the final one, and the phase:
-`promoting` until N+1 has passed its pinned smoke test inside the served model, then `promoted`.
-The next deploy, or `dino-mlops deploy --recover`, takes the same lock and finishes the job:
+`promoting` until N+1's folder holds the file that passed the candidate test, then `promoted`.
+Whoever comes next finishes the job under the same lock, without a person: the next deploy, the
+server's start-up (server.TritonServer.start, so `dino-mlops serve` and the local pipeline server),
+a quality gate or retraining check that is given the repository (gate.served_lineage), and
+`dino-mlops deploy --recover`:
 
-- phase `promoted` (N+1 passed every check; only retiring N was left) and N+1's folder still holds
-  the file that passed: roll forward, i.e. write the final config and load it, so N+1 alone serves;
+- phase `promoted` (N+1 passed the candidate test; only switching to it was left) and N+1's folder
+  still holds that file: roll forward, i.e. write the final config and load it, so N+1 alone serves;
 - any other phase: roll back to the versions that served before, exactly as a stopped deploy does.
 
 Either way the candidate model, half-written version folders and temporary config files are removed
@@ -74,8 +82,10 @@ logger = logging.getLogger(__name__)
 JOURNAL_FILE = ".deploy-journal.json"
 PAUSE_ENV = "DINO_DEPLOY_PAUSE_AT"
 # where DINO_DEPLOY_PAUSE_AT can stop a deploy, in the order a deploy passes them
-PAUSE_POINTS = ("candidate-loaded", "promoting", "version-written", "both-loaded", "promoted", "final-written")
+PAUSE_POINTS = ("candidate-loaded", "promoting", "version-written", "promoted", "final-written", "final-loaded")
 PROMOTING, PROMOTED, ROLLING_BACK = "promoting", "promoted", "rolling-back"
+# config parameter of config.pbtxt while a deploy promotes: the version being added (read by gate.served_lineage)
+UNFINISHED_KEY = "deploy_unfinished"
 
 
 class RolloutError(Exception):
@@ -194,6 +204,32 @@ def recover(repository: str | Path, *, url: str, model_name: str = "dino", load_
             "serving_versions": ready_versions(client)}
 
 
+def unfinished(repository: str | Path) -> list[str]:
+    """Models of `repository` that an interrupted deploy left something of: a journal, a candidate model,
+    or half-written files (what `recover` finishes); [] for a clean repository."""
+    repository = Path(repository)
+    if not repository.is_dir():
+        return []
+    models = [p for p in repository.iterdir() if p.is_dir() and (p / CONFIG_FILE).is_file()
+              and not p.name.endswith(CANDIDATE_SUFFIX)]
+    return sorted(p.name for p in models if (p / JOURNAL_FILE).exists() or
+                  (repository / (p.name + CANDIDATE_SUFFIX)).exists() or _temporaries(p))
+
+
+def recover_repository(repository: str | Path, *, url: str, models: Sequence[str] = ("*",),
+                       load_timeout_s: float = 600.0, headers: dict[str, str] | None = None,
+                       replicas: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """`recover` every model of `repository` (of `models`, "*" for all) that an interrupted deploy left
+    unfinished; what each recovery did.
+
+    Raises:
+        ServingError: as `recover` (the first model whose recovery failed; its journal is kept).
+    """
+    names = [n for n in unfinished(repository) if "*" in models or n in models]
+    return [recover(repository, url=url, model_name=name, load_timeout_s=load_timeout_s, headers=headers,
+                    replicas=replicas) for name in names]
+
+
 def ready_versions(client: EmbeddingClient) -> list[int]:
     """Versions of the client's model that the server reports READY."""
     index = client.call("reading the repository index", client.raw.get_model_repository_index, as_json=True)
@@ -254,7 +290,8 @@ def _reference(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
 def promote(client: EmbeddingClient, model_dir: Path, onnx_path: str | Path, config: dict[str, Any], *,
             version: int, serving: list[int], flavour: str, images: np.ndarray, reference: np.ndarray, tolerance: float,
             load_timeout_s: float) -> dict[str, Any]:
-    """Serve `version` beside `serving`, smoke-test it pinned, then retire per the policy; roll back on failure.
+    """Add the candidate-tested file as `version`, switch to it in one reload, smoke-test it pinned; roll back on
+    failure. Until the switch the loaded config serves `serving` alone, so no unpinned request reaches `version`.
 
     Each step is preceded by the journal entry that lets `recover` finish the job if the process is killed.
     """
@@ -265,21 +302,18 @@ def promote(client: EmbeddingClient, model_dir: Path, onnx_path: str | Path, con
     journal.save(model_dir, PROMOTING)
     _pause_point("promoting")
     try:
-        pinned = {"specific": {"versions": serving}}
-        write_config(model_dir, read_config(model_dir) | {"version_policy": pinned})
+        write_config(model_dir, pinned_config(read_config(model_dir), serving, version))
         write_version(onnx_path, model_dir, version, flavour=flavour)
         _pause_point("version-written")
-        both = config | {"version_policy": {"specific": {"versions": [*serving, version]}}}
-        _load(client, client.model_name, config=both, load_timeout_s=load_timeout_s)
-        _pause_point("both-loaded")
-        report = smoke_test(client, str(version), images, reference, tolerance=tolerance)
-        if not report.passed:
-            raise RolloutError(f"its smoke test inside {client.model_name!r} failed ({report.reason})")
         journal.save(model_dir, PROMOTED)
         _pause_point("promoted")
         write_config(model_dir, config)
         _pause_point("final-written")
-        _load(client, client.model_name, load_timeout_s=load_timeout_s)
+        _load(client, client.model_name, load_timeout_s=load_timeout_s)  # N+1 takes over from N in one reload
+        _pause_point("final-loaded")
+        report = smoke_test(client, str(version), images, reference, tolerance=tolerance)
+        if not report.passed:
+            raise RolloutError(f"its smoke test inside {client.model_name!r} failed ({report.reason})")
     except BaseException:
         rollback(client, model_dir, journal)
         raise
@@ -287,6 +321,12 @@ def promote(client: EmbeddingClient, model_dir: Path, onnx_path: str | Path, con
     logger.info("%s version %d is serving; retired %s", client.model_name, version,
                 [v for v in serving if v not in ready_versions(client)])
     return report.to_dict()
+
+
+def pinned_config(config: dict[str, Any], serving: list[int], version: int) -> dict[str, Any]:
+    """config.pbtxt while `version` is added: only `serving` load on a restart, and it says a deploy is unfinished."""
+    params = config.get("parameters", {}) | {UNFINISHED_KEY: {"string_value": str(version)}}
+    return config | {"version_policy": {"specific": {"versions": serving}}, "parameters": params}
 
 
 def rollback(client: EmbeddingClient, model_dir: Path, journal: Journal) -> None:
@@ -368,17 +408,20 @@ def _remove_candidate(client: EmbeddingClient, repository: Path) -> list[str]:
     return [str(folder)]
 
 
-def _remove_temporaries(model_dir: Path) -> list[str]:
+def _temporaries(model_dir: Path) -> list[Path]:
     """Hidden half-written version folders and config/journal files (never seen by Triton) left by a kill."""
+    return [path for path in model_dir.iterdir()
+            if (path.is_dir() and path.name.startswith(".") and path.name[1:].split(".")[0].isdigit())
+            or (path.is_file() and path.name.startswith((f".{CONFIG_FILE}.", f"{JOURNAL_FILE}.")))]
+
+
+def _remove_temporaries(model_dir: Path) -> list[str]:
     removed = []
-    for path in model_dir.iterdir():
-        name = path.name
-        if path.is_dir() and name.startswith(".") and name[1:].split(".")[0].isdigit():
+    for path in _temporaries(model_dir):
+        if path.is_dir():
             shutil.rmtree(path)
-        elif path.is_file() and name.startswith((f".{CONFIG_FILE}.", f"{JOURNAL_FILE}.")):
-            path.unlink()
         else:
-            continue
+            path.unlink()
         removed.append(str(path))
     return removed
 

@@ -18,6 +18,10 @@ start generates one and writes it, mode 0600, beside the repository (`<repositor
 where `deploy` and `release` find it; binding a non-loopback address needs a key given by the
 operator. Triton reads the key only from its command line, which every local user may read, so the
 server gets a placeholder there and the key through a preloaded library (argv_secret.py).
+
+Once ready, a server finishes any deploy of its repository that was killed midway (rollout.
+recover_repository, with its own admin key), so a restart brings the repository back to one
+version without a person running `dino-mlops deploy --recover`.
 """
 
 from __future__ import annotations
@@ -265,6 +269,7 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        self._finish_interrupted_deploys()
         return self
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
@@ -299,6 +304,23 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _finish_interrupted_deploys(self) -> None:
+        """Roll forward or back a deploy of this repository that was killed (rollout.recover), now, not when a
+        person notices. Its journal's pinned config.pbtxt already kept untested versions unloaded; a recovery
+        that fails (another deploy holds the lock, a reload fails) is logged, and the server keeps serving."""
+        from dino_model.serving.rollout import recover_repository, unfinished
+
+        if not unfinished(self.repository):
+            return
+        try:
+            for result in recover_repository(self.repository, url=self.grpc_url, models=self.models,
+                                             headers=self.admin_headers):
+                logger.warning("finished an interrupted deploy of %s at start-up: %s", result["model"],
+                               result["action"])
+        except (ServingError, ConfigError) as exc:
+            logger.error("an interrupted deploy in %s is not finished (%s); run `dino-mlops deploy --recover`",
+                         self.repository, exc)
 
     def _remove_stale_key_file(self) -> None:
         """A key file beside the repository that is not this server's key would mislead clients: remove it."""

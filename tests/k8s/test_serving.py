@@ -110,7 +110,7 @@ def test_the_pipeline_deploy_step_writes_where_triton_reads(rendered, tmp_path) 
     mount = next(m for m in _container(triton)["volumeMounts"] if m["name"] == "models")
     claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]["claimName"]
     assert pvc["constant"] == claim and pvc["mountPath"] == mount["mountPath"]
-    (secret,) = deploy["secretAsEnv"]
+    secret = next(s for s in deploy["secretAsEnv"] if s["keyToEnv"][0]["envVar"] == "TRITON_ADMIN_KEY")
     key_ref = next(e for e in _container(triton)["env"] if e["name"] == "TRITON_ADMIN_KEY")["valueFrom"]["secretKeyRef"]
     assert secret["secretNameParameter"]["runtimeValue"]["constant"] == key_ref["name"]
     assert secret["keyToEnv"] == [{"envVar": "TRITON_ADMIN_KEY", "secretKey": key_ref["key"]}]

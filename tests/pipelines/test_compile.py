@@ -100,6 +100,32 @@ def test_gpu_request_toleration_and_node_selector_only_when_gpus_are_asked_for(i
     assert {s["secretName"] for s in secrets["secretAsEnv"]} == {"dvc-remote-credentials", "data-repo-credentials"}
 
 
+def test_only_the_export_gets_the_lineage_signing_key(ir):
+    """The export signs the lineage; the gate and the deploy step only verify it, with the public keys."""
+    _, platform, _ = ir
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+    def lineage_env(executor: str) -> set[str]:
+        return {env["envVar"] for secret in executors[executor].get("secretAsEnv", [])
+                if secret["secretName"] == "lineage-signing-key" for env in secret["keyToEnv"]}
+
+    assert lineage_env("exec-export-onnx") == {"DINO_LINEAGE_SIGNING_KEY"}
+    assert lineage_env("exec-quality-gate") == lineage_env("exec-deploy-to-triton") == {"DINO_LINEAGE_PUBLIC_KEYS"}
+    assert all(not any(s.get("optional") for s in executors[e].get("secretAsEnv", [])
+                       if s["secretName"] == "lineage-signing-key")
+               for e in ("exec-export-onnx", "exec-quality-gate", "exec-deploy-to-triton"))
+
+
+def test_the_gate_can_finish_a_killed_deploy_before_it_reads_the_bar(ir):
+    """Like the deploy step, the gate gets Triton's claim and admin key, and is told the repository."""
+    spec, platform, _ = ir
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    gate = executors["exec-quality-gate"]
+    assert [m["mountPath"] for m in gate["pvcMount"]] == ["/models"]
+    assert {e["envVar"] for s in gate["secretAsEnv"] for e in s["keyToEnv"]} >= {"TRITON_ADMIN_KEY"}
+    assert "triton_repository" in spec["components"]["comp-quality-gate"]["inputDefinitions"]["parameters"]
+
+
 def test_every_component_runs_the_project_image(ir):
     from components._image import IMAGE
 

@@ -15,6 +15,7 @@ import pytest
 from dino_model.runtime.checkpoint import load_checkpoint
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.gate import served_lineage
 from pipelines.local import run_local
 from pipelines.local_server import stop_local_server
 
@@ -71,6 +72,8 @@ def _check_deployed_run(result: dict, data_repo: Path) -> None:
     assert [m["name"] for m in result["deployed"]] == ["dino"]
     client = EmbeddingClient(result["endpoint"]["grpc"], "dino")
     assert client.served.contract.lineage["data_version"] == md5
+    # the export step signed the record in the artifact's metadata, the deploy step verified it: the bar is set
+    assert (served_lineage(result["endpoint"]["grpc"], "dino") or {}).get("data_version") == md5
     images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     embedding = client.infer(images)["embedding"]
     assert embedding.shape == (2, 64) and np.allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-4)
