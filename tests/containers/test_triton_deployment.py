@@ -202,7 +202,10 @@ def test_prod_triton_and_the_deploy_step_share_the_repository_each_as_its_own_us
         podman: Podman, image: str, tmp_path: Path, artifact: tuple[Path, dict]) -> None:
     """prod-gpu's Triton pod (uid 1000, its fsGroup, its init container) and the deploy step (uid/gid 10001, no
     fsGroup) on one claim: the step creates version 1 in the repository Triton's init container made, and
-    Triton, as its own user, loads and serves it."""
+    Triton, as its own user, loads and serves it.
+
+    With Triton's former `fsGroup: 1000` the repository was `1000:1000 2755` and the step failed with
+    "PermissionError: [Errno 13] Permission denied: '/models/repository/dino'"."""
     from dino_model.serving.client import EmbeddingClient
 
     tag = uuid.uuid4().hex[:8]
