@@ -146,3 +146,10 @@ def test_fs_group_semantics_of_the_kubelet(tmp_path: Path) -> None:
     for path, mode in [(root, 0o2775), (root / "repository", 0o2775), (root / "repository" / "config.pbtxt", 0o660)]:
         info = path.stat()
         assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (gid, mode), path
+    # OnRootMismatch: a root that already matches leaves everything below as it is
+    (root / "repository" / "config.pbtxt").chmod(0o600)
+    apply_fs_group(root, gid, on_root_mismatch=True)
+    assert stat.S_IMODE((root / "repository" / "config.pbtxt").stat().st_mode) == 0o600
+    root.chmod(0o755)
+    apply_fs_group(root, gid, on_root_mismatch=True)
+    assert stat.S_IMODE((root / "repository" / "config.pbtxt").stat().st_mode) == 0o660
