@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures.kube_play import Options, RefusedError, Substitution, apply_fs_group, translate
+from fixtures.kube_play import HostVolume, Options, RefusedError, Substitution, apply_fs_group, translate
 from k8s_render import Resource
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -153,3 +153,22 @@ def test_fs_group_semantics_of_the_kubelet(tmp_path: Path) -> None:
     root.chmod(0o755)
     apply_fs_group(root, gid, on_root_mismatch=True)
     assert stat.S_IMODE((root / "repository" / "config.pbtxt").stat().st_mode) == 0o660
+
+
+def test_the_cronjob_pod_fits_the_same_translation(rendered, tmp_path: Path) -> None:
+    """What tests/containers/test_retrain_cronjob.py needs: the job's pod, its Secret given as an operator
+    creates it, the projected KFP token as a host file, an added folder; an optional absent Secret unset."""
+    repo = HostVolume(name="data-repository", path=tmp_path / "data", container="retrain-check",
+                      mount_path="/srv/data")
+    with pytest.raises(RefusedError, match="service_account_token"):
+        translate(rendered["dev"], "CronJob", "retrain-check", _options(tmp_path, network="host"))
+    plan = translate(rendered["dev"], "CronJob", "retrain-check", _options(
+        tmp_path, network="host", service_account_token="token", host_volumes=(repo,),
+        secrets={"data-repo-credentials": {"username": "u", "token": "t"}}))
+    pod = plan.pod("retrain-check")
+    (container,) = pod.manifest["spec"]["containers"]
+    assert pod.env["retrain-check"]["DINO_GIT_USERNAME"] == "u"
+    assert "envFrom optional Secret dvc-remote-credentials absent" in " ".join(plan.changes)
+    assert [f.files for f in plan.folders] == [{"token": "token"}]
+    assert {"name": "data-repository", "mountPath": "/srv/data", "readOnly": True} in container["volumeMounts"]
+    assert plan.volumes == {"retrain-state": "retrain-state-t1"} and pod.fs_group == 10001
