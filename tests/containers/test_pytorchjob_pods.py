@@ -9,23 +9,17 @@ from the project image, as uid 10001 on a read-only root filesystem. Their check
 tolerance of tests/dino_model/train/test_distributed.py, the one of a single process with twice the
 per-process batch run in the same image (`podman run`).
 
-Transformations from the rendered PyTorchJob to the played file (all in `_pod` / `_played_file`):
-1. `kind: Pod` per replica, named `<job>-<suffix>-master-0` / `-worker-0` (the operator's `<job>-<type>-<index>`
-   plus a unique suffix so runs can share the machine); the template's labels are kept.
-2. Env appended after the container's own, as the operator does: PYTHONUNBUFFERED=1, MASTER_PORT,
-   PET_MASTER_PORT, MASTER_ADDR, PET_MASTER_ADDR, WORLD_SIZE (replicas x nprocPerNode), RANK (pod index,
-   workers +1), PET_NPROC_PER_NODE, PET_NODE_RANK, PET_NNODES; no LOCAL_RANK. MASTER_ADDR is 127.0.0.1 (the
-   operator's is the master's Service `<job>-master-0`) and MASTER_PORT a free port (the operator's default is
-   23456, the `pytorchjob-port` it adds to the container).
-3. No `ports:` (the operator adds `pytorchjob-port`; host networking refuses port mappings).
-4. `restartPolicy: Never` instead of the replica's OnFailure, so a failing pod fails the test instead of looping.
-5. The claims `dino-datasets` and `dino-runs` become hostPath folders: a digits subset at /data/digits/train
-   (where the dev config reads) and an output folder owned by uid 10001 (one folder for both pods, as the
-   ReadWriteMany claim is).
-6. The `pretrain-config` ConfigMap is played in the same file with its config changed to one epoch and a
-   batch of 8 per process (everything else as rendered); podman mounts it where the template says.
-7. `serviceAccountName`, `automountServiceAccountToken`, `enableServiceLinks` and `fsGroup` stay; podman
-   ignores what it has no use for.
+The pods are played through tests/fixtures/kube_play.py (its docstring lists every change made on one
+machine: the operator's env with MASTER_ADDR=127.0.0.1 and a free MASTER_PORT, `<job>-<suffix>-<role>-<index>`
+Pods, no ports under host networking, claims as podman volumes with the kubelet's fsGroup semantics). What
+this test decides itself:
+- the `pretrain-config` ConfigMap is the test's input with one epoch and a batch of 8 per process (everything
+  else as rendered);
+- `restartPolicy: Never` instead of the replica's OnFailure (asked of kube_play, which logs it), so a failing
+  pod fails the test instead of looping;
+- the read-only claim `dino-datasets` holds a digits subset at /data/digits/train (where the dev config
+  reads), put on its volume from the host as an operator loads a data set onto a claim; the claim
+  `dino-runs` is a fresh volume both pods write through their fsGroup, as on a cluster (no chown).
 """
 
 from __future__ import annotations
@@ -36,22 +30,20 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
-
-from dino_model.runtime.processes import free_ports
+from fixtures import kube_play
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = REPO_ROOT / "k8s" / "overlays" / "dev" / "pretrain"
-UID = 10001
 BATCH = 8  # per process; the single-process reference uses 2 x BATCH
 IMAGES = 76  # 10 classes x 7 + 6: a few steps, not a whole number of batches
 TIMEOUT_S = 600
@@ -75,39 +67,6 @@ def _one(resources: list[Resource], kind: str) -> Resource:
 
 
 
-def _operator_env(job: Resource, role: str, index: int, port: int) -> list[dict[str, str]]:
-    """What Training Operator v1.9 appends to the `pytorch` container's env (envvar.go, no elasticPolicy)."""
-    replicas = job["spec"]["pytorchReplicaSpecs"]
-    nodes = sum(r["replicas"] for r in replicas.values())
-    nproc = job["spec"]["nprocPerNode"]
-    rank = index + 1 if role == "Worker" else index
-    pairs = [
-        ("PYTHONUNBUFFERED", "1"),
-        ("MASTER_PORT", str(port)), ("PET_MASTER_PORT", str(port)),
-        ("MASTER_ADDR", "127.0.0.1"), ("PET_MASTER_ADDR", "127.0.0.1"),
-        ("WORLD_SIZE", str(nodes * int(nproc))), ("RANK", str(rank)),
-        ("PET_NPROC_PER_NODE", nproc), ("PET_NODE_RANK", str(rank)), ("PET_NNODES", str(nodes)),
-    ]
-    return [{"name": k, "value": v} for k, v in pairs]
-
-
-def _pod(job: Resource, role: str, index: int, name: str, port: int, data: Path, runs: Path) -> Resource:
-    template = copy.deepcopy(job["spec"]["pytorchReplicaSpecs"][role]["template"])
-    spec = template["spec"]
-    (container,) = spec["containers"]
-    assert container["name"] == "pytorch", "the operator only wires a container named pytorch"
-    container["env"] = container.get("env", []) + _operator_env(job, role, index, port)
-    container.pop("ports", None)
-    spec["restartPolicy"] = "Never"
-    claims = {"dino-datasets": data, "dino-runs": runs}
-    for volume in spec["volumes"]:
-        claim = volume.pop("persistentVolumeClaim", None)
-        if claim is not None:
-            volume["hostPath"] = {"path": str(claims[claim["claimName"]]), "type": "Directory"}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": template["metadata"].get("labels", {})}, "spec": spec}
-
-
 def _config(rendered_text: str, batch_size: int) -> str:
     cfg = yaml.safe_load(rendered_text)
     cfg["train"].update(epochs=1, batch_size=batch_size)
@@ -115,7 +74,7 @@ def _config(rendered_text: str, batch_size: int) -> str:
 
 
 def _digits_subset(digits_root: Path, data: Path) -> Path:
-    """76 digits images under data/digits/train, where the dev config reads them."""
+    """76 digits images under data/digits/train, where the dev config reads them, readable by any user."""
     train = data / "digits" / "train"
     for class_dir in sorted((digits_root / "train").iterdir()):
         (train / class_dir.name).mkdir(parents=True)
@@ -129,39 +88,16 @@ def _digits_subset(digits_root: Path, data: Path) -> Path:
     return data
 
 
-def _runs_folder(path: Path) -> Path:
-    path.mkdir()
-    shutil.chown(path, UID, UID)
-    return path
-
-
-def _played_file(resources: list[Resource], suffix: str, port: int, data: Path, runs: Path, out: Path) -> Path:
-    job = _one(resources, "PyTorchJob")
-    configmap = copy.deepcopy(_one(resources, "ConfigMap"))
+def _input(resources: list[Resource]) -> list[Resource]:
+    """The rendered resources with the test's config: one epoch, BATCH per process."""
+    resources = copy.deepcopy(resources)
+    configmap = _one(resources, "ConfigMap")
     configmap["data"]["config.yaml"] = _config(configmap["data"]["config.yaml"], BATCH)
-    configmap["metadata"].pop("namespace", None)
-    name = job["metadata"]["name"]
-    pods = [_pod(job, role, index, f"{name}-{suffix}-{role.lower()}-{index}", port, data, runs)
-            for role, replica in job["spec"]["pytorchReplicaSpecs"].items() for index in range(replica["replicas"])]
-    out.write_text(yaml.safe_dump_all([configmap, *pods], sort_keys=False))
-    return out
+    return resources
 
 
-@pytest.fixture
-def played(podman: Podman, tmp_path: Path) -> Iterator[list[Path]]:
-    """Files played during the test; each is taken down afterwards, also when the test fails."""
-    files: list[Path] = []
-    yield files
-    for file in files:
-        podman("kube", "down", str(file), timeout=120)
-        for doc in yaml.safe_load_all(file.read_text()):  # podman keeps a played ConfigMap's volume
-            if doc["kind"] == "ConfigMap":
-                podman("volume", "rm", "-f", doc["metadata"]["name"])
-
-
-def _container_names(file: Path) -> list[str]:
-    docs = list(yaml.safe_load_all(file.read_text()))
-    return [f"{d['metadata']['name']}-{c['name']}" for d in docs if d["kind"] == "Pod" for c in d["spec"]["containers"]]
+def _container_names(plan: kube_play.Plan) -> list[str]:
+    return [pod.container(c["name"]) for pod in plan.pods for c in pod.manifest["spec"]["containers"]]
 
 
 def _wait(podman: Podman, container: str) -> tuple[int, str]:
@@ -175,27 +111,32 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-def _single_process(podman: Podman, image: str, job: Resource, configmap: Resource, data: Path, work: Path) -> Path:
-    """The same image, config (batch 2 x BATCH) and mounts, one process, no torchrun: the reference."""
+def _single_process(podman: Podman, image: str, job: Resource, configmap: Resource, data_volume: str,
+                    work: Path) -> Path:
+    """The same image, config (batch 2 x BATCH) and data, one process, no torchrun: the reference. Its output
+    is a fresh podman volume, which podman gives to the container's user (the image's) when first mounted."""
     container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     config_arg = container["args"][container["args"].index("--config") + 1]
     config_dir = work / "config"
     config_dir.mkdir(parents=True)
     (config_dir / Path(config_arg).name).write_text(_config(configmap["data"]["config.yaml"], 2 * BATCH))
     config_dir.chmod(0o755)
-    runs = _runs_folder(work / "runs")
     name = f"dino-pretrain-single-{uuid.uuid4().hex[:8]}"
+    assert podman("volume", "create", name).returncode == 0
     result = podman(
-        "run", "--rm", "--name", name, "--network=none", "--read-only", "--user", f"{UID}:{UID}",
+        "run", "--rm", "--name", name, "--network=none", "--read-only",
         "--tmpfs", "/tmp", "--shm-size", "512m", "-e", "HOME=/tmp", "-e", "PYTHONUNBUFFERED=1",
-        "-v", f"{config_dir}:{Path(config_arg).parent}:ro", "-v", f"{data}:/data:ro", "-v", f"{runs}:/runs",
+        "-v", f"{config_dir}:{Path(config_arg).parent}:ro", "-v", f"{data_volume}:/data:ro", "-v", f"{name}:/runs",
         image, "python", "-m", "dino_model.train.worker", "--config", config_arg, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = work / "runs"
+    shutil.copytree(kube_play.mountpoint(podman, name), runs)
+    podman("volume", "rm", "-f", name)
     return runs
 
 
 def test_master_and_worker_pods_train_like_one_process(podman: Podman, image: str, digits_root: Path,
-                                                       tmp_path: Path, played: list[Path]) -> None:
+                                                       tmp_path: Path) -> None:
     """Training Operator v1.9 env, two pods of the dev overlay, gloo: one checkpoint equal to a single process."""
     from dino_model.config import load_config_text
     from dino_model.runtime.checkpoint import load_checkpoint
@@ -208,21 +149,21 @@ def test_master_and_worker_pods_train_like_one_process(podman: Podman, image: st
     assert cfg.data.root == "/data/digits/train" and cfg.train.device == "cpu", "the subset is laid out for these"
     output = Path(cfg.train.output_dir).relative_to("/runs")
 
-    data = _digits_subset(digits_root, tmp_path / "data")
-    runs = _runs_folder(tmp_path / "runs")
-    suffix = uuid.uuid4().hex[:8]
-    file = _played_file(resources, suffix, free_ports(1)[0], data, runs, tmp_path / "pytorchjob-pods.yaml")
-    played.append(file)
-    result = podman("kube", "play", "--network=host", str(file), timeout=300)
-    assert result.returncode == 0, result.stderr
-    exits = {name: _wait(podman, name) for name in _container_names(file)}
-    for name, (code, logs) in exits.items():
-        assert code == 0, f"{name} exited with {code}:\n{logs[-4000:]}"
-    master_logs = next(logs for name, (_, logs) in exits.items() if "-master-0-" in name)
-    assert "rank 0 of 2, backend gloo" in master_logs, master_logs[-3000:]
-    assert (runs / output / "checkpoint.pth").is_file()
+    options = kube_play.Options(suffix=uuid.uuid4().hex[:8], workdir=tmp_path, network="host", restart_policy="Never")
+    plan = kube_play.translate(_input(resources), "PyTorchJob", job["metadata"]["name"], options)
+    with kube_play.provisioned(podman, plan):
+        _digits_subset(digits_root, kube_play.volume_root(podman, plan, "dino-datasets"))
+        with kube_play.running(podman, plan, tmp_path / "pytorchjob-pods.yaml"):
+            exits = {name: _wait(podman, name) for name in _container_names(plan)}
+        for name, (code, logs) in exits.items():
+            assert code == 0, f"{name} exited with {code}:\n{logs[-4000:]}"
+        master_logs = next(logs for name, (_, logs) in exits.items() if "-master-0-" in name)
+        assert "rank 0 of 2, backend gloo" in master_logs, master_logs[-3000:]
+        runs = tmp_path / "runs"
+        shutil.copytree(kube_play.volume_root(podman, plan, "dino-runs"), runs)
+        assert (runs / output / "checkpoint.pth").is_file()
+        single = _single_process(podman, image, job, configmap, plan.volumes["dino-datasets"], tmp_path / "single")
 
-    single = _single_process(podman, image, job, configmap, data, tmp_path / "single")
     # the worker pod writes nothing of its own into the shared folder: the same files as one process
     assert _files(runs / output) == _files(single / output)
     two = load_checkpoint(runs / output / "checkpoint.pth")

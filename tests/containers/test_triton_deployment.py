@@ -1,37 +1,27 @@
-"""The dev overlay's Triton Deployment, as rendered, played by podman with the project image; models put in
-service by the pipeline's own deploy step; gRPC answered outside the pod; a second version rolled out under
-load with zero failed requests.
+"""The Triton Deployments, as rendered, played by podman with the project image; models put in service by the
+pipeline's own deploy step; gRPC answered outside the pod; a second version rolled out under load with zero
+failed requests (dev); the prod overlay's Triton and the deploy step sharing the repository, each with its
+own user (prod-gpu).
 
 The deploy step is `components.deploy.deploy_to_triton`, run as KFP runs it on the cluster: in the project
-image, as uid 10001 on a read-only root filesystem, with the claim `triton-models` mounted read-write at
+image, as the image's uid/gid 10001 with no fsGroup and no supplementary group (KFP sets no pod
+securityContext), on a read-only root filesystem, with the claim `triton-models` mounted read-write at
 /models, the admin key from the Secret in $TRITON_ADMIN_KEY, and the ONNX artifact (with the metadata
 export_onnx records) at its path. Triton's pod mounts the same claim read-only; the only thing they share
 is that volume and Triton's gRPC port.
 
-Transformation of the rendered manifests for `podman kube play --network slirp4netns` (everything else as
-rendered: image, command, args, env, securityContext, probes, emptyDirs, mounts):
-- the Deployment gets a unique name; its claim `triton-models` names a podman volume created first (unique
-  per test); the Secret `triton-admin-key-<hash>` becomes a podman secret of a unique name holding the dev
-  overlay's key (podman 4.3 plays no `kind: Secret`);
-- each container port gets a hostPort (a free port on the host), the only way in from the host;
-- `$(VAR)` references in args are expanded from the container's ConfigMap env, as the kubelet does
-  (podman 4.3 passes them on literally);
-- the init container runs first with `podman run` (its image, command, env, user and mount as rendered),
-  and the pod is played without it: podman 4.3 fails to remove a finished init container ("cannot
-  remove container ... as it is running") and gives up the pod;
-- the claim's root is owned by uid 10001, which the pod's `fsGroup` provides on a cluster;
-- the memory-backed emptyDir (`/dev/shm`, where the Python backend puts its shared memory) becomes a host
-  folder with mode 1777: the kubelet makes emptyDirs world-writable, podman 4.3 mounts a root-owned one.
+The Deployments are played through tests/fixtures/kube_play.py, whose docstring lists every change made
+on one machine; nothing is patched here. In particular the claim is a fresh volume (root:root 0755) that
+gets the kubelet's fsGroup semantics for Triton's pod, and nothing else: who may write where is decided
+by the manifests alone. For prod-gpu, the project image stands in for NVIDIA's Triton image (none can be
+pulled here, and no GPU runs it), with the command, args and env of the CPU flavour
+(k8s/components/triton-cpu) for the server container; users, groups and securityContext stay prod's.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
 import json
 import logging
-import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -39,14 +29,14 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
-
-from dino_model.runtime.processes import free_ports
+from fixtures import kube_play
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
@@ -68,93 +58,55 @@ print(json.dumps({"version": version}))
 """
 
 
-def _render() -> list[Resource]:
+def _render(overlay: str) -> list[Resource]:
     kubectl = REPO_ROOT / ".venv" / "bin" / "kubectl"
     out = subprocess.run([str(kubectl if kubectl.exists() else "kubectl"), "kustomize",
-                          str(REPO_ROOT / "k8s" / "overlays" / "dev")], check=True, capture_output=True, text=True)
+                          str(REPO_ROOT / "k8s" / "overlays" / overlay)], check=True, capture_output=True, text=True)
     return list(yaml.safe_load_all(out.stdout))
 
 
+def _prod_options(rendered: list[Resource], tag: str, workdir: Path, image: str) -> kube_play.Options:
+    """prod-gpu's Triton on this machine: the project image for NVIDIA's, running the CPU flavour's server."""
+    (deployment,) = [r for r in rendered if r["kind"] == "Deployment" and r["metadata"]["name"] == "triton"]
+    nvidia = {c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]}
+    (nvidia_image,) = nvidia
+    assert nvidia_image.startswith("nvcr.io/nvidia/tritonserver:"), nvidia_image
+    cpu = yaml.safe_load((REPO_ROOT / "k8s" / "components" / "triton-cpu" / "deployment.yaml").read_text())
+    (server,) = cpu["spec"]["template"]["spec"]["containers"]
+    swap = kube_play.Substitution(
+        image=image, container="tritonserver", command=server["command"], args=server["args"],
+        env=tuple(server["env"]),
+        reason="NVIDIA's image cannot be pulled here and needs a GPU; the project image's tritonserver serves the "
+               "cpu flavour with the CPU flavour's command, args and env (k8s/components/triton-cpu)")
+    return kube_play.Options(suffix=tag, workdir=workdir, substitutions={nvidia_image: swap},
+                             secrets={"triton-admin-key": {"admin-key": f"prod-key-{tag}"}},
+                             without_gpus="no GPU on this machine; the stand-in serves on CPU")
 
 
-def _played(rendered: list[Resource], tag: str, *, claim: str, secret: str, shm: Path
-            ) -> tuple[list[Resource], dict, Resource, Resource]:
-    """The Deployment and its ConfigMap, transformed as the module docstring says; ports, Secret, init container."""
-    deployment = copy.deepcopy(next(d for d in rendered if d["kind"] == "Deployment"
-                                    and d["metadata"]["name"] == "triton"))
-    deployment["metadata"]["name"] = f"triton-{tag}"
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    settings_name = secret_name = None
-    for env in container["env"]:
-        source = env.get("valueFrom", {})
-        if "configMapKeyRef" in source:
-            settings_name = source["configMapKeyRef"]["name"]
-        if "secretKeyRef" in source:
-            secret_name = source["secretKeyRef"]["name"]
-            source["secretKeyRef"]["name"] = secret
-    rendered_secret = next(d for d in rendered if d["kind"] == "Secret" and d["metadata"]["name"] == secret_name)
-    ports = {}
-    for port in container["ports"]:
-        port["hostPort"] = ports[port["name"]] = free_ports(1)[0]
-    for volume in pod["volumes"]:
-        if volume.get("persistentVolumeClaim", {}).get("claimName") == "triton-models":
-            volume["persistentVolumeClaim"]["claimName"] = claim
-        if volume.get("emptyDir", {}).get("medium") == "Memory":
-            del volume["emptyDir"]
-            volume["hostPath"] = {"path": str(shm), "type": "Directory"}
-    settings = next(d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"] == settings_name)
-    values = {e["name"]: settings["data"][e["valueFrom"]["configMapKeyRef"]["key"]] for e in container["env"]
-              if "configMapKeyRef" in e.get("valueFrom", {})}
-    container["args"] = [re.sub(r"\$\((\w+)\)", lambda m: values.get(m[1], m[0]), arg) for arg in container["args"]]
-    (init,) = pod.pop("initContainers")
-    return [settings, deployment], ports, rendered_secret, init
-
-
-def _run_init_container(podman: Podman, init: Resource, settings: Resource, claim: str, user: str) -> None:
-    """The rendered init container, run to completion as the kubelet does before the pod's containers."""
-    env = [f"{e['name']}={settings['data'][e['valueFrom']['configMapKeyRef']['key']]}" for e in init["env"]]
-    (mount,) = init["volumeMounts"]
-    result = podman("run", "--rm", f"--user={user}", "--read-only", "--network=none",
-                    *(arg for item in env for arg in ("-e", item)), "-v", f"{claim}:{mount['mountPath']}",
-                    "--entrypoint", init["command"][0], init["image"], *init["command"][1:], timeout=120)
-    assert result.returncode == 0, result.stderr
+@contextmanager
+def _triton(podman: Podman, plan: kube_play.Plan, file: Path) -> Iterator[dict]:
+    """The played Triton pod, ready; taken down with its volume and secret afterwards."""
+    pod = plan.pod("triton")
+    container = pod.container("tritonserver")
+    with kube_play.provisioned(podman, plan), kube_play.running(podman, plan, file):
+        try:
+            _wait_ready(podman, container, pod.ports["http"])
+            env = pod.env["tritonserver"]
+            yield {"ports": pod.ports, "key": env["TRITON_ADMIN_KEY"], "claim": plan.volumes["triton-models"],
+                   "container": container, "repository": env["MODEL_REPOSITORY"]}
+        finally:
+            logs = podman("logs", container)
+            logger.info("triton pod log tail:\n%s", (logs.stdout + logs.stderr)[-3000:])
 
 
 @pytest.fixture
-def triton_pod(podman: Podman, tmp_path: Path) -> Iterator[dict]:
-    """The played Deployment, ready; removed with its volume and secret afterwards."""
+def triton_pod(podman: Podman, image: str, tmp_path: Path) -> Iterator[dict]:
+    """The dev overlay's Deployment, played as rendered."""
     tag = uuid.uuid4().hex[:8]
-    claim, secret = f"triton-models-{tag}", f"triton-admin-key-{tag}"
-    shm = Path(tempfile.mkdtemp(prefix=f"triton-{tag}-shm-"))
-    shm.chmod(0o1777)
-    played, ports, rendered_secret, init = _played(_render(), tag, claim=claim, secret=secret, shm=shm)
-    key = base64.b64decode(rendered_secret["data"]["admin-key"]).decode()
-    assert podman("volume", "create", claim).returncode == 0
-    os.chown(podman("volume", "inspect", "--format", "{{.Mountpoint}}", claim).stdout.strip(), UID, UID)
-    pod_spec = played[1]["spec"]["template"]["spec"]
-    user = f"{pod_spec['securityContext']['runAsUser']}:{pod_spec['securityContext']['runAsGroup']}"
-    _run_init_container(podman, init, played[0], claim, user)
-    secret_file = tmp_path / "secret.json"
-    secret_file.write_text(json.dumps(rendered_secret["data"]))
-    assert podman("secret", "create", secret, str(secret_file)).returncode == 0
-    file = tmp_path / "triton.yaml"
-    file.write_text(yaml.safe_dump_all(played))
-    try:
-        result = podman("kube", "play", "--network", "slirp4netns", str(file), timeout=180)
-        assert result.returncode == 0, result.stderr
-        container = f"triton-{tag}-pod-0-tritonserver"
-        _wait_ready(podman, container, ports["http"])
-        yield {"ports": ports, "key": key, "claim": claim, "container": container,
-               "repository": next(d for d in played if d["kind"] == "ConfigMap")["data"]["MODEL_REPOSITORY"]}
-    finally:
-        logs = podman("logs", f"triton-{tag}-pod-0-tritonserver")
-        logger.info("triton pod log tail:\n%s", (logs.stdout + logs.stderr)[-3000:])
-        podman("kube", "down", str(file), timeout=120)
-        podman("pod", "rm", "-f", f"triton-{tag}-pod-0")
-        podman("volume", "rm", "-f", claim)
-        podman("secret", "rm", secret)
-        shutil.rmtree(shm, ignore_errors=True)
+    plan = kube_play.translate(_render("dev"), "Deployment", "triton",
+                               kube_play.Options(suffix=tag, workdir=tmp_path))
+    with _triton(podman, plan, tmp_path / "triton.yaml") as pod:
+        yield pod
 
 
 def _wait_ready(podman: Podman, container: str, http_port: int, timeout_s: float = 180) -> None:
@@ -193,15 +145,21 @@ def artifact(tiny_export: dict) -> Iterator[tuple[Path, dict]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _deploy_step(podman: Podman, image: str, pod: dict, artifact: tuple[Path, dict]) -> int:
-    """The pipeline's deploy step in its own container; returns the version it put in service."""
+def _run_deploy_step(podman: Podman, image: str, pod: dict, artifact: tuple[Path, dict]
+                     ) -> subprocess.CompletedProcess:
+    """The pipeline's deploy step in its own container, as KFP runs it (image user, no fsGroup)."""
     folder, metadata = artifact
-    result = podman(
-        "run", "--rm", "--network=host", f"--user={UID}:{UID}", "--read-only", "--tmpfs", "/tmp",
+    return podman(
+        "run", "--rm", "--network=host", "--read-only", "--tmpfs", "/tmp",  # the image's own USER, as KFP
         "-e", "HOME=/tmp", "-e", f"TRITON_ADMIN_KEY={pod['key']}",
         "-v", f"{pod['claim']}:/models", "-v", f"{folder}:/artifact:ro",
         image, "python", "-c", DEPLOY_STEP, json.dumps(metadata), pod["repository"],
         f"127.0.0.1:{pod['ports']['grpc']}", timeout=300)
+
+
+def _deploy_step(podman: Podman, image: str, pod: dict, artifact: tuple[Path, dict]) -> int:
+    """The deploy step run to success; returns the version it put in service."""
+    result = _run_deploy_step(podman, image, pod, artifact)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])["version"]
 
@@ -238,3 +196,41 @@ def test_dev_triton_deployment_serves_what_the_deploy_step_rolls_out(podman: Pod
     index = admin.call("index", admin.raw.get_model_repository_index, as_json=True)["models"]
     assert sorted(m["version"] for m in index if m["name"] == "dino" and m.get("state") == "READY") == ["2"]
     np.testing.assert_allclose(EmbeddingClient(url).embed(images), first, atol=1e-5)
+
+
+def test_prod_triton_and_the_deploy_step_share_the_repository_each_as_its_own_user(
+        podman: Podman, image: str, tmp_path: Path, artifact: tuple[Path, dict]) -> None:
+    """prod-gpu's Triton pod (uid 1000, its fsGroup, its init container) and the deploy step (uid/gid 10001, no
+    fsGroup) on one claim: the step creates version 1 in the repository Triton's init container made, and
+    Triton, as its own user, loads and serves it.
+
+    With Triton's former `fsGroup: 1000` the repository was `1000:1000 2755` and the step failed with
+    "PermissionError: [Errno 13] Permission denied: '/models/repository/dino'"."""
+    from dino_model.serving.client import EmbeddingClient
+
+    tag = uuid.uuid4().hex[:8]
+    rendered = _render("prod-gpu")
+    plan = kube_play.translate(rendered, "Deployment", "triton", _prod_options(rendered, tag, tmp_path, image))
+    context = plan.pod("triton").manifest["spec"]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"]) == (1000, 1000), "prod's Triton user, as rendered"
+    with _triton(podman, plan, tmp_path / "triton-prod.yaml") as pod:
+        uid, gid, groups = podman("exec", pod["container"], "sh", "-c", "id -u; id -g; id -G").stdout.split("\n")[:3]
+        assert (uid, gid, set(groups.split())) == ("1000", "1000", {"1000", str(context["fsGroup"])}), groups
+        root = kube_play.volume_root(podman, plan, "triton-models")
+        repository = root / pod["repository"].removeprefix("/models/")
+        info = repository.stat()
+        logger.info("claim root %o %d:%d, repository %o %d:%d", root.stat().st_mode, root.stat().st_uid,
+                    root.stat().st_gid, info.st_mode, info.st_uid, info.st_gid)
+
+        result = _run_deploy_step(podman, image, pod, artifact)
+        assert result.returncode == 0, (f"the deploy step (uid/gid {UID}, no fsGroup) could not put version 1 in "
+                                        f"the repository ({oct(info.st_mode)} {info.st_uid}:{info.st_gid}):\n"
+                                        + result.stdout[-2000:] + result.stderr[-4000:])
+        assert json.loads(result.stdout.strip().splitlines()[-1])["version"] == 1
+        client = EmbeddingClient(f"127.0.0.1:{pod['ports']['grpc']}")
+        images = np.random.default_rng(0).standard_normal((2, *client.served.contract.input_shape), dtype=np.float32)
+        embeddings = client.embed(images)
+        assert embeddings.shape[0] == 2 and np.isfinite(embeddings).all()
+        # Triton reads what the step wrote as its own user; the step keeps its own uid on what it wrote
+        version = repository / "dino" / "1"
+        assert version.is_dir() and version.stat().st_uid == UID

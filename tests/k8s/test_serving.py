@@ -82,13 +82,27 @@ def test_model_repository_is_a_claim_triton_only_reads(rendered, env: str) -> No
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert mount["readOnly"]
     (init,) = pod["initContainers"]
-    assert init["command"] == ["sh", "-c", 'mkdir -p "$MODEL_REPOSITORY"']
+    assert init["command"][:2] == ["sh", "-c"] and 'mkdir -p "$MODEL_REPOSITORY"' in init["command"][2]
     assert [m["mountPath"] for m in init["volumeMounts"]] == ["/models"]
     claim = one(rendered[env], "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
     cm_name = next(e for e in _container(deployment)["env"] if e["name"] == "MODEL_REPOSITORY")
     config = one(rendered[env], "ConfigMap", cm_name["valueFrom"]["configMapKeyRef"]["name"])
     assert config["data"]["MODEL_REPOSITORY"] == "/models/repository"
     assert claim["spec"]["accessModes"] == (["ReadWriteMany"] if env == "prod-gpu" else ["ReadWriteOnce"])
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_repository_belongs_to_the_deploy_steps_group(rendered, env: str) -> None:
+    """The deploy step runs as the project image's uid/gid (KFP sets no pod securityContext): Triton's pod gives
+    the claim that group (fsGroup) and its init container makes the repository folder that group's, setgid and
+    group-writable, whatever user Triton itself runs as (1000 in NVIDIA's image, 10001 in dev)."""
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    gid = int(re.findall(r"^USER \d+:(\d+)$", dockerfile, re.M)[-1])
+    pod = _triton(rendered, env)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == gid
+    (init,) = pod["initContainers"]
+    script = init["command"][2]
+    assert "umask 002" in script and f"chgrp {gid} " in script and "chmod 2775 " in script
 
 
 def test_the_pipeline_deploy_step_writes_where_triton_reads(rendered, tmp_path) -> None:
