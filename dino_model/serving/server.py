@@ -51,6 +51,9 @@ ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # the variable k8s/base/triton fills from th
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton matches gRPC metadata under this prefix
 RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"
 KEY_FILE_SUFFIX = ".admin-key"
+# a key that guards model control (code execution) on a network address: 32 characters of `openssl rand
+# -hex` are 128 bits; the keys generated here are 43 characters of token_urlsafe(32), 256 bits
+MIN_NETWORK_KEY_LENGTH = 32
 _RESTRICTION_FLAGS = ("--http-restricted-api", "--grpc-restricted-protocol")
 _HARMLESS = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA driver")
 
@@ -98,6 +101,14 @@ def check_admin_key(key: str, source: str = "the admin key") -> str:
     """`key` when it can travel in an HTTP header and a command-line flag: printable ASCII without spaces."""
     if not key or not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
         raise ConfigError(f"{source} must hold one key of printable ASCII characters without spaces")
+    return key
+
+
+def check_key_strength(key: str, source: str = "the admin key") -> str:
+    """`key` when it is long enough to guard model control on a network address (MIN_NETWORK_KEY_LENGTH)."""
+    if len(key) < MIN_NETWORK_KEY_LENGTH:
+        raise ConfigError(f"{source} has {len(key)} characters; a server on a network address needs at least "
+                          f"{MIN_NETWORK_KEY_LENGTH} (e.g. `openssl rand -hex 32`)")
     return key
 
 
@@ -177,6 +188,8 @@ class TritonServer:
                               f"${ADMIN_KEY_ENV}, or bind 127.0.0.1")
         if admin_key is not None:
             check_admin_key(admin_key)
+            if not is_loopback(address):
+                check_key_strength(admin_key)
         _check_no_restriction_flags(extra_args)
         self.repository = Path(repository).resolve()
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}

@@ -7,22 +7,19 @@ kfp-server-api's models, so it is a request a real KFP would accept. The data re
 git + DVC repository whose bare clone on the host is bind-mounted into the pod and cloned there
 through a file:// URL.
 
-Transformation of the rendered manifests for `podman kube play --network=host` (nothing else changes:
-image, command, env, securityContext, resources, emptyDirs and mounts are played as rendered):
-- the CronJob's `spec.jobTemplate.spec.template` becomes a `kind: Pod` with a unique name;
-- its ConfigMap (rendered, hashed name) is played along with DINO_DATA_REPO=file:///srv/data/data.git,
-  KFP_HOST=http://127.0.0.1:<recorder>, DINO_TRITON_URL=127.0.0.1:<closed port> (nothing served) and
-  DINO_PUSHGATEWAY="" (no Pushgateway here);
-- the claim `retrain-state` names a podman volume created first (so it outlives each pod), unique per test;
-- the Secret `data-repo-credentials` becomes a podman secret of a unique name (podman 4.3 plays no
-  `kind: Secret`); the projected KFP token becomes a hostPath folder holding a token file;
-- one added hostPath volume, read-only at /srv/data, holds the bare data repository.
+The rendered dev overlay is played through the shared translation, tests/fixtures/kube_play.py (its
+docstring lists everything it changes, and it logs each change): the CronJob's job pod with its users,
+fsGroup and mounts as rendered; the claim `retrain-state` as a podman volume that outlives each pod and
+gets the kubelet's fsGroup semantics (no chown); the Secret `data-repo-credentials` given as an operator
+creates it; the projected KFP token as a host file. What this test asks of it: host networking, the
+bare data repository added read-only at /srv/data (the git server's stand-in, owned by the image's user
+because git refuses a repository of another owner), and four ConfigMap entries pointing where their
+peers are here: DINO_DATA_REPO=file:///srv/data/data.git, KFP_HOST=http://127.0.0.1:<stand-in>,
+DINO_TRITON_URL=127.0.0.1:<closed port> (nothing served) and DINO_PUSHGATEWAY unset (none here).
 """
 
 from __future__ import annotations
 
-import base64
-import copy
 import json
 import logging
 import os
@@ -38,6 +35,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures.kfp_api import KfpApi, validated
+from fixtures.kube_play import HostVolume, Options, provisioned, running, translate, volume_root
 
 pytestmark = [pytest.mark.slow]
 
@@ -106,38 +104,9 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _played_pod(rendered: list[dict], name: str, *, claim: str, secret: str, kfp_port: int, data_dir: Path,
-                token_dir: Path) -> list[dict]:
-    """The CronJob's pod and its ConfigMap, transformed as the module docstring says."""
-    cron = next(d for d in rendered if d["kind"] == "CronJob" and d["metadata"]["name"] == "retrain-check")
-    template = copy.deepcopy(cron["spec"]["jobTemplate"]["spec"]["template"])
-    spec = template["spec"]
-    (container,) = spec["containers"]
-    settings_name = next(e["configMapRef"]["name"] for e in container["envFrom"] if "configMapRef" in e)
-    settings = copy.deepcopy(next(d for d in rendered if d["kind"] == "ConfigMap"
-                                  and d["metadata"]["name"] == settings_name))
-    settings["data"] |= {"DINO_DATA_REPO": IN_POD_REPO, "KFP_HOST": f"http://127.0.0.1:{kfp_port}",
-                         "DINO_TRITON_URL": f"127.0.0.1:{_closed_port()}", "DINO_PUSHGATEWAY": ""}
-    for env in container["env"]:
-        ref = env.get("valueFrom", {}).get("secretKeyRef")
-        if ref and ref["name"] == "data-repo-credentials":
-            ref["name"] = secret
-    for volume in spec["volumes"]:
-        if "persistentVolumeClaim" in volume:
-            assert volume["persistentVolumeClaim"]["claimName"] == "retrain-state"
-            volume["persistentVolumeClaim"]["claimName"] = claim
-        if volume["name"] == "kfp-token":
-            del volume["projected"]
-            volume["hostPath"] = {"path": str(token_dir), "type": "Directory"}
-    spec["volumes"].append({"name": "data-repository", "hostPath": {"path": str(data_dir), "type": "Directory"}})
-    container["volumeMounts"].append({"name": "data-repository", "mountPath": "/srv/data", "readOnly": True})
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": name}, "spec": spec}
-    return [settings, pod]
-
-
 @pytest.fixture
 def setting(podman, tmp_path: Path) -> Iterator[dict]:
-    """Rendered dev overlay, data repository, KFP recorder, state volume and git Secret; removed afterwards."""
+    """Rendered dev overlay played through kube_play, data repository, KFP stand-in; removed afterwards."""
     rendered = list(yaml.safe_load_all(subprocess.run(
         [str(REPO_ROOT / ".venv" / "bin" / "kubectl"), "kustomize", str(REPO_ROOT / "k8s" / "overlays" / "dev")],
         check=True, capture_output=True, text=True).stdout))
@@ -145,43 +114,29 @@ def setting(podman, tmp_path: Path) -> Iterator[dict]:
     base = Path(tempfile.mkdtemp(prefix=f"retrain-{tag}-"))  # not under pytest's 0700 folder: uid 10001 reads it
     base.chmod(0o755)
     repo = DataRepository(base)
-    token_dir = base / "kfp-token"
-    token_dir.mkdir()
-    (token_dir / "token").write_text(TOKEN)
-    _chown(token_dir)
-    claim, secret = f"retrain-state-{tag}", f"data-repo-credentials-{tag}"
-    assert podman("volume", "create", claim).returncode == 0
-    secret_file = tmp_path / "secret.json"
-    credentials = {"username": "retrain", "token": "unused-by-file-urls"}
-    secret_file.write_text(json.dumps({k: base64.b64encode(v.encode()).decode() for k, v in credentials.items()}))
-    assert podman("secret", "create", secret, str(secret_file)).returncode == 0
-    mountpoint = podman("volume", "inspect", "--format", "{{.Mountpoint}}", claim).stdout.strip()
-    os.chown(mountpoint, UID, UID)
     recorder = KfpApi(multi_user=True)
-    played = tmp_path / "pod.yaml"
+    options = Options(
+        suffix=tag, workdir=base / "host", network="host", service_account_token=TOKEN,
+        secrets={"data-repo-credentials": {"username": "retrain", "token": "unused-by-file-urls"}},
+        host_volumes=(HostVolume(name="data-repository", path=repo.bare.parent, container="retrain-check",
+                                 mount_path="/srv/data"),),
+        endpoints={"DINO_DATA_REPO": IN_POD_REPO, "KFP_HOST": f"http://127.0.0.1:{recorder.port}",
+                   "DINO_TRITON_URL": f"127.0.0.1:{_closed_port()}", "DINO_PUSHGATEWAY": ""})
+    plan = translate(rendered, "CronJob", "retrain-check", options)
     try:
-        yield {"rendered": rendered, "repo": repo, "recorder": recorder, "tag": tag, "played": played,
-               "state": Path(mountpoint) / "state.json", "claim": claim, "secret": secret, "base": base,
-               "token_dir": token_dir}
+        with provisioned(podman, plan):
+            yield {"rendered": rendered, "repo": repo, "recorder": recorder, "plan": plan,
+                   "played": tmp_path / "pod.yaml", "state": volume_root(podman, plan, "retrain-state") / "state.json"}
     finally:
         recorder.close()
-        podman("pod", "rm", "-f", f"retrain-{tag}")
-        podman("volume", "rm", "-f", claim)
-        podman("secret", "rm", secret)
         shutil.rmtree(base, ignore_errors=True)
     assert not recorder.invalid, f"requests KFP's models reject: {recorder.invalid}"
 
 
 def _play(podman, s: dict, *, kill_when_run_posted: bool = False, timeout: float = 240) -> tuple[int, str]:
     """Play the pod once, wait for its container to end; returns (exit code, logs). The pod is removed."""
-    name = f"retrain-{s['tag']}"
-    s["played"].write_text(yaml.safe_dump_all(_played_pod(
-        s["rendered"], name, claim=s["claim"], secret=s["secret"], kfp_port=s["recorder"].port,
-        data_dir=s["repo"].bare.parent, token_dir=s["token_dir"])))
-    container = f"{name}-retrain-check"
-    try:
-        played = podman("kube", "play", "--network=host", str(s["played"]), timeout=120)
-        assert played.returncode == 0, played.stderr
+    container = s["plan"].pod("retrain-check").container("retrain-check")
+    with running(podman, s["plan"], s["played"], play_timeout=120):
         if kill_when_run_posted:
             assert s["recorder"].run_received.wait(timeout), podman("logs", container).stderr
             killed = podman("kill", "--signal", "KILL", container)
@@ -190,9 +145,6 @@ def _play(podman, s: dict, *, kill_when_run_posted: bool = False, timeout: float
         waited = podman("wait", container, timeout=timeout)
         logs = podman("logs", container)
         return int(waited.stdout.strip()), logs.stdout + logs.stderr
-    finally:
-        podman("kube", "down", str(s["played"]))
-        podman("pod", "rm", "-f", name)
 
 
 def _state(s: dict) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -79,7 +80,7 @@ def _prod_options(rendered: list[Resource], tag: str, workdir: Path, image: str)
         reason="NVIDIA's image cannot be pulled here and needs a GPU; the project image's tritonserver serves the "
                "cpu flavour with the CPU flavour's command, args and env (k8s/components/triton-cpu)")
     return kube_play.Options(suffix=tag, workdir=workdir, substitutions={nvidia_image: swap},
-                             secrets={"triton-admin-key": {"admin-key": f"prod-key-{tag}"}},
+                             secrets={"triton-admin-key": {"admin-key": secrets.token_hex(24)}},
                              without_gpus="no GPU on this machine; the stand-in serves on CPU")
 
 
@@ -103,8 +104,9 @@ def _triton(podman: Podman, plan: kube_play.Plan, file: Path) -> Iterator[dict]:
 def triton_pod(podman: Podman, image: str, tmp_path: Path) -> Iterator[dict]:
     """The dev overlay's Deployment, played as rendered."""
     tag = uuid.uuid4().hex[:8]
-    plan = kube_play.translate(_render("dev"), "Deployment", "triton",
-                               kube_play.Options(suffix=tag, workdir=tmp_path))
+    key = secrets.token_hex(24)  # the Secret the operator creates (docs/operations.md)
+    plan = kube_play.translate(_render("dev"), "Deployment", "triton", kube_play.Options(
+        suffix=tag, workdir=tmp_path, secrets={"triton-admin-key": {"admin-key": key}}))
     with _triton(podman, plan, tmp_path / "triton.yaml") as pod:
         yield pod
 

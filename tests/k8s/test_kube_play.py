@@ -21,7 +21,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 NVIDIA = "nvcr.io/nvidia/tritonserver"
 
 
+OPERATOR_SECRETS = {"triton-admin-key": {"admin-key": "k" * 32}}  # created by the operator (docs/operations.md)
+
+
 def _options(tmp_path: Path, **kwargs) -> Options:
+    kwargs.setdefault("secrets", OPERATOR_SECRETS)
     return Options(suffix="t1", workdir=tmp_path, **kwargs)
 
 
@@ -77,7 +81,7 @@ def test_refuses_an_unknown_volume_type_gpus_and_an_absent_secret(rendered, tmp_
     with pytest.raises(RefusedError, match="nvidia.com/gpu"):
         translate(prod, "Deployment", "triton", _options(tmp_path, secrets={"triton-admin-key": {"admin-key": "k"}}))
     with pytest.raises(RefusedError, match="triton-admin-key"):
-        translate(prod, "Deployment", "triton", _options(tmp_path, without_gpus="none here"))
+        translate(prod, "Deployment", "triton", _options(tmp_path, without_gpus="none here", secrets={}))
 
 
 @pytest.mark.parametrize("target", ["dev", "prod-gpu"])

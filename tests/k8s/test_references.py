@@ -9,11 +9,11 @@ from k8s_render import INSTALLS, REPO_ROOT, all_pod_templates, containers, find,
 OPERATIONS_GUIDE = REPO_ROOT / "docs" / "operations.md"
 # Secrets the operator creates (docs/operations.md); a required one stops the pod from starting
 OPERATOR_SECRETS = {
-    "triton-admin-key": "required in prod-gpu",
+    "triton-admin-key": "required",
     "dvc-remote-credentials": "optional: S3-compatible DVC remote",
     "data-repo-credentials": "optional: private data repository",
 }
-REQUIRED_BY_ENV = {"dev": set(), "prod-gpu": {"triton-admin-key"}}
+REQUIRED_BY_ENV = {"dev": {"triton-admin-key"}, "prod-gpu": {"triton-admin-key"}}
 
 
 @pytest.mark.parametrize("env", sorted(INSTALLS))

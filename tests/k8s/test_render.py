@@ -49,12 +49,13 @@ def test_common_labels(rendered, target: str) -> None:
 
 
 def test_overlays_share_the_base(rendered) -> None:
-    """dev and prod-gpu hold the same resources; dev alone generates its Triton admin-key Secret."""
+    """dev and prod-gpu hold the same resources; neither holds a Secret (no key in the repository)."""
 
     def shapes(env: str) -> set[tuple[str, str]]:
         return {(r["kind"], _unhashed(r)) for r in rendered[env] if r["kind"] != "Namespace"}
 
-    assert shapes("dev") - shapes("prod-gpu") == {("Secret", "triton-admin-key")}
+    assert shapes("dev") - shapes("prod-gpu") == set()
+    assert not [r for env in ("dev", "prod-gpu") for r in rendered[env] if r["kind"] == "Secret"]
     assert shapes("prod-gpu") - shapes("dev") == set()
 
 

@@ -56,9 +56,9 @@ def _triton_args(container: dict) -> list[str]:
     args = build_parser().parse_args(["serve", *container["args"]])
     server = TritonServer(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, address=args.address, models=args.model or ("*",),
-                          admin_key="$(TRITON_ADMIN_KEY)")
+                          admin_key="k" * 32)
     return [a.replace("--model-repository=" + str(server.repository), "--model-repository=$(MODEL_REPOSITORY)")
-            for a in server.command(None)[1:]]
+            for a in server.command(None, key="$(TRITON_ADMIN_KEY)")[1:]]
 
 
 def test_triton_images(rendered) -> None:

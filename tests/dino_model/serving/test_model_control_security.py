@@ -133,8 +133,9 @@ def test_release_on_a_key_given_by_the_operator(start_server, tmp_path: Path, ti
 
     repository = tmp_path / "repository"
     repository.mkdir()
-    monkeypatch.setenv(ADMIN_KEY_ENV, "operator-key")
-    server = start_server(repository, address="0.0.0.0", admin_key="operator-key")
+    key = "an-operator-key-of-at-least-32-characters"
+    monkeypatch.setenv(ADMIN_KEY_ENV, key)
+    server = start_server(repository, address="0.0.0.0", admin_key=key)
     assert not admin_key_path(repository).exists()  # a given key is never written anywhere
     result = release(tiny_onnx, repository, url=server.grpc_url, flavour="cpu")
     assert result["status"] == "deployed" and result["serving_versions"] == [1]
@@ -142,6 +143,18 @@ def test_release_on_a_key_given_by_the_operator(start_server, tmp_path: Path, ti
     with pytest.raises(InferenceServerException, match="restricted"):
         client.raw.unload_model("dino")
     assert ready_versions(EmbeddingClient(server.grpc_url, headers=server.admin_headers)) == [1]
+
+
+def test_a_short_key_is_refused_on_a_network_address_and_kept_on_loopback(tmp_path: Path) -> None:
+    from dino_model.errors import ConfigError
+    from dino_model.serving.server import MIN_NETWORK_KEY_LENGTH, TritonServer
+
+    short = "k" * (MIN_NETWORK_KEY_LENGTH - 1)
+    with pytest.raises(ConfigError, match=f"has {len(short)} characters; a server on a network address needs at "
+                                          f"least {MIN_NETWORK_KEY_LENGTH}"):
+        TritonServer(tmp_path, address="0.0.0.0", admin_key=short)
+    assert TritonServer(tmp_path, address="127.0.0.1", admin_key=short).admin_key == short
+    assert TritonServer(tmp_path, address="0.0.0.0", admin_key=short + "k").admin_key == short + "k"
 
 
 def test_serve_on_a_non_loopback_address_needs_a_key(tmp_path: Path) -> None:
