@@ -44,6 +44,14 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_without_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.precision=auto resolves as on a CPU without bf16 units (fp32), in subprocesses too, so the
+    suite's training arithmetic does not depend on the CPU it runs on; tests/dino_model/train/
+    test_precision.py checks both kinds of CPU."""
+    monkeypatch.setenv("DINO_CPU_BF16", "0")
+
+
 @pytest.fixture
 def free_port() -> int:
     """A loopback port that was free a moment ago (dino_model.runtime.processes.free_ports for several)."""
