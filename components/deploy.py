@@ -12,11 +12,16 @@ def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, trit
     """"deploy" when k-NN top-1 reaches `min_top1` and is not worse than the serving model's, else "hold"."""
     import logging
 
-    from dino_model.serving.gate import decide, serving_score
+    from dino_model.serving.gate import DEPLOY, decide, serving_score
 
     serving = serving_score(triton_url, model_name, "knn_top1") if require_not_worse else None
     decision = decide(knn_top1, threshold=min_top1, serving=serving, require_not_worse=require_not_worse)
-    logging.getLogger("quality_gate").warning("quality gate: %s (%s)", decision.decision, decision.reason)
+    log = logging.getLogger("quality_gate")
+    # a pass is routine (INFO), a hold needs a look (WARNING); the logger's own INFO level keeps the pass
+    # in the step's log whatever the root level (kfp's executor_main sets INFO on stdout)
+    log.setLevel(logging.INFO)
+    level = logging.INFO if decision.decision == DEPLOY else logging.WARNING
+    log.log(level, "quality gate: %s (%s)", decision.decision, decision.reason)
     return decision.decision
 
 
