@@ -20,7 +20,7 @@ def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, trit
     import logging
 
     from dino_model.serving.client import replica_urls
-    from dino_model.serving.gate import decide, serving_score
+    from dino_model.serving.gate import DEPLOY, decide, serving_score
 
     serving = None
     if require_not_worse:
@@ -28,7 +28,12 @@ def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, trit
         serving = serving_score(triton_url, model_name, "knn_top1", repository=triton_repository or None,
                                 replicas=replicas)
     decision = decide(knn_top1, threshold=min_top1, serving=serving, require_not_worse=require_not_worse)
-    logging.getLogger("quality_gate").warning("quality gate: %s (%s)", decision.decision, decision.reason)
+    log = logging.getLogger("quality_gate")
+    # a pass is routine (INFO), a hold needs a look (WARNING); the logger's own INFO level keeps the pass
+    # in the step's log whatever the root level (kfp's executor_main sets INFO on stdout)
+    log.setLevel(logging.INFO)
+    level = logging.INFO if decision.decision == DEPLOY else logging.WARNING
+    log.log(level, "quality gate: %s (%s)", decision.decision, decision.reason)
     return decision.decision
 
 

@@ -4,7 +4,8 @@ Defaults are the official DINO code's (facebookresearch/dino, `main_dino.py`); p
 under `dino_model/configs/` hold differences only (the paper's settings, the test and demo sizes).
 One default differs: `train.precision` is `auto`, resolved by the trainer for its device: bf16 on
 GPUs with native bf16 (no loss scaling, no fp16 overflow), fp16 with the gradient scaler on other
-GPUs (the official `use_fp16=True`), fp32 on CPUs. Checkpoints record the resolved value.
+GPUs (the official `use_fp16=True`), bf16 on CPUs with bf16 units (AVX512-BF16, AMX), fp32 on other
+CPUs. Checkpoints record the resolved value.
 Struct mode rejects unknown keys and wrong types, so a misspelt override fails loudly instead of
 being ignored. This module imports no torch so that pipelines can build configs cheaply.
 """
@@ -153,7 +154,8 @@ class OptimConfig:
 class RunConfig:
     epochs: int = 100
     batch_size: int = 64  # per process
-    # auto (CUDA: bf16 if native, else fp16; CPU: fp32) | fp32 | bf16 (CPU and CUDA autocast) | fp16 (CUDA, scaler)
+    # auto (CUDA: bf16 if native, else fp16; CPU: bf16 with bf16 units, else fp32) | fp32
+    # | bf16 (CPU and CUDA autocast) | fp16 (CUDA, scaler)
     precision: str = "auto"
     seed: int = 0
     output_dir: str = "runs/dino"

@@ -90,7 +90,9 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_output: Tensor) -> None:
         """center <- m * center + (1 - m) * mean of the teacher logits over all processes."""
-        batch_sum = all_reduce_sum(teacher_output.sum(dim=0, keepdim=True, dtype=torch.float32))
+        # fp32 for bf16 / fp16 logits, the working dtype (fp64) when it is wider
+        dtype = torch.promote_types(torch.promote_types(teacher_output.dtype, self.center.dtype), torch.float32)
+        batch_sum = all_reduce_sum(teacher_output.sum(dim=0, keepdim=True, dtype=dtype))
         batch_center = batch_sum / (teacher_output.shape[0] * world_size())
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 

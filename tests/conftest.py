@@ -64,6 +64,16 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_without_bf16_units() -> Iterator[None]:
+    """train.precision=auto resolves as on a CPU without bf16 units (fp32), in subprocesses and in
+    module- and session-scoped fixtures too, so the suite's training arithmetic does not depend on the
+    CPU it runs on; tests/dino_model/train/test_precision.py checks both kinds of CPU."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DINO_CPU_BF16", "0")
+        yield
+
+
 @pytest.fixture
 def free_port() -> int:
     """A loopback port that was free a moment ago (dino_model.runtime.processes.free_ports for several)."""

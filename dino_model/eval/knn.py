@@ -8,7 +8,8 @@ Where this differs from the official `eval_knn.py`, it is on purpose. That scrip
 classes, splits the test set into 100 chunks (it fails below 100 test images) and asks for k
 neighbours (it fails when k exceeds the training set). Here the class count is the data set's, any
 test-set size works and k is capped at the training-set size. Top-5 is reported only above 5
-classes: with 5 or fewer the top 5 holds every class and measures no ranking. A class no neighbour
+classes (the rule the linear probe shares, `dino_model.eval.top5`): with 5 or fewer the top 5
+holds every class and measures no ranking. A class no neighbour
 voted for is never a top-5 hit; the official ranking orders such zero-score classes arbitrarily
 among its 1,000.
 """
@@ -21,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-TOP5_MIN_CLASSES = 6  # top-5 is reported only when the data set has more than 5 classes
+from dino_model.eval.top5 import TOP5_MIN_CLASSES, reports_top5
+
+__all__ = ["TOP5_MIN_CLASSES", "knn_classify", "knn_predict"]
 
 
 @torch.inference_mode()
@@ -38,7 +41,7 @@ def knn_classify(
 ) -> dict[int, dict[str, float]]:
     """{k: {"top1": %, "top5": %}} for each k (neighbours capped at the training-set size).
 
-    "top5" is left out when there are fewer than TOP5_MIN_CLASSES classes (num_classes, else the
+    "top5" is left out with 5 or fewer classes (`top5.reports_top5` of num_classes, else of the
     largest label + 1). A top-5 hit: the true class is among the min(5, k) best-voted classes and at
     least one of the k neighbours has it.
     """
@@ -53,7 +56,7 @@ def knn_classify(
             voted = (neighbours[:, :k] == target[:, None]).any(dim=1)
             correct[k][1] += ((classes[:, : min(5, k)] == target[:, None]).any(dim=1) & voted).sum()
     n = len(test_features)
-    return {k: _percentages(c, n, with_top5=n_classes >= TOP5_MIN_CLASSES) for k, c in correct.items()}
+    return {k: _percentages(c, n, with_top5=reports_top5(n_classes)) for k, c in correct.items()}
 
 
 def _percentages(correct: Tensor, n: int, *, with_top5: bool) -> dict[str, float]:

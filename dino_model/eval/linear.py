@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from dino_model.errors import CheckpointError, ConfigError
 from dino_model.eval.features import extract
 from dino_model.eval.settings import LinearProbeConfig
+from dino_model.eval.top5 import reports_top5
 from dino_model.logs import progress
 from dino_model.models.backbone import intermediate_tokens
 from dino_model.runtime.checkpoint import load_checkpoint
@@ -145,12 +146,18 @@ def extract_probe_features(backbone: nn.Module, loader: DataLoader, *, n_last_bl
     return extract(embed, loader, device=device, desc="probe features")
 
 
-def accuracy(logits: Tensor, labels: Tensor) -> tuple[float, float]:
-    """(top-1 %, top-5 %); top-5 counts min(5, classes) guesses."""
+def accuracy(logits: Tensor, labels: Tensor) -> tuple[float, float | None]:
+    """(top-1 %, top-5 %); top-5 is None with 5 or fewer classes (`top5.reports_top5`)."""
     ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    top1 = (ranked[:, 0] == labels).float().mean().item()
-    top5 = (ranked == labels[:, None]).any(dim=1).float().mean().item()
-    return 100.0 * top1, 100.0 * top5
+    top1 = 100.0 * (ranked[:, 0] == labels).float().mean().item()
+    if not reports_top5(logits.shape[1]):
+        return top1, None
+    return top1, 100.0 * (ranked == labels[:, None]).any(dim=1).float().mean().item()
+
+
+def with_top5(record: dict[str, Any], top5: float | None) -> dict[str, Any]:
+    """`record` with a "top5" entry, unless top-5 is not reported (None)."""
+    return record if top5 is None else record | {"top5": top5}
 
 
 def effective_lr(probe: LinearProbeConfig) -> float:
@@ -173,10 +180,10 @@ def fit_classifier(classifier: nn.Module, epoch_batches: Callable[[], Iterable[t
         if (epoch + 1) % probe.val_freq == 0 or epoch + 1 == probe.epochs:
             with torch.no_grad():
                 top1, top5 = accuracy(classifier(val[0].to(device)).cpu(), val[1])
-            history.append({"epoch": epoch, "loss": loss, "top1": top1, "top5": top5})
+            history.append(with_top5({"epoch": epoch, "loss": loss, "top1": top1}, top5))
             if top1 > best["top1"]:
-                best = {"top1": top1, "top5": top5, "epoch": epoch,
-                        "state_dict": {k: v.detach().cpu().clone() for k, v in classifier.state_dict().items()}}
+                best = with_top5({"top1": top1, "epoch": epoch, "state_dict": {
+                    k: v.detach().cpu().clone() for k, v in classifier.state_dict().items()}}, top5)
     return best, history
 
 

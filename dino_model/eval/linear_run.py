@@ -122,7 +122,7 @@ def run_linear_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, tr
                 "classes": result["classes"], "n_last_blocks": result["n_last_blocks"],
                 "avgpool": result["avgpool"],
                 "feature_order": feature_order(result["n_last_blocks"], result["avgpool"])}, weights)
-    metrics = {"linear_top1": best["top1"], "linear_top5": best["top5"], "linear_best_epoch": best["epoch"],
+    metrics = {"linear_top1": best["top1"], **_top5_metric(best.get("top5")), "linear_best_epoch": best["epoch"],
                "linear_last_top1": result["history"][-1]["top1"]}
     details = {key: result[key] for key in ("feature_dim", "n_last_blocks", "avgpool", "lr", "n_train", "n_val")}
     details |= {"train_dir": str(train_dir), "val_dir": str(val_dir), "image_size": cfg.image_size,
@@ -131,7 +131,7 @@ def run_linear_eval(checkpoint: str | Path, cfg: EvalConfig | None = None, *, tr
                 "seconds": time.perf_counter() - start}
     source = f"random-init:{checkpoint}" if random_init else checkpoint
     report = build_report("linear", source, metrics, details)
-    md = (f"# Linear probe\n\n{source}: best top-1 {best['top1']:.2f}% (top-5 {best['top5']:.2f}%) at epoch "
+    md = (f"# Linear probe\n\n{source}: best top-1 {best['top1']:.2f}%{_top5_text(best.get('top5'))} at epoch "
           f"{best['epoch']} of {probe.epochs}\n\n" + metrics_table(metrics))
     write_report(report, out, md)
     return report | {"report_path": str(out)}
@@ -144,7 +144,7 @@ def run_linear_head_eval(checkpoint: str | Path, head_path: str | Path, cfg: Eva
 
     The feature layout is the one the head file records (this project's), else the probe's settings
     with their width-dependent defaults (the released weights: 4 CLS for ViT-S, 1 CLS + pooled for
-    ViT-B). Writes the metrics JSON (`linear_top1`, `linear_top5`) and a Markdown report.
+    ViT-B). Writes the metrics JSON (`linear_top1`, `linear_top5` above 5 classes) and a Markdown report.
     """
     from dino_model.models.loading import load_backbone
 
@@ -169,17 +169,17 @@ def run_linear_head_eval(checkpoint: str | Path, head_path: str | Path, cfg: Eva
                                            n_last_blocks=n_blocks, avgpool=avgpool, device=device)
     with torch.no_grad():
         top1, top5 = accuracy(head(feats), labels)
-    metrics = {"linear_top1": top1, "linear_top5": top5}
+    metrics = {"linear_top1": top1, **_top5_metric(top5)}
     details = {"head": str(head_path), "head_format": head.format, "trained": False, "feature_dim": dim,
                "n_last_blocks": n_blocks, "avgpool": avgpool, "n_val": len(val_set), "val_dir": str(val_dir),
                "classes": val_set.classes, "image_size": cfg.image_size, "resize_size": cfg.resize_size,
                "seconds": time.perf_counter() - start}
     report = build_report("linear", checkpoint, metrics, details)
     out = Path(output) if output else Path(checkpoint).parent / "eval" / "linear_head.json"
-    md = (f"# Linear classifier\n\n{checkpoint} with {head_path} ({head.format} format): top-1 {top1:.2f}% "
-          f"(top-5 {top5:.2f}%) on {len(val_set)} images\n\n" + metrics_table(metrics))
+    md = (f"# Linear classifier\n\n{checkpoint} with {head_path} ({head.format} format): top-1 {top1:.2f}%"
+          f"{_top5_text(top5)} on {len(val_set)} images\n\n" + metrics_table(metrics))
     write_report(report, out, md)
-    logger.info("classifier %s on %s: top-1 %.2f%%, top-5 %.2f%%", head_path, val_dir, top1, top5)
+    logger.info("classifier %s on %s: top-1 %.2f%%%s", head_path, val_dir, top1, _top5_text(top5))
     return report | {"report_path": str(out)}
 
 
@@ -206,3 +206,12 @@ def _check_classes(head: LinearHead, classes: list[str], head_path: str | Path, 
     if head.classes is not None and head.classes != classes:
         raise DataError(f"classifier {head_path} was trained on classes {head.classes[:10]}; {val_dir} has "
                         f"{classes[:10]} (same folder names, in the same order, are needed)")
+
+
+def _top5_metric(top5: float | None) -> dict[str, float]:
+    """{"linear_top5": %}, or nothing where top-5 is not reported (5 or fewer classes)."""
+    return {} if top5 is None else {"linear_top5": top5}
+
+
+def _top5_text(top5: float | None) -> str:
+    return "" if top5 is None else f" (top-5 {top5:.2f}%)"

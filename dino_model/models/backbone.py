@@ -48,8 +48,10 @@ def interpolate_pos_embed_dino(pos_embed: Tensor, h: int, w: int, n_prefix: int 
     prefix, grid = pos_embed[:, :n_prefix], pos_embed[:, n_prefix:]
     dim = grid.shape[-1]
     grid = grid.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    # the table's own dtype from fp32 up (fp64 stays fp64); bf16 / fp16 tables are resampled in fp32
+    work_dtype = torch.promote_types(pos_embed.dtype, torch.float32)
     grid = F.interpolate(
-        grid.float(),
+        grid.to(work_dtype),
         scale_factor=((h + 0.1) / side, (w + 0.1) / side),
         mode="bicubic",
         align_corners=False,

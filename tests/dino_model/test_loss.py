@@ -46,6 +46,21 @@ def test_center_update_is_ema_of_batch_mean_after_the_loss():
     torch.testing.assert_close(loss.center[0], expected)
 
 
+def test_center_update_in_fp64_sums_in_fp64():
+    # the official update (sum, / B, EMA) in fp64: ~1e-16 apart; an fp32 sum was ~1e-8 off
+    gen = torch.Generator().manual_seed(0)
+    loss = DINOLoss(257, 4, epochs=1).double()
+    loss.center.copy_(torch.randn(1, 257, generator=gen, dtype=torch.float64))
+    center = loss.center.clone()
+    student = torch.randn(4 * 64, 257, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(2 * 64, 257, generator=gen, dtype=torch.float64) * 3 + 1
+    loss(student, teacher, epoch=0)
+    batch_center = torch.sum(teacher, dim=0, keepdim=True) / len(teacher)
+    expected = center * 0.9 + batch_center * (1 - 0.9)
+    assert loss.center.dtype == torch.float64
+    torch.testing.assert_close(loss.center, expected, rtol=0, atol=1e-14)
+
+
 def test_teacher_temperature_schedule_per_epoch():
     loss = DINOLoss(4, 2, epochs=40, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30)
     assert loss.teacher_temp(0) == pytest.approx(0.04)

@@ -15,7 +15,7 @@ from dino_model.runtime.checkpoint import load_checkpoint
 from dino_model.runtime.distributed import DistInfo
 from dino_model.train import precision as precision_module
 from dino_model.train.loop import _with_resolved_precision, fit
-from dino_model.train.precision import resolve_precision
+from dino_model.train.precision import auto_precision, has_bf16_units, read_cpu_flags, resolve_precision
 
 from .conftest import small_cfg
 
@@ -47,10 +47,39 @@ def test_auto_on_cuda_without_bf16_is_the_official_fp16(gpu_bf16) -> None:
     assert resolve_precision("auto", CUDA) == "fp16"
 
 
-def test_auto_on_cpu_is_fp32_without_asking_cuda(gpu_bf16) -> None:
+def test_auto_on_cpu_follows_its_bf16_units_without_asking_cuda(gpu_bf16, monkeypatch) -> None:
     calls = gpu_bf16(True)
+    monkeypatch.setenv("DINO_CPU_BF16", "0")  # as tests/conftest.py pins it
     assert resolve_precision("auto", CPU) == "fp32"
+    monkeypatch.setenv("DINO_CPU_BF16", "1")
+    assert resolve_precision("auto", CPU) == "bf16"
     assert calls == []
+
+
+@pytest.mark.parametrize(("device", "cuda_native", "cpu_units", "expected"), [
+    ("cuda", True, False, "bf16"), ("cuda", False, True, "fp16"),  # a GPU: the CPU does not matter
+    ("cpu", False, True, "bf16"), ("cpu", False, False, "fp32"),
+    ("cpu", True, False, "fp32"),  # a bf16 GPU in the machine does not make its CPU fast in bf16
+    ("mps", False, True, "fp32")])
+def test_auto_precision_decision(device: str, cuda_native: bool, cpu_units: bool, expected: str) -> None:
+    assert auto_precision(device, cuda_native_bf16=cuda_native, cpu_bf16_units=cpu_units) == expected
+
+
+@pytest.mark.parametrize(("flags", "native"), [
+    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4, Intel Cooper Lake
+    ("avx512f amx_bf16 amx_tile amx_int8", True),  # Intel Sapphire Rapids
+    ("fpu avx2 avx512f avx512_vnni", False),  # Ice Lake, Zen 3-: bf16 emulated
+    ("", False)])
+def test_cpu_bf16_units_from_flags(flags: str, native: bool) -> None:
+    assert has_bf16_units(flags.split()) is native
+
+
+def test_cpu_flags_from_cpuinfo(tmp_path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx512f avx512_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert read_cpu_flags(cpuinfo) == {"fpu", "avx512f", "avx512_bf16"}
+    assert read_cpu_flags(tmp_path / "absent") == frozenset()  # not Linux: no flags, fp32
 
 
 @pytest.mark.parametrize("explicit", ["fp32", "bf16", "fp16"])
@@ -75,7 +104,7 @@ def test_the_trainer_resolves_auto_for_its_device(gpu_bf16) -> None:
     assert resolved.train.precision == "fp16" and cfg.train.precision == "auto"  # the caller's config is kept
 
 
-def test_a_cpu_run_trains_in_fp32_records_it_and_resumes(small_digits, tmp_path, caplog) -> None:
+def test_a_cpu_run_without_bf16_units_trains_in_fp32_records_it_and_resumes(small_digits, tmp_path, caplog) -> None:
     data, out = tmp_path / "data", tmp_path / "run"
     for class_dir in sorted(small_digits.iterdir())[:4]:  # 4 classes x 4 images: 2 steps of 8
         (data / class_dir.name).mkdir(parents=True)
@@ -91,6 +120,19 @@ def test_a_cpu_run_trains_in_fp32_records_it_and_resumes(small_digits, tmp_path,
     # auto again: the resume's config check passes (a refused one raises ConfigError); nothing is left to train
     result = fit(small_cfg(data, out, "train.epochs=1"), resume=True)
     assert result.epochs_done == 1
+
+
+def test_a_run_on_a_cpu_with_bf16_units_trains_in_bf16(small_digits, tmp_path, caplog, monkeypatch) -> None:
+    monkeypatch.setenv("DINO_CPU_BF16", "1")
+    data, out = tmp_path / "data", tmp_path / "run"
+    for class_dir in sorted(small_digits.iterdir())[:2]:  # 2 classes x 4 images: 1 step of 8
+        (data / class_dir.name).mkdir(parents=True)
+        for png in sorted(class_dir.iterdir())[:4]:
+            shutil.copy(png, data / class_dir.name / png.name)
+    with caplog.at_level(logging.INFO, logger="dino_model.train.loop"):
+        fit(small_cfg(data, out, "train.epochs=1"))
+    assert "device cpu, precision bf16" in caplog.text
+    assert load_checkpoint(out / "checkpoint.pth")["config"]["train"]["precision"] == "bf16"
 
 
 def test_a_resume_compares_the_resolved_precision() -> None:
