@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from k8s_render import Resource, all_pod_templates, render
+from k8s_render import REPO_ROOT, Resource, all_pod_templates, render
 
 # one line of the map: "ns/name[Pod] => 0.0.0.0-255.255.255.255 : {protocols:TCP,dst_ports:443}"
 _LINE = re.compile(r"^(?P<src>\S+) => (?P<dst>\S+) : (?P<conns>.+)$")
@@ -71,7 +71,14 @@ def pods_of(resources: list[Resource], namespace: str) -> dict[str, Pod]:
     return pods
 
 
-def render_in_namespace(kustomization: Path, namespace: str, workdir: Path) -> list[Resource]:
+def namespace_replacements() -> list[Resource]:
+    """The `replacements` every overlay that sets a namespace carries (k8s/overlays/dev says why)."""
+    dev = yaml.safe_load((REPO_ROOT / "k8s" / "overlays" / "dev" / "kustomization.yaml").read_text())
+    return dev["replacements"]
+
+
+def render_in_namespace(kustomization: Path, namespace: str, workdir: Path, *, install: bool = True
+                        ) -> list[Resource]:
     """Render `kustomization` as an operator's overlay on top of it that sets `namespace` would.
 
     The standalone-KFP install is exactly that: an overlay with `namespace: kubeflow` over dev or prod-gpu.
@@ -80,6 +87,8 @@ def render_in_namespace(kustomization: Path, namespace: str, workdir: Path) -> l
     relative = os.path.relpath(kustomization, workdir)  # kustomize refuses absolute resource paths
     overlay = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                "namespace": namespace, "resources": [relative]}
+    if install:  # an install overlay carries the replacements (a launch template has no Namespace to read)
+        overlay["replacements"] = namespace_replacements()
     (workdir / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
     return render(workdir)
 

@@ -144,7 +144,7 @@ def _rendered_for(env: str, topology: str, rendered, workdir: Path) -> tuple[str
     """(install namespace, installed resources, launched pretraining resources) of `env` in `topology`."""
     if topology == "standalone":
         installed = render_in_namespace(INSTALLS[env], KFP, workdir / "install")
-        return KFP, installed, render_in_namespace(LAUNCHES[env], KFP, workdir / "launch")
+        return KFP, installed, render_in_namespace(LAUNCHES[env], KFP, workdir / "launch", install=False)
     return INSTALL_NAMESPACE[env], rendered[env], rendered[f"{env}/pretrain"]
 
 

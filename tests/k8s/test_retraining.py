@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import PurePosixPath
 
 import pytest
+import yaml
 from k8s_render import INSTALLS, find, one
 
 ENVS = sorted(INSTALLS)
@@ -129,7 +130,30 @@ def test_retraining_submits_the_overlays_own_run(rendered, env: str) -> None:
     one(rendered[env], "Service", "triton-grpc")
     assert settings.image == container["image"], "a pipeline compiled in the pod must run the overlay's image"
     assert {k: settings.params.get(k) for k in SIZES[env]} == SIZES[env]
-    assert settings.namespace, "KFP_NAMESPACE: multi-user KFP refuses experiments without one"
+    assert settings.namespace == namespace, "pipeline pods must run where the claim and the Secrets are"
+
+
+def test_an_operator_overlay_in_kubeflow_retrains_in_kubeflow(tmp_path) -> None:
+    """Standalone KFP: the overlay installed into `kubeflow` (with the replacements every overlay carries)
+    submits its runs there and deploys to the Triton there."""
+    from k8s_nca import render_in_namespace
+    from k8s_render import REPO_ROOT
+
+    for overlay in ("dev", "prod-gpu"):
+        rendered = {overlay: render_in_namespace(REPO_ROOT / "k8s" / "overlays" / overlay, "kubeflow",
+                                                 tmp_path / overlay)}
+        settings = _settings(rendered, overlay)
+        assert settings.namespace == "kubeflow"
+        assert settings.params["triton_url"] == "triton-grpc.kubeflow.svc:8001"
+
+
+def test_every_overlay_carries_the_namespace_replacements() -> None:
+    from k8s_nca import namespace_replacements
+    from k8s_render import REPO_ROOT
+
+    for overlay in ("dev", "prod-gpu"):
+        own = yaml.safe_load((REPO_ROOT / "k8s" / "overlays" / overlay / "kustomization.yaml").read_text())
+        assert own["replacements"] == namespace_replacements(), overlay
 
 
 def test_a_registered_pipeline_version_is_the_image_tag(rendered) -> None:
