@@ -39,7 +39,7 @@ def build_train_data(root: str, transform: Callable[[Any], Any], *, seed: int, b
     With `encoded` (crops.backend=gpu) the items are the files' bytes and `transform` is not used:
     the training loop builds the crops on its device (gpu_crops.GpuMultiCrop).
     """
-    logger.info("images over %s pixels are skipped (%s)", f"{max_image_pixels():,}", PIXEL_CAP_ENV)
+    logger.debug("images over %s pixels are skipped (%s)", f"{max_image_pixels():,}", PIXEL_CAP_ENV)
     if is_shard_root(root):
         shards = ShardImages(root)
         stream = (ShardEncodedDataset(shards, seed, batch_size=batch_size, rank=rank, world_size=world_size)

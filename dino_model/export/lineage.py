@@ -36,10 +36,14 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dino_model.errors import ExportError
 from dino_model.export import signing
-from dino_model.export.signing import Ed25519PublicKey, Signature
+from dino_model.export.signing import Signature
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from dino_model.runtime.digests import file_sha256
 
 logger = logging.getLogger(__name__)

@@ -31,12 +31,12 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from dino_model.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the client-only install reads lineage without `cryptography`
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ def payload(sha256: str, lineage: Mapping[str, str]) -> bytes:
 
 def key_id(public: Ed25519PublicKey) -> str:
     """A short fingerprint of a public key: the first 16 hex digits of the sha256 of its raw bytes."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -96,6 +98,8 @@ def sign(private: Ed25519PrivateKey, sha256: str, lineage: Mapping[str, str]) ->
 def verify(signature: Signature | None, sha256: str, lineage: Mapping[str, str],
            trusted: Sequence[Ed25519PublicKey]) -> str | None:
     """The id of the trusted key under which `signature` signs this sha256 and lineage, else None."""
+    from cryptography.exceptions import InvalidSignature
+
     if signature is None:
         return None
     try:
@@ -133,6 +137,9 @@ def signing_key(*, create: bool = True) -> Ed25519PrivateKey:
 
 def generate_local_key(path: Path) -> Ed25519PrivateKey:
     """A new key pair: the private key at `path` (mode 0600 from the start), the public one beside it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -146,6 +153,8 @@ def generate_local_key(path: Path) -> Ed25519PrivateKey:
 
 
 def public_pem(public: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -167,6 +176,9 @@ def trusted_keys() -> list[Ed25519PublicKey]:
 
 def _private_from(value: str, source: str) -> Ed25519PrivateKey:
     """A private key from PEM text or a PEM file (which must not be readable by other users)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if not value.startswith(_PEM_MARK):
         path = Path(value).expanduser()
         _check_private_file(path, source)
@@ -207,6 +219,9 @@ def _publics_from(value: str, source: str) -> list[Ed25519PublicKey]:
 
 
 def _parse_publics(text: str, source: str) -> list[Ed25519PublicKey]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     blocks = [_PEM_MARK + block for block in text.split(_PEM_MARK)[1:]]
     keys = []
     for block in blocks:

@@ -69,7 +69,8 @@ def _one(resources: list[Resource], kind: str) -> Resource:
 
 def _config(rendered_text: str, batch_size: int) -> str:
     cfg = yaml.safe_load(rendered_text)
-    cfg["train"].update(epochs=1, batch_size=batch_size)
+    # fp32: the comparison is of DDP against one process (auto picks bf16 on CPUs with bf16 units)
+    cfg["train"].update(epochs=1, batch_size=batch_size, precision="fp32")
     return yaml.safe_dump(cfg)
 
 

@@ -359,7 +359,7 @@ def test_training_data_reads_the_cap_before_any_worker_starts(tmp_path: Path, mo
     from dino_model.data.sources import build_train_data
 
     root = _shard_folder(tmp_path / "shards", huge_png)
-    with caplog.at_level(logging.INFO, logger="dino_model.data.sources"):
+    with caplog.at_level(logging.DEBUG, logger="dino_model.data.sources"):
         build_train_data(str(root), FirstPixel(), seed=0, batch_size=4, rank=0, world_size=1)
     assert f"images over 64,000,000 pixels are skipped ({PIXEL_CAP_ENV})" in caplog.text
     monkeypatch.setenv(PIXEL_CAP_ENV, "lots")

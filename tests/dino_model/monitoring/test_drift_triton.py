@@ -7,6 +7,7 @@ registering the same metric families, then N unloaded.
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -75,6 +76,14 @@ def test_a_rollout_hands_the_gauges_to_the_new_version(tiny_export, tiny_onnx: P
     assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "1") is not None
     deploy(tiny_onnx, cpu_repository, url=server.grpc_url)  # loads 2 beside 1, smoke-tests, unloads 1
     assert ready_versions(EmbeddingClient(server.grpc_url, headers=server.admin_headers)) == [2]
-    serve_a_window()  # the server still answers, and version 2 now owns the gauges
+    # Triton retires version 1 asynchronously after the switch: it gives the gauges up once unloaded
+    deadline = time.monotonic() + 60
+    while _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "1") is not None:
+        assert time.monotonic() < deadline, "version 1 kept the gauges a minute after it was retired"
+        time.sleep(0.5)
+    # the server still answers, and version 2 takes the gauges at its next update (every 64 embeddings;
+    # its first may have fallen within the deploy's smoke requests, while version 1 still held them)
+    serve_a_window()
+    serve_a_window()
     assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "2") is not None
     assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "1") is None

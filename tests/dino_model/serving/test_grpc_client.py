@@ -31,8 +31,10 @@ def test_the_contract_is_read_from_the_server(served, tiny_onnx: Path) -> None:
     client = EmbeddingClient(served.grpc_url)
     lineage = client.served.contract.lineage
     assert client.served.contract == read_contract(tiny_onnx).with_lineage(
-        onnx_sha256=lineage["onnx_sha256"], lineage_verified=lineage["lineage_verified"])
+        onnx_sha256=lineage["onnx_sha256"], lineage_verified=lineage["lineage_verified"],
+        lineage_signature=lineage["lineage_signature"], lineage_key_id=lineage["lineage_key_id"])
     assert lineage["lineage_verified"] == str(tiny_onnx.with_suffix(".export.json"))
+    assert lineage["lineage_signature"] and lineage["lineage_key_id"], "served as verified: signed by the export"
     assert client.served.max_batch_size == 16
 
 
