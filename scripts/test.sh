@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: bootstrap, lint, then the whole test suite (about 28 minutes on 2 CPU cores with the container tests; the first
+# The test command: bootstrap, lint, then the whole test suite (about 17 minutes on 2 CPU cores with the container tests; the first
 # run on a machine also builds the project image, about 6 minutes, cached afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
