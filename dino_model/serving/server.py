@@ -142,9 +142,9 @@ def find_admin_key(repository: str | Path | None = None, key_file: str | Path | 
     if key_file:
         return read_admin_key(key_file, private=False)
     beside = admin_key_path(repository) if repository is not None else None
-    if beside is not None and beside.is_file() and (os.access(beside, os.R_OK) or not os.environ.get(env)):
-        return read_admin_key(beside, private=False)
     if beside is not None and beside.is_file():
+        if os.access(beside, os.R_OK) or not os.environ.get(env):
+            return read_admin_key(beside, private=False)
         logger.info("the admin key file %s is not readable by this user: using $%s", beside, env)
     return key_from_env(env)
 
