@@ -33,13 +33,13 @@ from dino_model.config import load_config
 from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dino_model.export.contract import ModelContract
 from dino_model.export.onnx import EmbeddingModel, export_onnx
-from dino_model.export.triton_config import RepositoryOptions
-from dino_model.export.triton_repository import write_model_repository
 from dino_model.models.backbone import build_backbone
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.loadtest import run_load_test
 from dino_model.serving.server import TritonServer
+from dino_model.triton.config import RepositoryOptions
+from dino_model.triton.repository import write_model_repository
 
 MODELS = {
     "tiny": [],  # the packaged test config: ViT depth 2, width 64, patch 4, 32 px

@@ -76,7 +76,7 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
 
 def _container_runner(server, pipeline_root: Path, data_repo: str, dvc_remote: str):
     """DockerRunner with the local data repository and remote (read-only) and the model repository mounted."""
-    from dino_model.serving.server import ADMIN_KEY_ENV, find_admin_key
+    from dino_model.serving.admin_key import ADMIN_KEY_ENV, find_admin_key
     from pipelines.containers import docker_runner
 
     local_paths = [Path(p.removeprefix("file://")) for p in (data_repo, dvc_remote)
@@ -99,8 +99,8 @@ def summarize(pipeline_root: Path, started: float, *, server, data_version: dict
     """Artifacts written by the run that started at `started`, their scores, and the endpoint."""
     import json
 
+    from dino_model.serving.admin_key import admin_headers_for
     from dino_model.serving.client import EmbeddingClient
-    from dino_model.serving.server import admin_headers_for
 
     run_dirs = sorted((d for d in pipeline_root.iterdir() if d.is_dir() and d.stat().st_mtime >= started - 1),
                       key=lambda d: d.stat().st_mtime)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from dino_model.errors import ServingError
 from dino_model.runtime import processes
-from dino_model.serving.server import admin_key_path, write_admin_key
+from dino_model.serving.admin_key import admin_key_path, write_admin_key
 
 logger = logging.getLogger(__name__)
 

@@ -223,7 +223,7 @@ def test_the_wheel_holds_the_package_and_none_of_the_platform(client_install: Si
         entry_points = wheel.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     shipped = {n for n in names if n.startswith("dino_model/")}
     for module in ("cli/main.py", "cli/serving.py", "serving/client.py", "serving/inference.py", "serving/images.py",
-                   "data/folders.py", "export/contract.py", "export/triton_config.py"):
+                   "data/folders.py", "export/contract.py", "triton/config.py"):
         assert f"dino_model/{module}" in shipped, module
     assert {Path(n).suffix for n in shipped} == {".py"}  # no package data: configs and rules are the platform's
     assert (info["Name"], info["Version"]) == ("dino-mlops-client", pyproject(REPO_ROOT / "pyproject.toml")["version"])

@@ -67,7 +67,7 @@ def test_packaged_configs_rules_and_backend_ship_in_the_wheel(installed: Path, t
     code = ("from importlib.resources import files\n"
             "from dino_model.config import load_config\n"
             "cfg = load_config('digits_vit_tiny'); print(cfg.model.arch)\n"
-            "for name in ('monitoring/rules.yml', 'monitoring/dashboard.json', 'export/python_backend/model.py'):\n"
+            "for name in ('monitoring/rules.yml', 'monitoring/dashboard.json', 'triton/python_backend/model.py'):\n"
             "    assert files('dino_model').joinpath(name).is_file(), name\n")
     out = run(installed, "python", "-c", code, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

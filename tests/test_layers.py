@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loss", ("dino_model.loss",)),
     ("training", ("dino_model.train",)),
     ("evaluation and export", ("dino_model.eval", "dino_model.export")),
+    ("model repository", ("dino_model.triton",)),
     ("serving and versioning", ("dino_model.serving", "dino_model.versioning")),
     ("application", ("dino_model.cli",)),
 )

@@ -9,7 +9,7 @@ from typing import Any
 from dino_model.cli.options import add_lineage_args, lineage_from_args, print_result
 from dino_model.errors import ExportError
 from dino_model.export.options import FORMATS, ExportOptions, onnx_only_set
-from dino_model.export.triton_config import RepositoryOptions
+from dino_model.triton.config import RepositoryOptions
 
 # the ONNX-only ExportOptions fields and their flags
 ONNX_FLAGS = {"patch_tokens": "--patch-tokens", "fp16": "--fp16", "opset": "--opset",
@@ -102,8 +102,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_repo(args: argparse.Namespace) -> int:
-    from dino_model.export.triton_config import RepositoryOptions
-    from dino_model.export.triton_repository import write_model_repository
+    from dino_model.triton.config import RepositoryOptions
+    from dino_model.triton.repository import write_model_repository
 
     opts = RepositoryOptions(
         flavour=args.flavour, model_name=args.model_name, max_batch_size=args.max_batch_size,

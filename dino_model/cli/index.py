@@ -37,10 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from dino_model.export.triton_config import check_model_name, check_version
     from dino_model.serving.client import EmbeddingClient
     from dino_model.serving.index import IndexOptions, build_index, relative_paths, served_identity, write_index
     from dino_model.serving.inference import embed_images
+    from dino_model.triton.config import check_model_name, check_version
 
     check_model_name(args.model_name)
     if args.model_version:

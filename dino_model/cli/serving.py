@@ -10,8 +10,8 @@ import threading
 from typing import Any
 
 from dino_model.cli.options import add_lineage_args, lineage_from_args, print_result
-from dino_model.export.triton_config import RepositoryOptions
 from dino_model.serving.server import TritonServer
+from dino_model.triton.config import RepositoryOptions
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,9 @@ def _register_infer(sub: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from dino_model.errors import ServingError
-    from dino_model.export.triton_config import check_model_name
-    from dino_model.serving.server import ADMIN_KEY_ENV, TritonServer, key_from_env, read_admin_key
+    from dino_model.serving.admin_key import ADMIN_KEY_ENV, key_from_env, read_admin_key
+    from dino_model.serving.server import TritonServer
+    from dino_model.triton.config import check_model_name
 
     for name in args.model or ():
         check_model_name(name)
@@ -130,9 +131,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_deploy(args: argparse.Namespace) -> int:
     from dino_model.errors import ConfigError
+    from dino_model.serving.admin_key import admin_headers_for
     from dino_model.serving.release import release
     from dino_model.serving.rollout import recover
-    from dino_model.serving.server import admin_headers_for
 
     headers = admin_headers_for(args.repository, args.admin_key_file, env=args.admin_key_env, header=args.admin_header)
     if args.recover:
@@ -151,9 +152,9 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from dino_model.export.triton_config import check_model_name, check_version
     from dino_model.serving.client import EmbeddingClient
     from dino_model.serving.inference import embed_images, knn_predict, write_embeddings
+    from dino_model.triton.config import check_model_name, check_version
 
     check_model_name(args.model_name)
     if args.model_version:

@@ -24,7 +24,7 @@ import numpy as np
 
 from dino_model.errors import ConfigError, ServingError
 from dino_model.export.contract import EMBEDDING, INPUT_NAME, ModelContract
-from dino_model.export.triton_config import config_parameters
+from dino_model.triton.config import config_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class EmbeddingClient:
         headers: gRPC metadata sent with calls to the restricted APIs (RESTRICTED_CALLS) made through
             `call`, e.g. {"triton-grpc-protocol-admin-key": key} for a server started with
             --grpc-restricted-protocol=model-repository:admin-key=<key> (Triton expects gRPC header
-            names with the `triton-grpc-protocol-` prefix); server.admin_headers(key) builds it.
+            names with the `triton-grpc-protocol-` prefix); admin_key.admin_headers(key) builds it.
         replicas: `host:port` of every server sharing one model repository (see replica_urls); each
             call is then made on all of them in turn, and the first one's answer is returned.
     """

@@ -29,7 +29,7 @@ from typing import Any
 
 from dino_model.errors import ServingError
 from dino_model.export.lineage import RECORDED_KEYS, verified_lineage
-from dino_model.export.triton_config import check_model_name, config_parameters
+from dino_model.triton.config import check_model_name, config_parameters
 
 logger = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ import numpy as np
 
 from dino_model.errors import ConfigError, DataError, ServingError
 from dino_model.export.lineage import VERIFIED_KEY
-from dino_model.export.triton_config import config_parameters
 from dino_model.runtime.digests import file_sha256
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.gate import config_lineage
+from dino_model.triton.config import config_parameters
 
 logger = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from typing import Any
 
 from dino_model.errors import ServingError
 from dino_model.export.lineage import LineageRecord
-from dino_model.export.triton_config import RepositoryOptions, check_model_name
-from dino_model.export.triton_repository import served_contract, write_model_repository
+from dino_model.serving.admin_key import admin_headers_for
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.rollout import deploy, ready_versions
-from dino_model.serving.server import admin_headers_for
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
+from dino_model.triton.config import RepositoryOptions, check_model_name
+from dino_model.triton.repository import served_contract, write_model_repository
 
 logger = logging.getLogger(__name__)
 

@@ -63,8 +63,11 @@ import numpy as np
 from dino_model.errors import ConfigError, ServingError
 from dino_model.export.contract import LINEAGE_KEYS, PREFIX, ModelContract
 from dino_model.export.lineage import LineageRecord, file_sha256
-from dino_model.export.triton_config import CANDIDATE_SUFFIX, check_model_name, config_parameters, flavour_of
-from dino_model.export.triton_repository import (
+from dino_model.serving.admin_key import admin_headers_for
+from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
+from dino_model.triton.config import CANDIDATE_SUFFIX, check_model_name, config_parameters, flavour_of
+from dino_model.triton.repository import (
     CONFIG_FILE,
     ONNX_FILE,
     read_config,
@@ -73,9 +76,6 @@ from dino_model.export.triton_repository import (
     write_config,
     write_version,
 )
-from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.server import admin_headers_for
-from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import pytest
 from fixtures.triton import http_load
 
 from dino_model.runtime.processes import free_ports
+from dino_model.serving.admin_key import ADMIN_KEY_ENV, admin_key_path
 from dino_model.serving.release import release
-from dino_model.serving.server import ADMIN_KEY_ENV, admin_key_path
 from pipelines.local_server import (
     STATE_FILE,
     ensure_local_server,

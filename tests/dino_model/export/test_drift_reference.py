@@ -11,9 +11,9 @@ from dino_model.config import EvalConfig
 from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.transforms import eval_transform
 from dino_model.export.lineage import file_sha256
-from dino_model.export.triton_config import RepositoryOptions
-from dino_model.export.triton_repository import DRIFT_FILE, write_model_repository
 from dino_model.monitoring.drift import DriftReference, drift_path
+from dino_model.triton.config import RepositoryOptions
+from dino_model.triton.repository import DRIFT_FILE, write_model_repository
 
 
 def test_export_records_a_reference_of_the_training_embeddings(tiny_export, tiny_onnx: Path,

@@ -16,9 +16,9 @@ import pytest
 from dino_model.errors import ExportError
 from dino_model.export.lineage import VERIFIED_KEY, find_record
 from dino_model.export.onnx import read_contract
-from dino_model.export.triton_config import RepositoryOptions
-from dino_model.export.triton_repository import read_config, write_model_repository
 from dino_model.serving.gate import verified_score
+from dino_model.triton.config import RepositoryOptions
+from dino_model.triton.repository import read_config, write_model_repository
 
 CLAIMS = {"metrics": json.dumps({"knn_top1": 99.9}), "data_version": "forged.dir"}
 

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dino_model.errors import ConfigError
 from dino_model.export import signing
 from dino_model.export.lineage import KEY_ID_KEY, SIGNATURE_KEY, VERIFIED_KEY, file_sha256, find_record
-from dino_model.export.triton_config import RepositoryOptions, config_parameters
-from dino_model.export.triton_repository import read_config, write_model_repository
 from dino_model.serving.gate import config_lineage, verified_score
+from dino_model.triton.config import RepositoryOptions, config_parameters
+from dino_model.triton.repository import read_config, write_model_repository
 
 CLAIMS = {"metrics": json.dumps({"knn_top1": 99.9}), "data_version": "forged.dir"}
 

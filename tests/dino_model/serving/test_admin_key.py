@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from dino_model.serving.server import ADMIN_KEY_ENV, admin_key_path, write_admin_key
+from dino_model.serving.admin_key import ADMIN_KEY_ENV, admin_key_path, write_admin_key
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-LOOKUP = "import json, sys; from dino_model.serving.server import find_admin_key; " \
+LOOKUP = "import json, sys; from dino_model.serving.admin_key import find_admin_key; " \
          "print(json.dumps(find_admin_key(sys.argv[1])))"
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from dino_model.runtime.processes import free_ports
+from dino_model.serving.admin_key import admin_headers
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.release import release
-from dino_model.serving.server import admin_headers
 
 pytestmark = pytest.mark.triton
 

@@ -26,8 +26,6 @@ import pytest
 
 from dino_model.errors import ServingError
 from dino_model.export.lineage import VERIFIED_KEY, file_sha256
-from dino_model.export.triton_config import config_parameters
-from dino_model.export.triton_repository import read_config, version_folders
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.gate import served_lineage, serving_score
 from dino_model.serving.loadtest import LoadGenerator
@@ -41,6 +39,8 @@ from dino_model.serving.rollout import (
     ready_versions,
     recover,
 )
+from dino_model.triton.config import config_parameters
+from dino_model.triton.repository import read_config, version_folders
 from pipelines.retrain import deployed_data_version
 
 pytestmark = pytest.mark.triton

@@ -27,13 +27,13 @@ from fixtures.triton import http_load, injected
 from onnx import numpy_helper
 
 from dino_model.errors import ServingError
-from dino_model.export.triton_config import RepositoryOptions
-from dino_model.export.triton_repository import write_model_repository
 from dino_model.runtime.processes import free_ports
+from dino_model.serving.admin_key import ADMIN_KEY_ENV, admin_key_path
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.release import release
 from dino_model.serving.rollout import ready_versions
-from dino_model.serving.server import ADMIN_KEY_ENV, admin_key_path
+from dino_model.triton.config import RepositoryOptions
+from dino_model.triton.repository import write_model_repository
 
 pytestmark = pytest.mark.triton
 
@@ -147,7 +147,8 @@ def test_release_on_a_key_given_by_the_operator(start_server, tmp_path: Path, ti
 
 def test_a_short_key_is_refused_on_a_network_address_and_kept_on_loopback(tmp_path: Path) -> None:
     from dino_model.errors import ConfigError
-    from dino_model.serving.server import MIN_NETWORK_KEY_LENGTH, TritonServer
+    from dino_model.serving.admin_key import MIN_NETWORK_KEY_LENGTH
+    from dino_model.serving.server import TritonServer
 
     short = "k" * (MIN_NETWORK_KEY_LENGTH - 1)
     with pytest.raises(ConfigError, match=f"has {len(short)} characters; a server on a network address needs at "

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from dino_model.errors import ConfigError
-from dino_model.export.triton_config import MAX_VERSION, check_model_name, check_version
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.gate import serving_score
 from dino_model.serving.release import release
 from dino_model.serving.rollout import deploy, recover
+from dino_model.triton.config import MAX_VERSION, check_model_name, check_version
 
 BAD_NAMES = ["../x", "/etc", "", "a/b", "a\\b", "..", ".hidden", "dino model", "dino;rm", "é", "x" * 65,
              "dino\nname", "dino_candidate"]

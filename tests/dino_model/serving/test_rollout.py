@@ -18,12 +18,12 @@ from onnx import numpy_helper
 
 from dino_model.errors import ExportError, ServingError
 from dino_model.export.lineage import file_sha256
-from dino_model.export.triton_config import config_parameters
-from dino_model.export.triton_repository import read_config, served_contract
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.loadtest import LoadGenerator
 from dino_model.serving.rollout import RolloutError, deploy, promote, ready_versions, with_contract
 from dino_model.serving.smoke import smoke_images
+from dino_model.triton.config import config_parameters
+from dino_model.triton.repository import read_config, served_contract
 
 pytestmark = pytest.mark.triton
 

@@ -16,10 +16,10 @@ import torch
 from dino_model.errors import ServingError
 from dino_model.export.onnx import read_contract
 from dino_model.export.parity import parity_inputs
-from dino_model.export.triton_config import RepositoryOptions
-from dino_model.export.triton_repository import write_model_repository
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.server import TritonServer
+from dino_model.triton.config import RepositoryOptions
+from dino_model.triton.repository import write_model_repository
 
 pytestmark = pytest.mark.triton
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from dino_model.errors import ConfigError
-from dino_model.export.triton_config import RepositoryOptions
-from dino_model.export.triton_repository import PYTHON_MODEL, read_config, write_model_repository
 from dino_model.monitoring.drift import DriftReference, drift_path, window_mmd2
+from dino_model.triton.config import RepositoryOptions
+from dino_model.triton.repository import PYTHON_MODEL, read_config, write_model_repository
 
 MMD2, THRESHOLD, UP = "dino_embedding_drift_mmd2", "dino_embedding_drift_threshold", "dino_embedding_drift_monitor_up"
 

@@ -11,8 +11,8 @@ import pytest
 from dino_model.errors import ConfigError
 from dino_model.export.lineage import code_revision, file_sha256
 from dino_model.export.onnx import read_contract
-from dino_model.export.triton_config import RepositoryOptions, config_parameters, flavour_of
-from dino_model.export.triton_repository import PYTHON_MODEL, read_config, version_folders, write_model_repository
+from dino_model.triton.config import RepositoryOptions, config_parameters, flavour_of
+from dino_model.triton.repository import PYTHON_MODEL, read_config, version_folders, write_model_repository
 
 
 def test_gpu_repository(tmp_path: Path, tiny_onnx: Path) -> None:

@@ -35,7 +35,8 @@ from dino_model.export.lineage import (
     verify_record,
 )
 from dino_model.export.onnx import read_contract
-from dino_model.export.triton_config import (
+from dino_model.monitoring.drift import drift_path
+from dino_model.triton.config import (
     RepositoryOptions,
     build_model_config,
     check_model_name,
@@ -43,7 +44,6 @@ from dino_model.export.triton_config import (
     config_to_text,
     parse_config_text,
 )
-from dino_model.monitoring.drift import drift_path
 
 logger = logging.getLogger(__name__)
 
