@@ -40,7 +40,10 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DVC_NO_ANALYTICS=1 \
     DVC_SITE_CACHE_DIR=/tmp/dvc-site-cache
-RUN python3 -m venv "$VIRTUAL_ENV" && pip install --quiet --upgrade pip
+# Login shells reset PATH from /etc/profile: keep the venv first there too (the Kubeflow SDK's container
+# runner starts each TrainJob node with `bash -lc`).
+RUN python3 -m venv "$VIRTUAL_ENV" && pip install --quiet --upgrade pip \
+ && echo 'PATH=/opt/venv/bin:$PATH' > /etc/profile.d/dino-venv.sh
 
 WORKDIR /opt/dino-mlops
 # Dependencies first (a layer that changes only with pyproject.toml), then the code.

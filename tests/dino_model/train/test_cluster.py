@@ -310,7 +310,7 @@ def test_cli_bad_values_fail_with_one_line(capsys, argv) -> None:
 
 def test_cli_launches_waits_and_prints_the_checkpoint(rendered, monkeypatch, capsys, tmp_path) -> None:
     custom, core = FakeCustom([CREATED, SUCCEEDED]), FakeCore()
-    monkeypatch.setattr(cluster, "connect", lambda: cluster.Clients(custom=custom, core=core))
+    monkeypatch.setattr(cluster.launcher, "connect", lambda: cluster.Clients(custom=custom, core=core))
     template = tmp_path / "job.yaml"
     template.write_text(yaml.safe_dump_all(rendered["prod-gpu"]))
     code = main(["pretrain", "--cluster", "--template", str(template), "--run-id", "kfp-77", "--nodes", "3",
