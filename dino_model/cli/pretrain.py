@@ -1,5 +1,6 @@
 """`dino-mlops pretrain`: DINO pretraining from a YAML config plus overrides, on 1..N processes of this
-node, or with `--cluster` on several nodes as a Kubeflow Training Operator PyTorchJob."""
+node, or with `--cluster` on several nodes as a Kubeflow Trainer v2 TrainJob or a Training Operator v1
+PyTorchJob."""
 
 from __future__ import annotations
 
@@ -19,13 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=int, default=None,
                    help="processes on this node (torchrun; one per GPU, or gloo on CPU; default 1)")
     c = p.add_argument_group(
-        "cluster", "with --cluster: create a PyTorchJob from k8s/jobs/pretrain (as an overlay renders it), wait "
+        "cluster", "with --cluster: create a TrainJob (--operator trainer-v2, on the TrainingRuntime of "
+                   "k8s/jobs/trainjob) or a PyTorchJob from k8s/jobs/pretrain (as an overlay renders it), wait "
                    "for it and print the checkpoint path on the runs claim (/runs/<job>/checkpoint.pth). Without "
                    "--config the overlay's trainer config is used; overrides apply either way.")
     c.add_argument("--cluster", action="store_true", help="train on Kubernetes instead of this machine")
     c.add_argument("--overlay", default="prod-gpu",
                    help="overlay whose pretrain/ folder is rendered (dev, prod-gpu) or a kustomization folder "
                         "(default: prod-gpu)")
+    c.add_argument("--operator", choices=("trainer-v2", "training-operator-v1"), default="training-operator-v1",
+                   help="Kubeflow Trainer v2 (TrainJob) or Training Operator v1 (PyTorchJob); "
+                        "default: training-operator-v1")
+    c.add_argument("--runtime", metavar="DIR",
+                   help="kustomization of the TrainJob's training runtime (default: k8s/jobs/trainjob)")
     c.add_argument("--template", metavar="FILE",
                    help="an already rendered template (kubectl kustomize k8s/overlays/<env>/pretrain > FILE) "
                         "instead of --overlay")
@@ -85,7 +92,9 @@ def run_on_cluster(args: argparse.Namespace) -> int:
         resources = cluster.render_overlay(args.overlay)
     extra = ["train.allow_config_change=true"] if args.allow_config_change else []
     cfg = config_from_args(args, *extra) if args.config else None
-    result = cluster.launch(resources, options, cfg, overrides=[*args.overrides, *extra], data_root=args.data_root,
+    runtime = cluster.render_runtime(args.runtime) if args.operator == cluster.TRAINER_V2 else None
+    result = cluster.launch(resources, options, cfg, operator=args.operator, runtime=runtime,
+                            overrides=[*args.overrides, *extra], data_root=args.data_root,
                             timeout_s=args.timeout * 3600, poll_s=args.poll)
     print_result(result)
     return 0
