@@ -194,3 +194,27 @@ def test_component_compiles_with_the_operator_choice(tmp_path) -> None:
     inputs = component["inputDefinitions"]["parameters"]
     assert inputs["operator"]["defaultValue"] == "trainer-v2" and "runtime_yaml" in inputs
     assert set(component["outputDefinitions"]["artifacts"]) == {"model", "metrics"}
+
+
+def test_cli_launches_a_trainjob_and_prints_the_checkpoint(rendered, monkeypatch, capsys, tmp_path) -> None:
+    import json
+
+    from dino_model.cli.main import main
+
+    custom, core = FakeCustom([CREATED, COMPLETE]), FakeCore()
+    monkeypatch.setattr(cluster.launcher, "connect", lambda: cluster.Clients(custom=custom, core=core))
+    template = tmp_path / "job.yaml"
+    template.write_text(yaml.safe_dump_all(rendered["prod-gpu"]))
+    code = main(["pretrain", "--cluster", "--operator", "trainer-v2", "--template", str(template), "--run-id", "kfp-78",
+                 "--nodes", "3", "--nproc-per-node", "4", "--image", IMAGE, "--poll", "0.001", "train.epochs=20"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["kind"], result["checkpoint"]) == ("TrainJob", "/runs/dino-pretrain-kfp-78/checkpoint.pth")
+    trainer = custom.jobs["dino-pretrain-kfp-78"]["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]) \
+        == (3, 4, "4")
+    cfg = load_config_text(next(e["value"] for e in trainer["env"] if e["name"] == "DINO_CONFIG_YAML"))
+    assert (cfg.train.device, cfg.train.epochs) == ("cuda", 20) and core.maps == {}
+    with pytest.raises(SystemExit) as refused:
+        main(["pretrain", "--cluster", "--operator", "kubeflow"])
+    assert refused.value.code == 2 and "invalid choice: 'kubeflow'" in capsys.readouterr().err
