@@ -11,6 +11,7 @@ from typing import List
 
 from kfp import dsl
 
+from components._image import IMAGE
 from components.data import resolve_data_version
 from components.deploy import deploy_to_triton, export_onnx, quality_gate
 from components.evaluate import (
@@ -118,7 +119,7 @@ def dino_training_pipeline(
         distributed = pretrain_on_cluster(
             run_id=RUN_ID, operator=training_operator, config=config, config_yaml=config_yaml, overrides=overrides,
             data_md5=md5, data_rev=rev, data_root=cluster_data_root, nodes=nodes, nproc_per_node=gpus, gpus=True,
-            pushgateway=pushgateway).set_display_name("pretrain on the cluster")
+            image=IMAGE, pushgateway=pushgateway).set_display_name("pretrain on the cluster")
         use_runs_claim(request_resources(distributed, cpu="1", memory="4Gi"))
     with dsl.Else(name="one-node"):
         placement = gpu_placement(gpus=gpus).set_display_name("GPU placement")

@@ -53,6 +53,9 @@ def test_nodes_above_one_launch_the_cluster_job_else_the_step_trains(ir) -> None
     assert launcher["operator"]["componentInputParameter"] == "pipelinechannel--training_operator"
     assert launcher["nodes"]["componentInputParameter"] == "pipelinechannel--nodes"
     assert launcher["nproc_per_node"]["componentInputParameter"] == "pipelinechannel--gpus"
+    from components._image import IMAGE
+
+    assert launcher["image"]["runtimeValue"]["constant"] == IMAGE, "the job trains the pipeline's own image"
 
 
 def test_evaluation_and_export_read_the_model_of_either_branch(ir) -> None:
