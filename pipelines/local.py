@@ -38,6 +38,7 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
     """
     from kfp import local
 
+    from pipelines.local_oneof import allow_artifact_oneof
     from pipelines.local_server import ensure_local_server
     from pipelines.training import dino_training_pipeline
 
@@ -55,6 +56,7 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
     pipeline_root = out / "pipeline_root"
     runner = _container_runner(server, pipeline_root, data_repo, dvc_remote) if containers else \
         local.SubprocessRunner(use_venv=False)
+    allow_artifact_oneof()  # the model of the `nodes` branches
     local.init(runner=runner, pipeline_root=str(pipeline_root))
     path = resolve_config_path(config)  # a packaged name travels as a name, a file as its text
     config_name, config_yaml = (config, "") if not Path(config).is_file() else (DEFAULT_CONFIG, path.read_text())
