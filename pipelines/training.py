@@ -52,7 +52,7 @@ def dino_training_pipeline(
     gpus: int = 8,
     nodes: int = 1,
     training_operator: str = "trainer-v2",
-    cluster_data_root: str = "",
+    cluster_data_root: str = "/data/train",
     linear_epochs: int = 100,
     linear_lr: float = 0.001,
     davis_root: str = "",
@@ -87,7 +87,7 @@ def dino_training_pipeline(
         training_operator: With nodes > 1, which operator runs the job: trainer-v2 (Kubeflow Trainer
             v2 TrainJob on the `dino-pretrain` TrainingRuntime) or training-operator-v1 (PyTorchJob).
         cluster_data_root: With nodes > 1, the folder under /data (the `dino-datasets` claim) holding
-            this data version's training images; empty uses the prod-gpu overlay config's data.root.
+            this data version's training images (the prod-gpu overlay's is /data/train).
         linear_epochs: Epochs of the linear probe (official: 100).
         linear_lr: Linear-probe learning rate per 256 images (official: 0.001).
         davis_root: DAVIS 2017 folder on a mounted volume; empty skips the video segmentation evaluation.

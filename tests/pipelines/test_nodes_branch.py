@@ -35,6 +35,7 @@ def test_nodes_defaults_to_one_and_the_operator_to_trainer_v2(ir) -> None:
     params = ir[0]["root"]["inputDefinitions"]["parameters"]
     assert params["nodes"]["defaultValue"] == 1 and params["nodes"]["parameterType"] == "NUMBER_INTEGER"
     assert params["training_operator"]["defaultValue"] == "trainer-v2"
+    assert params["cluster_data_root"]["defaultValue"].startswith("/data/"), "the pods read the data claim at /data"
     assert "trainer-v2" in params["training_operator"]["description"]
     assert "training-operator-v1" in params["training_operator"]["description"]
 
