@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 UV=${UV:-.venv/bin/uv}
 EXTRAS=(s3 cluster gpu-aug)
-[ -x "$UV" ] || { echo "lock: $UV not found: .venv/bin/pip install 'uv>=0.9' (the lock extra)" >&2; exit 1; }
+[ -x "$UV" ] || { echo "lock: $UV not found: .venv/bin/pip install 'uv>=0.9' (the lock extra of pyproject.toml)" >&2; exit 1; }
 
 for py in 3.11 3.12; do
   "$UV" --quiet pip compile pyproject.toml requirements/image-build.in "${EXTRAS[@]/#/--extra=}" \
