@@ -1,13 +1,14 @@
 # syntax=docker/dockerfile:1
 # The one container image of dino-mlops: KFP components, the retraining CronJob and the PyTorchJob
 # pretraining pods all run it. Its name and tag are one setting, components/_image.py IMAGE
-# (ghcr.io/dino-mlops/dino-mlops:0.1.0), which the kustomize `images:` entry repeats (tests/k8s check both):
-#   docker build -t "$(python -c 'from components._image import IMAGE; print(IMAGE)')" .
+# (ghcr.io/dino-mlops/dino-mlops:0.1.0, and its registry digest once `scripts/image.sh pin` wrote one),
+# which the kustomize `images:` entry repeats (tests/k8s check both):
+#   docker build -t "$(python -c 'from components._image import DEFAULT_IMAGE; print(DEFAULT_IMAGE)')" .
 #
-# Base: NVIDIA's CUDA 13.0 runtime on Ubuntu 24.04, pinned. PyTorch's wheels (torch 2.14, CUDA 13.0,
-# versions and hashes from requirements/image-py3*.lock)
-# bring their own cuDNN, NCCL and cuBLAS, so the plain runtime flavour is enough; the node needs
-# an NVIDIA driver that supports CUDA 13.0 (R580 or newer). Triton runs from NVIDIA's own image.
+# Base: NVIDIA's CUDA 13.0 runtime on Ubuntu 24.04, pinned. PyTorch's wheels (torch 2.14, CUDA 13.0;
+# every package's version and sha256 from requirements/image-py3*.lock) bring their own cuDNN, NCCL
+# and cuBLAS, so the plain runtime flavour is enough; the node needs an NVIDIA driver that supports
+# CUDA 13.0 (R580 or newer). Triton runs from NVIDIA's own image.
 # Any Debian/Ubuntu base with Python >= 3.11 works: scripts/image.sh builds on a Debian bookworm
 # base made with mmdebstrap, with no registry involved (BASE_IMAGE=dino-mlops-base:bookworm).
 ARG BASE_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04

@@ -127,8 +127,11 @@ def test_kustomize_image_equals_the_component_setting() -> None:
 # ------------------------------------------------------------------------------------ images by digest
 
 
-def test_the_reference_is_by_digest_exactly_when_a_registry_digest_is_known(tmp_path: Path) -> None:
+def test_the_reference_is_by_digest_exactly_when_a_registry_digest_is_known(tmp_path: Path, monkeypatch) -> None:
+    import components._image
     from components._image import DEFAULT_IMAGE, ImageDigestError, resolve
+
+    monkeypatch.setattr(components._image, "PINNED_DIGEST", "")
 
     assert resolve({}, tmp_path) == DEFAULT_IMAGE  # nothing known: the tag
     assert resolve({"DINO_IMAGE_DIGEST": DIGEST}, tmp_path) == f"{DEFAULT_IMAGE}@{DIGEST}"
@@ -148,6 +151,12 @@ def test_the_reference_is_by_digest_exactly_when_a_registry_digest_is_known(tmp_
     record.write_text(f"image {DEFAULT_IMAGE}\nregistry sha256:nothex\n")
     with pytest.raises(ImageDigestError, match="is not a digest"):
         resolve({}, tmp_path)
+    # a pinned digest names the released image; a machine that built the name itself keeps its build
+    monkeypatch.setattr(components._image, "PINNED_DIGEST", DIGEST)
+    assert resolve({}, tmp_path / "elsewhere") == f"{DEFAULT_IMAGE}@{DIGEST}"
+    assert resolve({"DINO_IMAGE": "reg.example/x:1"}, tmp_path / "elsewhere") == "reg.example/x:1"
+    record.write_text(f"image {DEFAULT_IMAGE}\nid sha256:{'cd' * 32}\n")
+    assert resolve({}, tmp_path) == DEFAULT_IMAGE
 
 
 def test_pin_puts_the_digest_into_every_manifest_and_the_pipeline_image(tmp_path: Path) -> None:
