@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dino_model.errors import DinoError, PipelineError
+from dino_model.runtime import atomic
 from pipelines.retrain_settings import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,7 @@ def read_state(path: Path) -> TriggerState:
 
 
 def write_state(path: Path, state: TriggerState) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    tmp.replace(path)
+    atomic.write_json(path, asdict(state), mode=0o644)
 
 
 @contextlib.contextmanager

@@ -51,7 +51,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,6 +62,7 @@ import numpy as np
 from dino_model.errors import ConfigError, ServingError
 from dino_model.export.contract import LINEAGE_KEYS, PREFIX, ModelContract
 from dino_model.export.lineage import LineageRecord, file_sha256
+from dino_model.runtime import atomic
 from dino_model.serving.admin_key import admin_headers_for
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
@@ -108,13 +108,7 @@ class Journal:
     def save(self, model_dir: Path, phase: str) -> None:
         """Record `phase` atomically (and durably: fsync of the file and of the folder)."""
         self.phase = phase
-        fd, tmp = tempfile.mkstemp(prefix=f"{JOURNAL_FILE}.", dir=model_dir)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self), fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(model_dir / JOURNAL_FILE)
-        _fsync_dir(model_dir)
+        atomic.write_json(model_dir / JOURNAL_FILE, asdict(self))
 
     @classmethod
     def load(cls, model_dir: Path) -> Journal | None:
@@ -130,7 +124,7 @@ class Journal:
     @staticmethod
     def clear(model_dir: Path) -> None:
         (model_dir / JOURNAL_FILE).unlink(missing_ok=True)
-        _fsync_dir(model_dir)
+        atomic.fsync(model_dir)
 
 
 def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
@@ -428,19 +422,7 @@ def _remove_temporaries(model_dir: Path) -> list[str]:
 
 def _write_text(path: Path, text: str) -> None:
     """Replace a file atomically with `text` (the previous config.pbtxt, as it was)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    Path(tmp).chmod(0o644)
-    Path(tmp).replace(path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic.write_text(path, text, mode=0o644)
 
 
 def _pause_point(name: str) -> None:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dino_model.errors import DataError
-from dino_model.versioning.layout import DATA_DIR, DVC_FILE, write_atomic  # noqa: F401 - re-exported
+from dino_model.runtime import atomic
+from dino_model.versioning.layout import DATA_DIR, DVC_FILE  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -209,4 +210,4 @@ def restore_text(path: Path, text: str | None) -> None:
     if text is None:
         path.unlink(missing_ok=True)
     else:
-        write_atomic(path, text)
+        atomic.write_text(path, text)

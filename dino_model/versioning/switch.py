@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dino_model.errors import DataError
-from dino_model.versioning.layout import DATA_DIR, DVC_FILE, write_atomic
+from dino_model.runtime import atomic
+from dino_model.versioning.layout import DATA_DIR, DVC_FILE
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -97,7 +98,7 @@ def switch(repo: Repo, root: Path, tree: Tree, dvc_text: str, workspace: Tree | 
                             f"failed: {exc}; data/ and data.dvc were left as they were") from exc
         raise
     pause_point("staged")
-    write_atomic(base / JOURNAL, json.dumps({"md5": tree.hash_info.value, "data_dvc": dvc_text}))
+    atomic.write_text(base / JOURNAL, json.dumps({"md5": tree.hash_info.value, "data_dvc": dvc_text}))
     pause_point("journal-written")
     _complete_or_roll_back(root, base)
     _remember_hashes(repo, root / DATA_DIR, tree)
@@ -209,7 +210,7 @@ def _complete(root: Path, base: Path) -> str:
         pause_point("renamed")
     dvc_file = root / DVC_FILE
     if not dvc_file.exists() or dvc_file.read_text() != dvc_text:
-        write_atomic(dvc_file, dvc_text)
+        atomic.write_text(dvc_file, dvc_text)
     pause_point("recorded")
     journal_path.unlink()
     shutil.rmtree(base)
