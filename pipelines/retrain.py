@@ -18,7 +18,6 @@ someone CANCELED is left alone: stopping it was a decision.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dino_model.errors import DinoError, PipelineError
-from dino_model.runtime import atomic
+from dino_model.runtime import atomic, locks
 from pipelines.retrain_settings import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -73,21 +72,11 @@ def write_state(path: Path, state: TriggerState) -> None:
 def exclusive(path: Path, *, timeout_s: float = 600.0) -> Iterator[None]:
     """An advisory lock on `path`.lock, shared by every process and thread that checks this state."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PipelineError(
-                        f"another retraining check holds {path}.lock for over {timeout_s:.0f} s") from None
-                time.sleep(0.1)
-        try:
+    try:
+        with locks.exclusive(path.with_suffix(".lock"), timeout_s=timeout_s):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except locks.LockBusyError:
+        raise PipelineError(f"another retraining check holds {path}.lock for over {timeout_s:.0f} s") from None
 
 
 def check(current_md5: str, *, state_path: str | Path, submit: Submitter, deployed_md5: str | None = None,

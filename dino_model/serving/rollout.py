@@ -46,7 +46,6 @@ test_deploy_recovery.py kills real deploys at each named point below and recover
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -62,7 +61,7 @@ import numpy as np
 from dino_model.errors import ConfigError, ServingError
 from dino_model.export.contract import LINEAGE_KEYS, PREFIX, ModelContract
 from dino_model.export.lineage import LineageRecord, file_sha256
-from dino_model.runtime import atomic
+from dino_model.runtime import atomic, locks
 from dino_model.serving.admin_key import admin_headers_for
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
@@ -450,12 +449,8 @@ def _deploy_lock(model_dir: Path) -> Iterator[None]:
     """One deploy per model folder at a time: an advisory lock on the folder itself (no file left behind)."""
     if not model_dir.is_dir():
         raise ConfigError(f"{model_dir} does not exist; write the repository with `dino-mlops triton-repo` first")
-    fd = os.open(model_dir, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ServingError(f"another deploy of {model_dir} is running; wait for it to finish") from None
-        yield
-    finally:
-        os.close(fd)
+        with locks.exclusive(model_dir):
+            yield
+    except locks.LockBusyError:
+        raise ServingError(f"another deploy of {model_dir} is running; wait for it to finish") from None
