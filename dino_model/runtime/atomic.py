@@ -54,7 +54,7 @@ def replacing(path: str | Path, *, mode: int | None = None) -> Iterator[Path]:
 def write_with(path: str | Path, write: Callable[[BinaryIO], Any], *, mode: int | None = None) -> Path:
     """Replace `path` with what `write` writes to the binary file object it is given."""
     path = Path(path)
-    with replacing(path, mode=mode) as temporary, temporary.open("wb") as fh:
+    with replacing(path, mode=mode) as temporary, os.fdopen(os.open(temporary, os.O_WRONLY), "wb") as fh:
         write(fh)
     return path
 
