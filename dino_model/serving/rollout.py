@@ -62,6 +62,7 @@ from dino_model.errors import ConfigError, ServingError
 from dino_model.export.contract import LINEAGE_KEYS, PREFIX, ModelContract
 from dino_model.export.lineage import LineageRecord, file_sha256
 from dino_model.runtime import atomic, locks
+from dino_model.runtime.pause import PausePoints
 from dino_model.serving.admin_key import admin_headers_for
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
@@ -79,9 +80,11 @@ from dino_model.triton.repository import (
 logger = logging.getLogger(__name__)
 
 JOURNAL_FILE = ".deploy-journal.json"
-PAUSE_ENV = "DINO_DEPLOY_PAUSE_AT"
 # where DINO_DEPLOY_PAUSE_AT can stop a deploy, in the order a deploy passes them
 PAUSE_POINTS = ("candidate-loaded", "promoting", "version-written", "promoted", "final-written", "final-loaded")
+PAUSE = PausePoints("DINO_DEPLOY_PAUSE_AT", PAUSE_POINTS, "deploy paused at {point} ({env}={point}); pid {pid} waits "
+                    "to be killed")
+PAUSE_ENV = PAUSE.env
 PROMOTING, PROMOTED, ROLLING_BACK = "promoting", "promoted", "rolling-back"
 # config parameter of config.pbtxt while a deploy promotes: the version being added (read by gate.served_lineage)
 UNFINISHED_KEY = "deploy_unfinished"
@@ -261,7 +264,7 @@ def run_candidate(client: EmbeddingClient, repository: Path, onnx_path: str | Pa
                                 replicas=client.replicas)
     try:
         _load(client, name, load_timeout_s=load_timeout_s)
-        _pause_point("candidate-loaded")
+        PAUSE.at("candidate-loaded")
         reference = _reference(onnx_path, images)
         report = smoke_test(candidate, "1", images, reference, tolerance=tolerance)
     finally:
@@ -293,17 +296,17 @@ def promote(client: EmbeddingClient, model_dir: Path, onnx_path: str | Path, con
                       original_config=config_path.read_text(), final_config=config,
                       onnx_sha256=file_sha256(onnx_path))
     journal.save(model_dir, PROMOTING)
-    _pause_point("promoting")
+    PAUSE.at("promoting")
     try:
         write_config(model_dir, pinned_config(read_config(model_dir), serving, version))
         write_version(onnx_path, model_dir, version, flavour=flavour)
-        _pause_point("version-written")
+        PAUSE.at("version-written")
         journal.save(model_dir, PROMOTED)
-        _pause_point("promoted")
+        PAUSE.at("promoted")
         write_config(model_dir, config)
-        _pause_point("final-written")
+        PAUSE.at("final-written")
         _load(client, client.model_name, load_timeout_s=load_timeout_s)  # N+1 takes over from N in one reload
-        _pause_point("final-loaded")
+        PAUSE.at("final-loaded")
         report = smoke_test(client, str(version), images, reference, tolerance=tolerance)
         if not report.passed:
             raise RolloutError(f"its smoke test inside {client.model_name!r} failed ({report.reason})")
@@ -422,15 +425,6 @@ def _remove_temporaries(model_dir: Path) -> list[str]:
 def _write_text(path: Path, text: str) -> None:
     """Replace a file atomically with `text` (the previous config.pbtxt, as it was)."""
     atomic.write_text(path, text, mode=0o644)
-
-
-def _pause_point(name: str) -> None:
-    """Stop for good at `name` when DINO_DEPLOY_PAUSE_AT says so: how tests kill a deploy at a known moment."""
-    if os.environ.get(PAUSE_ENV) != name:
-        return
-    logger.warning("deploy paused at %s (%s=%s); pid %d waits to be killed", name, PAUSE_ENV, name, os.getpid())
-    while True:
-        time.sleep(3600)
 
 
 def _load(client: EmbeddingClient, name: str, *, config: dict[str, Any] | None = None, load_timeout_s: float) -> None:

@@ -34,7 +34,7 @@ from dino_model.versioning.store import (
     version_of_tree,
     workspace_tree,
 )
-from dino_model.versioning.switch import can_swap, pause_point, switch
+from dino_model.versioning.switch import PAUSE, can_swap, switch
 from dino_model.versioning.versions import DataVersion, parse_dvc_file, recorded_version, resolve_version
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def checkout_version(root: str | Path, version: str | DataVersion | None = None,
             logger.info("data/ already holds version %s", target.short)
             return target
         tree = fetch(repo, target, remote=remote)
-        pause_point("fetched")
+        PAUSE.at("fetched")
         target = version_of_tree(repo, tree, rev=target.rev, path=target.path)
         if workspace is not None and ws_md5 == (recorded.md5 if recorded else None) and missing_objects(
                 repo, workspace):
