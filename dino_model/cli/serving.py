@@ -153,7 +153,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 def run_infer(args: argparse.Namespace) -> int:
     from dino_model.serving.client import EmbeddingClient
-    from dino_model.serving.inference import embed_images, knn_predict, write_embeddings
+    from dino_model.serving.inference import embed_images, predict_labels, write_embeddings
     from dino_model.triton.config import check_model_name, check_version
 
     check_model_name(args.model_name)
@@ -164,7 +164,7 @@ def run_infer(args: argparse.Namespace) -> int:
     index = _search_index(args, client) if args.search else None
     result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency)
     if args.knn_index:
-        result.predictions = knn_predict(result, args.knn_index, k=args.k, temperature=args.temperature)
+        result.predictions = predict_labels(result, args.knn_index, k=args.k, temperature=args.temperature)
     if index is not None:
         from dino_model.serving.index import neighbours
 
