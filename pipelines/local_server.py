@@ -25,6 +25,7 @@ from dino_model.errors import ServingError
 from dino_model.runtime import processes
 from dino_model.runtime.processes import process_command, process_start_time, stop_pid
 from dino_model.serving.admin_key import admin_key_path, write_admin_key
+from dino_model.serving.client import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ class LocalServer:
         return self.is_ours() and processes.is_ready(f"{self.http_url}/v2/health/ready")
 
 
-def ensure_local_server(state_dir: str | Path, *, grpc_port: int = 8001, http_port: int = 8000,
-                        metrics_port: int = 8002, startup_timeout_s: float = 120.0) -> LocalServer:
+def ensure_local_server(state_dir: str | Path, *, grpc_port: int = GRPC_PORT, http_port: int = HTTP_PORT,
+                        metrics_port: int = METRICS_PORT, startup_timeout_s: float = 120.0) -> LocalServer:
     """The running local server of `state_dir`, or a new detached one on an (empty) repository there."""
     state_dir = Path(state_dir).resolve()
     current = read_state(state_dir)

@@ -28,6 +28,7 @@ from typing import Any
 
 from dino_model.errors import DinoError, PipelineError
 from dino_model.runtime import atomic, locks
+from dino_model.triton.config import DEFAULT_MODEL_NAME
 from pipelines.retrain_settings import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -229,7 +230,8 @@ def _find_run(client, host: str, *, experiment: str, name: str, namespace: str |
     return {"run_id": runs[0].run_id if runs else ""}
 
 
-def deployed_data_version(url: str, model: str = "dino", *, repository: str | Path | None = None) -> str | None:
+def deployed_data_version(url: str, model: str = DEFAULT_MODEL_NAME, *,
+                          repository: str | Path | None = None) -> str | None:
     """The data md5 in the verified lineage of the model Triton serves, or None when nothing (reachable) serves.
 
     A file that merely claims a data version must not stop retraining, so unverified lineage counts as none.

@@ -64,9 +64,15 @@ from dino_model.export.lineage import LineageRecord, file_sha256
 from dino_model.runtime import atomic, locks
 from dino_model.runtime.pause import PausePoints
 from dino_model.serving.admin_key import admin_headers_for
-from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.client import LOAD_TIMEOUT_S, EmbeddingClient
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
-from dino_model.triton.config import CANDIDATE_SUFFIX, check_model_name, config_parameters, flavour_of
+from dino_model.triton.config import (
+    CANDIDATE_SUFFIX,
+    DEFAULT_MODEL_NAME,
+    check_model_name,
+    config_parameters,
+    flavour_of,
+)
 from dino_model.triton.repository import (
     CONFIG_FILE,
     ONNX_FILE,
@@ -129,10 +135,11 @@ class Journal:
         atomic.fsync(model_dir)
 
 
-def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
+def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
            smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
-           lineage: dict[str, str] | None = None, record: LineageRecord | None = None, load_timeout_s: float = 600.0,
-           headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> dict[str, Any]:
+           lineage: dict[str, str] | None = None, record: LineageRecord | None = None,
+           load_timeout_s: float = LOAD_TIMEOUT_S, headers: dict[str, str] | None = None,
+           replicas: Sequence[str] = ()) -> dict[str, Any]:
     """Roll `onnx_path` out as the next version of `model_name` on the Triton at `url`.
 
     An interrupted earlier deploy of the model is finished first (see `recover`). `record` is the
@@ -180,8 +187,9 @@ def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_nam
             "seconds": round(time.monotonic() - started, 2)}
 
 
-def recover(repository: str | Path, *, url: str, model_name: str = "dino", load_timeout_s: float = 600.0,
-            headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> dict[str, Any]:
+def recover(repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
+            load_timeout_s: float = LOAD_TIMEOUT_S, headers: dict[str, str] | None = None,
+            replicas: Sequence[str] = ()) -> dict[str, Any]:
     """Finish a deploy of `model_name` that was killed: roll it forward or back per its journal, clean up.
 
     Returns what was done and the versions serving afterwards; a repository with nothing to finish is
@@ -213,7 +221,7 @@ def unfinished(repository: str | Path) -> list[str]:
 
 
 def recover_repository(repository: str | Path, *, url: str, models: Sequence[str] = ("*",),
-                       load_timeout_s: float = 600.0, headers: dict[str, str] | None = None,
+                       load_timeout_s: float = LOAD_TIMEOUT_S, headers: dict[str, str] | None = None,
                        replicas: Sequence[str] = ()) -> list[dict[str, Any]]:
     """`recover` every model of `repository` (of `models`, "*" for all) that an interrupted deploy left
     unfinished; what each recovery did.
