@@ -5,6 +5,9 @@ A pipeline step runs in a pod whose image holds no repository. It clones the dat
 config or a command line), points it at the remote the cluster provides (a mounted directory or an
 S3-compatible bucket) and pulls exactly the requested version. A missing repository, revision or
 remote object fails the step with one line: no fallback to any default data set.
+
+`retrain check` reads a data repository the same way: `data_repository` is a local checkout as it is,
+or a scratch clone of a git URL removed afterwards. git itself runs through runtime/git.py.
 """
 
 from __future__ import annotations
