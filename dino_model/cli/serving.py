@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from dino_model.cli.options import add_lineage_args, lineage_from_args, print_result
+from dino_model.serving.admin_key import ADMIN_HEADER, ADMIN_KEY_ENV
 from dino_model.serving.client import DEFAULT_URL, LOAD_TIMEOUT_S
 from dino_model.serving.server import TritonServer
 from dino_model.triton.config import DEFAULT_MODEL_NAME, RepositoryOptions
@@ -69,9 +70,9 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke-images", help="image folder for the smoke test (default: seeded noise only)")
     p.add_argument("--tolerance", type=float, help="max |served - onnxruntime| (default from the config)")
     p.add_argument("--load-timeout", type=float, default=LOAD_TIMEOUT_S, help="seconds allowed per model load")
-    p.add_argument("--admin-header", default="admin-key",
+    p.add_argument("--admin-header", default=ADMIN_HEADER,
                    help="key name of the server's --grpc-restricted-protocol=model-repository:<name>=<key>")
-    p.add_argument("--admin-key-env", default="TRITON_ADMIN_KEY", help="environment variable holding that key")
+    p.add_argument("--admin-key-env", default=ADMIN_KEY_ENV, help="environment variable holding that key")
     p.add_argument("--admin-key-file", help="file holding that key (default: <repository>.admin-key, written by "
                                             "`dino-mlops serve`, else the variable of --admin-key-env)")
     add_lineage_args(p)
