@@ -8,7 +8,9 @@ loss). The temporary is named `.<name>.XXXXXXXX` (`<name>.XXXXXXXX` when the nam
 which is what the clean-ups of stale temporaries look for. It is created with mode 0600; `mode` sets the
 final file's mode before the rename, so a private file is never readable by others, not even briefly.
 
-Imports no torch and no third-party package: the client install and the Triton side use it.
+Imports nothing beyond the standard library: the torch-free client install imports it (through the
+admin key and the similarity index). The Triton Python backend, which imports nothing of this package,
+writes no file that others read.
 """
 
 from __future__ import annotations
