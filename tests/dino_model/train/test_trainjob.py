@@ -218,3 +218,18 @@ def test_cli_launches_a_trainjob_and_prints_the_checkpoint(rendered, monkeypatch
     with pytest.raises(SystemExit) as refused:
         main(["pretrain", "--cluster", "--operator", "kubeflow"])
     assert refused.value.code == 2 and "invalid choice: 'kubeflow'" in capsys.readouterr().err
+
+
+def test_the_built_trainjob_passes_the_training_pods_admission_policy(rendered, runtime, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "tests" / "k8s"))
+    from k8s_cel import denials
+    from k8s_render import K8S_DIR, one, render
+
+    policy = one(render(K8S_DIR / "cluster"), "ValidatingAdmissionPolicy", "dino-mlops-training-pods")
+    for overlay in ("dev", "prod-gpu"):
+        job, _ = _build(rendered, runtime, overlay, nodes=2, image=IMAGE, env=(("DINO_RUN_ID", "r1"),))
+        assert denials(policy, job) == [], overlay
+    with_secret = copy.deepcopy(job)
+    secret = {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    with_secret["spec"]["trainer"]["env"].append(secret)
+    assert denials(policy, with_secret), "the policy reads the trainer env this TrainJob carries"
