@@ -76,6 +76,7 @@ class RepositoryOptions:
     tensorrt_precision: str = "FP16"
     tensorrt_cache_path: str = "/tmp/triton-trt-cache"  # mount a persistent volume here on the cluster
     intra_op_threads: int = 0  # cpu only: onnxruntime threads per instance; 0 = onnxruntime's default
+    entry_points: bool = True  # the image-bytes and drift-monitored ensembles beside the model (ensemble.py)
 
     def validate(self) -> None:
         check_model_name(self.model_name)
