@@ -16,6 +16,7 @@ import json
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -189,3 +190,47 @@ def test_infer_server_preprocess_skips_what_the_server_refuses(server, jpegs: li
     assert sorted(Path(p).name for p in result.paths) == sorted(p.name for p in jpegs[:3])
     assert [Path(s["path"]).name for s in result.skipped] == ["cut.jpg"]
     assert "refused by the server" in result.skipped[0]["reason"]
+
+
+def test_the_entry_point_follows_a_deploy_with_no_failed_request(tiny_onnx: Path, jpegs: list[Path],
+                                                                  tmp_path: Path, triton_tools) -> None:
+    """`dino-mlops deploy` switches `dino` from 1 to 2 while clients send image bytes: every request is answered,
+    the ensemble reaches version 2 afterwards, and version 1 is retired."""
+    from dino_model.serving.rollout import deploy, ready_versions
+
+    repository = triton_tools.write_cpu_repository(tiny_onnx, tmp_path / "repo")
+    server = triton_tools.start(repository)
+    try:
+        client = EmbeddingClient(server.grpc_url)
+        items = [p.read_bytes() for p in jpegs]
+        before = client.infer_encoded(items)["embedding"]
+        failures, answered, stop = [], [0], threading.Event()
+
+        def send() -> None:
+            own = EmbeddingClient(server.grpc_url)
+            while not stop.is_set():
+                try:
+                    own.infer_encoded(items[:3])
+                    answered[0] += 1
+                except ServingError as exc:
+                    failures.append(str(exc))
+
+        senders = [threading.Thread(target=send) for _ in range(2)]
+        for thread in senders:
+            thread.start()
+        try:
+            result = deploy(tiny_onnx, repository, url=server.grpc_url)
+        finally:
+            stop.set()
+            for thread in senders:
+                thread.join()
+        assert result["version"] == 2 and ready_versions(EmbeddingClient(server.grpc_url,
+                                                                         headers=server.admin_headers)) == [2]
+        assert failures == [] and answered[0] > 0
+        stats = client.raw.get_inference_statistics("dino", "2", as_json=True)["model_stats"][0]
+        done_before = int(stats["inference_stats"]["success"]["count"])
+        assert np.abs(client.infer_encoded(items)["embedding"] - before).max() <= TOLERANCE  # the same file
+        stats = client.raw.get_inference_statistics("dino", "2", as_json=True)["model_stats"][0]
+        assert int(stats["inference_stats"]["success"]["count"]) == done_before + 1  # answered by version 2
+    finally:
+        server.stop()
