@@ -28,9 +28,9 @@ from typing import Any
 
 from dino_model.export.contract import EMBEDDING, INPUT_NAME, ModelContract
 from dino_model.triton.config import RepositoryOptions, to_proto
+from dino_model.triton.dali import ENCODED, PIXELS
 
 BYTES_INPUT = "image_bytes"  # the image entry point's input: one encoded image per batch item
-PIXELS = "pixels"  # the preprocessing step's output, the embedding model's input
 RAW_EMBEDDING = "raw_embedding"  # the embedding model's answer inside an ensemble, before the drift step
 LATEST = -1  # an ensemble step's model_version: the latest ready version
 
@@ -58,9 +58,23 @@ class EntryPoints:
         return f"{self.model}_drift"
 
     @property
+    def unpack(self) -> str:
+        """BYTES -> UINT8 rows before the DALI step (gpu flavour with DALI only)."""
+        return f"{self.model}_unpack"
+
+    @property
     def all(self) -> tuple[str, ...]:
         """Every name, steps before the ensembles that use them (the order to load them in)."""
-        return self.preprocess, self.drift, self.images, self.monitored
+        return self.unpack, self.preprocess, self.drift, self.images, self.monitored
+
+
+def uses_dali(opts: RepositoryOptions) -> bool:
+    """Whether the image entry point preprocesses with DALI: asked for, or `auto` on GPUs with DALI installed."""
+    from dino_model.triton.dali import dali_available
+
+    if opts.image_preprocess == "auto":
+        return opts.kind == "KIND_GPU" and dali_available()
+    return opts.image_preprocess == "dali"
 
 
 def _batching(opts: RepositoryOptions) -> dict[str, Any]:
@@ -82,6 +96,33 @@ def preprocess_config(contract: ModelContract, opts: RepositoryOptions) -> dict[
         "parameters": _string_parameters({
             "image_size": str(contract.image_size), "resize_size": str(contract.resize_size),
             "mean": list(contract.mean), "std": list(contract.std), "embedding_model": opts.model_name}),
+    }
+    if opts.dynamic_batching:
+        config["dynamic_batching"] = _batching(opts)
+    to_proto(config)
+    return config
+
+
+def unpack_config(opts: RepositoryOptions) -> dict[str, Any]:
+    """`<model>_unpack`: BYTES in, one zero-padded UINT8 row per image out, for DALI (unpack_model.py)."""
+    config = {
+        "name": EntryPoints(opts.model_name).unpack, "backend": "python", "max_batch_size": opts.max_batch_size,
+        "input": [{"name": BYTES_INPUT, "data_type": "TYPE_STRING", "dims": [1]}],
+        "output": [{"name": ENCODED, "data_type": "TYPE_UINT8", "dims": [-1]}],
+        "instance_group": [{"kind": "KIND_CPU", "count": opts.instance_count}],
+        "parameters": _string_parameters({"embedding_model": opts.model_name}),
+    }
+    to_proto(config)
+    return config
+
+
+def dali_preprocess_config(contract: ModelContract, opts: RepositoryOptions) -> dict[str, Any]:
+    """`<model>_preprocess` as DALI's backend: UINT8 rows in (ragged across requests), the model's input out."""
+    config = {
+        "name": EntryPoints(opts.model_name).preprocess, "backend": "dali", "max_batch_size": opts.max_batch_size,
+        "input": [{"name": ENCODED, "data_type": "TYPE_UINT8", "dims": [-1], "allow_ragged_batch": True}],
+        "output": [{"name": PIXELS, "data_type": "TYPE_FP32", "dims": list(contract.input_shape)}],
+        "instance_group": [{"kind": "KIND_GPU", "count": opts.instance_count}],
     }
     if opts.dynamic_batching:
         config["dynamic_batching"] = _batching(opts)
@@ -120,18 +161,23 @@ def _outputs(contract: ModelContract) -> list[dict[str, Any]]:
     return [{"name": n, "data_type": "TYPE_FP32", "dims": list(contract.output_dims(n))} for n in contract.outputs]
 
 
-def images_config(contract: ModelContract, opts: RepositoryOptions) -> dict[str, Any]:
-    """`<model>_images`: encoded images -> preprocessing step -> embedding model -> drift step."""
+def images_config(contract: ModelContract, opts: RepositoryOptions, *, dali: bool = False) -> dict[str, Any]:
+    """`<model>_images`: encoded images -> preprocessing step(s) -> embedding model -> drift step."""
     names = EntryPoints(opts.model_name)
+    if dali:
+        preprocess = [
+            {"model_name": names.unpack, "model_version": LATEST, "input_map": {BYTES_INPUT: BYTES_INPUT},
+             "output_map": {ENCODED: ENCODED}},
+            {"model_name": names.preprocess, "model_version": LATEST, "input_map": {ENCODED: ENCODED},
+             "output_map": {PIXELS: PIXELS}}]
+    else:
+        preprocess = [{"model_name": names.preprocess, "model_version": LATEST,
+                       "input_map": {BYTES_INPUT: BYTES_INPUT}, "output_map": {PIXELS: PIXELS}}]
     config = {
         "name": names.images, "platform": "ensemble", "max_batch_size": opts.max_batch_size,
         "input": [{"name": BYTES_INPUT, "data_type": "TYPE_STRING", "dims": [1]}],
         "output": _outputs(contract),
-        "ensemble_scheduling": {"step": [
-            {"model_name": names.preprocess, "model_version": LATEST, "input_map": {BYTES_INPUT: BYTES_INPUT},
-             "output_map": {PIXELS: PIXELS}},
-            *_embedding_steps(contract, opts.model_name, PIXELS),
-        ]},
+        "ensemble_scheduling": {"step": [*preprocess, *_embedding_steps(contract, opts.model_name, PIXELS)]},
     }
     to_proto(config)
     return config

@@ -65,6 +65,8 @@ DRIFT_MODEL = BACKEND_FILES / "drift_model.py"
 PREPROCESS_FILES = {"model.py": PREPROCESS_MODEL, "preprocessing.py": BACKEND_FILES / "preprocessing.py",
                     "versions.py": BACKEND_FILES / "versions.py"}
 DRIFT_FILES = {"model.py": DRIFT_MODEL, "versions.py": BACKEND_FILES / "versions.py"}
+UNPACK_FILES = {"model.py": BACKEND_FILES / "unpack_model.py", "preprocessing.py": BACKEND_FILES / "preprocessing.py",
+                "versions.py": BACKEND_FILES / "versions.py"}
 
 
 def version_folders(model_dir: str | Path) -> list[int]:
@@ -217,14 +219,27 @@ def write_entry_points(repository: str | Path, contract: ModelContract, opts: Re
     Returns the model names written, in the order to load them.
     """
     repository = Path(repository)
-    steps = [(ensemble.preprocess_config(contract, opts), PREPROCESS_FILES),
-             (ensemble.drift_config(contract, opts), DRIFT_FILES),
-             (ensemble.images_config(contract, opts), {}),
-             (ensemble.monitored_config(contract, opts), {})]
-    for config, files in steps:
-        model_dir = repository / config["name"]
-        replace_version_one(model_dir, files)
-        write_config(model_dir, config)
+    dali = ensemble.uses_dali(opts)
+    with tempfile.TemporaryDirectory(prefix="dino-dali-") as scratch:
+        if dali:
+            from dino_model.triton.dali import DALI_FILE, serialize_pipeline
+
+            preprocess = [(ensemble.unpack_config(opts), UNPACK_FILES),
+                          (ensemble.dali_preprocess_config(contract, opts),
+                           {DALI_FILE: serialize_pipeline(contract, Path(scratch) / DALI_FILE,
+                                                          max_batch_size=opts.max_batch_size)})]
+        else:
+            shutil.rmtree(repository / ensemble.EntryPoints(opts.model_name).unpack, ignore_errors=True)
+            preprocess = [(ensemble.preprocess_config(contract, opts), PREPROCESS_FILES)]
+        steps = [*preprocess, (ensemble.drift_config(contract, opts), DRIFT_FILES),
+                 (ensemble.images_config(contract, opts, dali=dali), {}),
+                 (ensemble.monitored_config(contract, opts), {})]
+        for config, files in steps:
+            model_dir = repository / config["name"]
+            replace_version_one(model_dir, files)
+            write_config(model_dir, config)
+    logger.info("wrote the entry points of %s (image preprocessing: %s)", opts.model_name,
+                "DALI" if dali else "Python step")
     return [config["name"] for config, _ in steps]
 
 

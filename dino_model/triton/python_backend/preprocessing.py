@@ -84,6 +84,13 @@ def pixel_cap_from_environment(environ: dict[str, str] | None = None) -> int:
     return cap
 
 
+def _check_size(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UnreadableImageError(f"image too large to decode safely ({width} x {height} = {width * height:,} "
+                                   f"pixels, over the cap of {max_pixels:,}; set {PIXEL_CAP_ENV} to change it)")
+
+
 def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
     """Encoded image bytes (JPEG, PNG, WebP, any format PIL reads) as an RGB image.
 
@@ -93,16 +100,44 @@ def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise UnreadableImageError(f"image too large to decode safely ({width} x {height} = "
-                                           f"{width * height:,} pixels, over the cap of {max_pixels:,}; "
-                                           f"set {PIXEL_CAP_ENV} to change it)")
+            _check_size(image, max_pixels)
             return image.convert("RGB")
     except DECODE_ERRORS as exc:
         if isinstance(exc, UnreadableImageError):
             raise
         raise UnreadableImageError(f"not a readable image: {exc}") from None
+
+
+def check_header(data: bytes, max_pixels: int) -> None:
+    """UnreadableImageError unless the bytes start with an image header PIL reads, within the pixel cap
+    (nothing is decoded: for a decoder elsewhere, such as DALI's)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            _check_size(image, max_pixels)
+    except DECODE_ERRORS as exc:
+        if isinstance(exc, UnreadableImageError):
+            raise
+        raise UnreadableImageError(f"not a readable image: {exc}") from None
+
+
+def padded_rows(items: list[bytes], max_pixels: int) -> np.ndarray:
+    """(len(items), longest) uint8: each encoded image's header checked, then its bytes zero-padded to one row.
+
+    Raises:
+        UnreadableImageError: naming every item (by index) whose header is unreadable or over the cap.
+    """
+    problems = []
+    for index, data in enumerate(items):
+        try:
+            check_header(bytes(data), max_pixels)
+        except UnreadableImageError as exc:
+            problems.append(f"item {index}: {exc}")
+    if problems:
+        raise UnreadableImageError(f"{len(problems)} of {len(items)} image(s) cannot be used: {'; '.join(problems)}")
+    rows = np.zeros((len(items), max(len(data) for data in items)), np.uint8)
+    for row, data in zip(rows, items, strict=True):
+        row[: len(data)] = np.frombuffer(bytes(data), np.uint8)
+    return rows
 
 
 def preprocess_encoded(items: list[bytes], transform: Preprocess, max_pixels: int) -> np.ndarray:

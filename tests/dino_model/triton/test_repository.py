@@ -103,7 +103,8 @@ def test_the_entry_point_steps_are_self_contained(source: Path, allowed: set[str
 @pytest.mark.parametrize("flavour", ["cpu", "gpu"])
 def test_the_entry_points_are_written_beside_the_model(tmp_path: Path, tiny_onnx: Path, flavour: str) -> None:
     result = write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour=flavour, max_batch_size=16,
-                                                                                preferred_batch_sizes=[8]))
+                                                                                preferred_batch_sizes=[8],
+                                                                                image_preprocess="python"))
     assert result["entry_points"] == ["dino_preprocess", "dino_drift", "dino_images", "dino_monitored"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["dino", *result["entry_points"]])
     images, monitored = read_config(tmp_path / "dino_images"), read_config(tmp_path / "dino_monitored")
