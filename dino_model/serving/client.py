@@ -173,11 +173,12 @@ class EmbeddingClient:
         wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
         version = self.model_version if model_version is None else model_version
         target = self.served.monitored if not version and self.served.monitored else self.model_name
-        result = self.call(f"inference on model {target!r}", self.raw.infer, target, [request],
+        # named by the model asked for; Triton's own message says when an ensemble carried it
+        result = self.call(f"inference on model {self.model_name!r}", self.raw.infer, target, [request],
                            model_version=version, outputs=wanted, client_timeout=self.timeout_s)
         answers = {name: result.as_numpy(name) for name in outputs}
         for name, array in answers.items():
-            check_finite(array, f"{name!r} of model {target!r} at {self.url}", images)
+            check_finite(array, f"{name!r} of model {self.model_name!r} at {self.url}", images)
         return answers
 
     def infer_encoded(self, images: Sequence[bytes], *, outputs: Sequence[str] = (EMBEDDING,)
