@@ -236,3 +236,33 @@ def test_the_entry_point_follows_a_deploy_with_no_failed_request(tiny_onnx: Path
         assert int(stats["inference_stats"]["success"]["count"]) == done_before + 1  # answered by version 2
     finally:
         server.stop()
+
+
+def test_a_first_release_serves_the_entry_points(tiny_onnx: Path, jpegs: list[Path], tmp_path: Path,
+                                                  start_server) -> None:
+    """`release` onto an empty server writes version 1 with its entry points and loads them all."""
+    from dino_model.serving.release import release
+
+    repository = tmp_path / "empty"
+    repository.mkdir()
+    server = start_server(repository)
+    result = release(tiny_onnx, repository, url=server.grpc_url, flavour="cpu")
+    assert result["serving_versions"] == [1]
+    client = EmbeddingClient(server.grpc_url)
+    for name in ("dino_images", "dino_monitored", "dino_preprocess", "dino_drift"):
+        assert client.raw.is_model_ready(name), name
+    assert client.infer_encoded([p.read_bytes() for p in jpegs])["embedding"].shape == (len(jpegs), 64)
+
+
+def test_a_server_asked_for_one_model_loads_its_entry_points(tiny_onnx: Path, tmp_path: Path) -> None:
+    """`dino-mlops serve --model dino` loads what the repository holds beside it, and nothing of other models."""
+    from dino_model.serving.server import TritonServer
+    from dino_model.triton.config import RepositoryOptions
+    from dino_model.triton.repository import write_model_repository
+
+    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="cpu"))
+    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="cpu", model_name="other"))
+    loaded = [arg for arg in TritonServer(tmp_path, models=["dino"], admin_key="k" * 32).command(None)
+              if arg.startswith("--load-model=")]
+    assert loaded == [f"--load-model={name}" for name in
+                      ("dino", "dino_preprocess", "dino_drift", "dino_images", "dino_monitored")]
