@@ -88,6 +88,9 @@ def _register_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-version", default="", help="pin a version (default: the server's latest)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=4, help="batches in flight at once")
+    p.add_argument("--server-preprocess", action="store_true",
+                   help="send the image files as they are to the server's image entry point (<model>_images), "
+                        "which decodes and preprocesses them with the same code")
     p.add_argument("--knn-index", help=".npz written by `infer` on labelled folders: adds k-NN labels")
     p.add_argument("--k", "-k", type=int, default=20,
                    help="neighbours: voting for --knn-index labels, listed per image by --search")
@@ -154,6 +157,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
+    from dino_model.errors import ConfigError
     from dino_model.serving.client import EmbeddingClient
     from dino_model.serving.inference import embed_images, predict_labels, write_embeddings
     from dino_model.triton.config import check_model_name, check_version
@@ -161,10 +165,14 @@ def run_infer(args: argparse.Namespace) -> int:
     check_model_name(args.model_name)
     if args.model_version:
         check_version(args.model_version)
+        if args.server_preprocess:
+            raise ConfigError("--server-preprocess sends to the image entry point, which serves the latest version; "
+                              "drop --model-version, or preprocess here to pin one")
     reference = _drift_reference(args.drift_reference) if args.drift_reference else None
     client = EmbeddingClient(args.url, args.model_name, model_version=args.model_version)
     index = _search_index(args, client) if args.search else None
-    result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency)
+    result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency,
+                          server_preprocess=args.server_preprocess)
     if args.knn_index:
         result.predictions = predict_labels(result, args.knn_index, k=args.k, temperature=args.temperature)
     if index is not None:

@@ -6,7 +6,9 @@ labels new images by the weighted vote of DINO's k-NN evaluation (Caron et al., 
 Sec. 4.1): the same vote as `dino_model.eval.knn.weighted_vote`, written in numpy and computed here
 on the served embeddings, because this path runs in the client-only install, which has no PyTorch
 (a test holds the two votes equal). With `--search`, each image's nearest images in a similarity
-index (dino_model/serving/index.py) go into the output beside its embedding.
+index (dino_model/serving/index.py) go into the output beside its embedding. With
+`server_preprocess` the files' bytes go to the server's image entry point (`<model>_images`) as they
+are, and the server preprocesses them with the same code (`--server-preprocess`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from dino_model.errors import ConfigError, DataError
+from dino_model.errors import ConfigError, DataError, ServingError
 from dino_model.export.contract import EMBEDDING
 from dino_model.logs import progress
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.images import ImageItem, collect_images, load_batch, transform_for
+from dino_model.serving.images import ImageItem, collect_images, load_batch, read_encoded, transform_for
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +45,22 @@ class EmbeddingResult:
 
 
 def embed_images(inputs: list[str | Path], client: EmbeddingClient, *, batch_size: int = 32,
-                 concurrency: int = 4) -> EmbeddingResult:
-    """Embed every readable image under `inputs`; unreadable files are skipped and listed."""
+                 concurrency: int = 4, server_preprocess: bool = False) -> EmbeddingResult:
+    """Embed every readable image under `inputs`; unreadable files are skipped and listed.
+
+    `server_preprocess`: send the encoded files to the server's image entry point instead of
+    preprocessing here (an item the server refuses is skipped with its reason).
+    """
     items, skipped = collect_images(inputs)
     transform = transform_for(client.served.contract)
     size = max(1, min(batch_size, client.served.max_batch_size))
     batches = [items[i : i + size] for i in range(0, len(items), size)]
+    if server_preprocess:
+        client.images_entry_point  # noqa: B018 - fail once, before any batch, when the server has none
 
     def work(batch: list[ImageItem]) -> tuple[list[ImageItem], np.ndarray, list[dict[str, str]]]:
+        if server_preprocess:
+            return _embed_encoded(client, batch)
         images, kept, bad = load_batch(batch, transform)
         return kept, client.infer(images)[EMBEDDING] if kept else None, bad
 
@@ -63,6 +73,31 @@ def embed_images(inputs: list[str | Path], client: EmbeddingClient, *, batch_siz
     embeddings = np.concatenate([r[1] for r in results if r[1] is not None])
     logger.info("embedded %d image(s) with %s (%d skipped)", len(kept), client.model_name, len(skipped))
     return EmbeddingResult([str(i.path) for i in kept], [i.label for i in kept], embeddings, skipped)
+
+
+def _embed_encoded(client: EmbeddingClient, batch: list[ImageItem]
+                   ) -> tuple[list[ImageItem], np.ndarray | None, list[dict[str, str]]]:
+    """One batch through the image entry point; when the server refuses it, each item alone, so one bad
+    file is skipped with the server's reason and the rest are still embedded."""
+    encoded, kept, bad = read_encoded(batch)
+    if not kept:
+        return kept, None, bad
+    try:
+        return kept, client.infer_encoded(encoded)[EMBEDDING], bad
+    except ServingError as exc:
+        if len(kept) == 1 or "cannot be used" not in str(exc):
+            raise
+    answered, embeddings = [], []
+    for item, data in zip(kept, encoded, strict=True):
+        try:
+            embeddings.append(client.infer_encoded([data])[EMBEDDING])
+            answered.append(item)
+        except ServingError as exc:
+            if "cannot be used" not in str(exc):
+                raise
+            logger.warning("skipped %s: the server refused it: %s", item.path, exc)
+            bad.append({"path": str(item.path), "reason": f"refused by the server: {exc}"})
+    return answered, np.concatenate(embeddings) if embeddings else None, bad
 
 
 def predict_labels(result: EmbeddingResult, index_path: str | Path, *, k: int = 20, temperature: float = 0.07

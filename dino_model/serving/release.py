@@ -22,6 +22,7 @@ from dino_model.serving.client import LOAD_TIMEOUT_S, EmbeddingClient
 from dino_model.serving.rollout import deploy, ready_versions
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
 from dino_model.triton.config import DEFAULT_MODEL_NAME, RepositoryOptions, check_model_name
+from dino_model.triton.ensemble import EntryPoints
 from dino_model.triton.repository import served_contract, write_model_repository
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,16 @@ def _first_release(client: EmbeddingClient, onnx_path: str | Path, repository: P
         client.raw.unload_model(client.model_name, headers=client.headers)
         shutil.rmtree(model_dir, ignore_errors=True)
         raise ServingError(f"version 1 of {client.model_name!r} failed its smoke test: {smoke.reason}")
+    _load_entry_points(client, repository, load_timeout_s=load_timeout_s)
     logger.info("released %s version 1 on %s", client.model_name, client.url)
     return {"model": client.model_name, "url": client.url, "status": "deployed", "version": written["version"],
             "previous_versions": [], "serving_versions": ready_versions(client), "smoke": smoke.to_dict(),
             "lineage": contract.lineage}
+
+
+def _load_entry_points(client: EmbeddingClient, repository: Path, *, load_timeout_s: float) -> None:
+    """Load the ensembles and steps written beside a first version (later versions: they follow it)."""
+    for name in EntryPoints(client.model_name).all:
+        if (repository / name).is_dir():
+            client.call(f"loading the entry point {name!r}", client.raw.load_model, name,
+                        headers=client.headers, client_timeout=load_timeout_s)

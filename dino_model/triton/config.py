@@ -79,6 +79,8 @@ class RepositoryOptions:
     tensorrt_precision: str = "FP16"
     tensorrt_cache_path: str = "/tmp/triton-trt-cache"  # mount a persistent volume here on the cluster
     intra_op_threads: int = 0  # cpu only: onnxruntime threads per instance; 0 = onnxruntime's default
+    entry_points: bool = True  # the image-bytes and drift-monitored ensembles beside the model (ensemble.py)
+    image_preprocess: str = "auto"  # python | dali | auto (dali on the gpu flavour where DALI is installed)
 
     def validate(self) -> None:
         check_model_name(self.model_name)
@@ -98,6 +100,10 @@ class RepositoryOptions:
             raise ConfigError("the cpu flavour (Python backend) runs on CPUs only; use the gpu flavour for GPUs")
         if self.tensorrt and self.kind != "KIND_GPU":
             raise ConfigError("the TensorRT accelerator needs the gpu flavour (onnxruntime backend) on a GPU")
+        if self.image_preprocess not in ("auto", "python", "dali"):
+            raise ConfigError(f"image_preprocess={self.image_preprocess!r} is not one of auto, python, dali")
+        if self.image_preprocess == "dali" and self.kind != "KIND_GPU":
+            raise ConfigError("DALI preprocessing (image_preprocess=dali) needs the gpu flavour on GPUs")
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision={self.tensorrt_precision!r} is not one of FP16, FP32")
 
