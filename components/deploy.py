@@ -85,9 +85,9 @@ def deploy_to_triton(onnx: Input[Model], repository: str, triton_url: str, model
     """
     from dino_model.export.lineage import LineageRecord
     from dino_model.serving.client import replica_urls
-    from dino_model.serving.release import release
+    from dino_model.serving.deploy import deploy
 
     record = LineageRecord.from_metadata(onnx.metadata, source=f"the pipeline's metadata of {onnx.uri}")
-    result = release(f"{onnx.path}/model.onnx", repository, url=triton_url, model_name=model_name, flavour=flavour,
+    result = deploy(f"{onnx.path}/model.onnx", repository, url=triton_url, model_name=model_name, flavour=flavour,
                      record=record, gateway=pushgateway, replicas=replica_urls(triton_url))
     return int(result["version"])

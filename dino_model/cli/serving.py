@@ -137,7 +137,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_deploy(args: argparse.Namespace) -> int:
     from dino_model.errors import ConfigError
     from dino_model.serving.admin_key import admin_headers_for
-    from dino_model.serving.release import release
+    from dino_model.serving.deploy import deploy
     from dino_model.serving.rollout import recover
 
     headers = admin_headers_for(args.repository, args.admin_key_file, env=args.admin_key_env, header=args.admin_header)
@@ -150,7 +150,7 @@ def run_deploy(args: argparse.Namespace) -> int:
         return 0
     if not args.onnx:
         raise ConfigError("deploy needs --onnx FILE (or --recover to finish an interrupted deploy)")
-    print_result(release(args.onnx, args.repository, url=args.url, model_name=args.model_name, flavour=args.flavour,
+    print_result(deploy(args.onnx, args.repository, url=args.url, model_name=args.model_name, flavour=args.flavour,
                          smoke_image_dir=args.smoke_images, tolerance=args.tolerance, lineage=lineage_from_args(args),
                          load_timeout_s=args.load_timeout, headers=headers))
     return 0

@@ -135,7 +135,7 @@ class Journal:
         atomic.fsync(model_dir)
 
 
-def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
+def roll_out(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
            smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
            lineage: dict[str, str] | None = None, record: LineageRecord | None = None,
            load_timeout_s: float = LOAD_TIMEOUT_S, headers: dict[str, str] | None = None,

@@ -18,7 +18,7 @@ from fixtures.triton import http_load
 
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.admin_key import ADMIN_KEY_ENV, admin_key_path
-from dino_model.serving.release import release
+from dino_model.serving.deploy import deploy
 from pipelines.local_server import (
     STATE_FILE,
     ensure_local_server,
@@ -43,7 +43,7 @@ def test_the_local_pipeline_server_is_guarded_and_stop_local_stops_it(tmp_path: 
         marker = tmp_path / "ran-in-local-server"
         assert http_load(server.http_url, marker)[0] == 403 and not marker.exists()
         assert ensure_local_server(state_dir, grpc_port=grpc, http_port=http, metrics_port=metrics) == server
-        result = release(tiny_onnx, server.repository, url=server.grpc_url, flavour="cpu")
+        result = deploy(tiny_onnx, server.repository, url=server.grpc_url, flavour="cpu")
         assert result["status"] == "deployed" and result["serving_versions"] == [1]
     finally:
         stopped = stop_local_server(state_dir)

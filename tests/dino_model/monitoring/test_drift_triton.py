@@ -17,7 +17,7 @@ import pytest
 
 from dino_model.monitoring.drift import DriftReference, drift_path
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.rollout import deploy, ready_versions
+from dino_model.serving.rollout import ready_versions, roll_out
 
 pytestmark = pytest.mark.triton
 
@@ -93,7 +93,7 @@ def test_a_rollout_hands_the_gauges_to_the_new_version(tiny_export, tiny_onnx: P
 
     serve_a_window()
     assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "1") is not None
-    deploy(tiny_onnx, cpu_repository, url=server.grpc_url)  # loads 2 beside 1, smoke-tests, unloads 1
+    roll_out(tiny_onnx, cpu_repository, url=server.grpc_url)  # loads 2 beside 1, smoke-tests, unloads 1
     assert ready_versions(EmbeddingClient(server.grpc_url, headers=server.admin_headers)) == [2]
     # the step asks which version serves at its next update (every 64 embeddings), then reads version 2's
     # reference, drops version 1's gauges and publishes version 2's

@@ -18,7 +18,7 @@ import pytest
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.admin_key import admin_headers
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.release import release
+from dino_model.serving.deploy import deploy
 
 pytestmark = pytest.mark.triton
 
@@ -58,7 +58,7 @@ def test_no_other_user_reads_the_key_of_a_running_server(start_server, tmp_path:
     assert int(seen.split()[1]) > 10, f"the probe read too little to mean anything: {seen}"
     cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().decode().split("\0")
     assert any("admin-key=@DINO_ARGV_SECRET@" in arg for arg in cmdline), cmdline
-    result = release(tiny_onnx, repository, url=server.grpc_url, flavour="cpu", headers=server.admin_headers)
+    result = deploy(tiny_onnx, repository, url=server.grpc_url, flavour="cpu", headers=server.admin_headers)
     assert result["serving_versions"] == [1], "the key Triton parsed is the one it was given"
     index = EmbeddingClient(server.grpc_url, headers=admin_headers("a-wrong-key")).raw
     with pytest.raises(Exception, match="(?i)admin|restricted|unauthenticated"):

@@ -35,9 +35,9 @@ from dino_model.serving.rollout import (
     PAUSE_POINTS,
     PROMOTED,
     UNFINISHED_KEY,
-    deploy,
     ready_versions,
     recover,
+    roll_out,
 )
 from dino_model.triton.config import config_parameters
 from dino_model.triton.ensemble import EntryPoints
@@ -206,7 +206,7 @@ def test_the_next_deploy_recovers_first(live, tiny_onnx_fp16: Path, tmp_path: Pa
         _kill(deploying)
         pinned = read_config(repository / "dino")
         assert "specific" in pinned["version_policy"] and config_parameters(pinned)[UNFINISHED_KEY] == str(old + 1)
-        result = deploy(tiny_onnx_fp16, repository, url=server.grpc_url)
+        result = roll_out(tiny_onnx_fp16, repository, url=server.grpc_url)
     assert load.report.errors == 0, load.report.error_samples
     assert result["recovered"]["action"] == f"rolled back to version(s) [{old}]"
     assert (result["version"], result["previous_versions"], result["serving_versions"]) == (old + 1, [old], [old + 1])

@@ -30,7 +30,7 @@ from dino_model.errors import ServingError
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.admin_key import ADMIN_KEY_ENV, admin_key_path
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.release import release
+from dino_model.serving.deploy import deploy
 from dino_model.serving.rollout import ready_versions
 from dino_model.triton.config import RepositoryOptions
 from dino_model.triton.repository import write_model_repository
@@ -137,7 +137,7 @@ def test_release_on_a_key_given_by_the_operator(start_server, tmp_path: Path, ti
     monkeypatch.setenv(ADMIN_KEY_ENV, key)
     server = start_server(repository, address="0.0.0.0", admin_key=key)
     assert not admin_key_path(repository).exists()  # a given key is never written anywhere
-    result = release(tiny_onnx, repository, url=server.grpc_url, flavour="cpu")
+    result = deploy(tiny_onnx, repository, url=server.grpc_url, flavour="cpu")
     assert result["status"] == "deployed" and result["serving_versions"] == [1]
     client = EmbeddingClient(server.grpc_url)
     with pytest.raises(InferenceServerException, match="restricted"):

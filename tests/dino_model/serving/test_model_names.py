@@ -13,9 +13,9 @@ import pytest
 
 from dino_model.errors import ConfigError
 from dino_model.runtime.processes import free_ports
+from dino_model.serving.deploy import deploy
 from dino_model.serving.gate import serving_score
-from dino_model.serving.release import release
-from dino_model.serving.rollout import deploy, recover
+from dino_model.serving.rollout import recover, roll_out
 from dino_model.triton.config import MAX_VERSION, check_model_name, check_version
 
 BAD_NAMES = ["../x", "/etc", "", "a/b", "a\\b", "..", ".hidden", "dino model", "dino;rm", "é", "x" * 65,
@@ -83,9 +83,9 @@ def test_deploy_refuses_a_name_outside_the_repository(tiny_onnx: Path, tmp_path:
 
 
 @pytest.mark.parametrize("call", [
-    lambda repo, url, onnx: deploy(onnx, repo, url=url, model_name="/abs/path"),
+    lambda repo, url, onnx: roll_out(onnx, repo, url=url, model_name="/abs/path"),
     lambda repo, url, onnx: recover(repo, url=url, model_name="a/b"),
-    lambda repo, url, onnx: release(onnx, repo, url=url, model_name=".."),
+    lambda repo, url, onnx: deploy(onnx, repo, url=url, model_name=".."),
     lambda repo, url, onnx: serving_score(url, "", "knn_top1"),
 ])
 def test_library_entry_points_refuse_bad_names_before_any_call(call, tiny_onnx: Path, tmp_path: Path,

@@ -14,7 +14,7 @@ import pytest
 from dino_model.errors import ConfigError, ServingError
 from dino_model.serving.client import EmbeddingClient, replica_urls
 from dino_model.serving.loadtest import LoadGenerator
-from dino_model.serving.rollout import deploy, ready_versions
+from dino_model.serving.rollout import ready_versions, roll_out
 from dino_model.triton.ensemble import EntryPoints
 
 pytestmark = pytest.mark.triton
@@ -51,7 +51,7 @@ def test_a_deploy_switches_every_replica_with_zero_failed_requests(two_replicas,
     headers = servers[0].admin_headers
     loads = [LoadGenerator(url, clients=2).start() for url in urls]
     try:
-        result = deploy(tiny_onnx_fp16, repository, url=urls[0], replicas=urls, headers=headers)
+        result = roll_out(tiny_onnx_fp16, repository, url=urls[0], replicas=urls, headers=headers)
     finally:
         reports = [load.stop() for load in loads]
     assert result["version"] == 2 and result["serving_versions"] == [2]
@@ -71,6 +71,6 @@ def test_a_replica_that_cannot_load_rolls_every_replica_back(two_replicas, tiny_
     headers = servers[0].admin_headers
     servers[1].stop()
     with pytest.raises(ServingError, match=r"cannot reach Triton|failed|not deployed"):
-        deploy(tiny_onnx_fp16, repository, url=urls[0], replicas=urls, headers=headers)
+        roll_out(tiny_onnx_fp16, repository, url=urls[0], replicas=urls, headers=headers)
     assert ready_versions(EmbeddingClient(urls[0], headers=headers)) == [1]
     assert sorted(p.name for p in (repository / "dino").iterdir() if p.is_dir()) == ["1"]

@@ -20,7 +20,7 @@ from dino_model.errors import ExportError, ServingError
 from dino_model.export.lineage import file_sha256
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.loadtest import LoadGenerator
-from dino_model.serving.rollout import RolloutError, deploy, promote, ready_versions, with_contract
+from dino_model.serving.rollout import RolloutError, promote, ready_versions, roll_out, with_contract
 from dino_model.serving.smoke import smoke_images
 from dino_model.triton.config import config_parameters
 from dino_model.triton.ensemble import EntryPoints
@@ -66,7 +66,7 @@ def test_a_truncated_file_is_refused_before_the_server_sees_it(live, tiny_onnx: 
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(tiny_onnx.read_bytes()[:4000])
     with pytest.raises(ExportError, match="not a readable ONNX file"):
-        deploy(truncated, repository, url=server.grpc_url)
+        roll_out(truncated, repository, url=server.grpc_url)
     assert _snapshot(repository) == before and ready_versions(_client(server)) == [1]
 
 
@@ -77,7 +77,7 @@ def test_a_version_that_fails_to_load_leaves_n_serving(live, tiny_onnx: Path, tm
     with LoadGenerator(server.grpc_url, clients=2) as load, \
             pytest.raises(ServingError, match=r"version 2 of 'dino' was not deployed: it failed to load .*"
                                               r"NotAnOnnxOperator.*version\(s\) \[1\] keep serving"):
-        deploy(broken, repository, url=server.grpc_url)
+        roll_out(broken, repository, url=server.grpc_url)
     assert load.report.errors == 0 and load.report.versions.keys() == {"1"}
     assert _snapshot(repository) == before and ready_versions(_client(server)) == [1]
 
@@ -116,7 +116,7 @@ def test_a_good_version_replaces_n_with_zero_failed_requests(live, tiny_onnx_fp1
     server, repository = live
     client = _client(server)
     with LoadGenerator(server.grpc_url, clients=3, batch_size=2) as load:
-        result = deploy(tiny_onnx_fp16, repository, url=server.grpc_url)
+        result = roll_out(tiny_onnx_fp16, repository, url=server.grpc_url)
         deadline = time.monotonic() + 30
         while load.report.versions.get("2", 0) < 20 and time.monotonic() < deadline:
             time.sleep(0.1)  # keep the clients going on the new version for a while
@@ -143,7 +143,7 @@ def test_deploy_sends_the_admin_key_of_a_restricted_repository_api(start_server,
     monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
     server = start_server(cpu_repository, admin_key="s3cret")
     with pytest.raises(ServingError, match="reading the repository index was refused .*restricted.*admin-key"):
-        deploy(tiny_onnx, cpu_repository, url=server.grpc_url)
+        roll_out(tiny_onnx, cpu_repository, url=server.grpc_url)
     monkeypatch.setenv("TRITON_ADMIN_KEY", "s3cret")
     code = run_cli(["deploy", "--onnx", str(tiny_onnx), "--repository", str(cpu_repository), "--url", server.grpc_url])
     assert code == 0 and json.loads(capsys.readouterr().out)["serving_versions"] == [2]

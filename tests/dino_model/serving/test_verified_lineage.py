@@ -24,7 +24,7 @@ from dino_model.export.lineage import LineageRecord, file_sha256, find_record
 from dino_model.export.onnx import read_contract
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.gate import serving_score
-from dino_model.serving.rollout import deploy, ready_versions
+from dino_model.serving.rollout import ready_versions, roll_out
 
 pytestmark = pytest.mark.triton
 
@@ -49,7 +49,7 @@ def test_a_forged_file_beside_its_export_report_is_refused(live, tiny_onnx: Path
     before = _served(server, repository)
     forged = forge(tiny_onnx, exported_copy(tiny_onnx, tmp_path / "artifact"), **CLAIMS)
     with pytest.raises(ExportError, match=rf"{re.escape(str(forged))} does not match its export record"):
-        deploy(forged, repository, url=server.grpc_url)
+        roll_out(forged, repository, url=server.grpc_url)
     assert _served(server, repository) == before
     assert serving_score(server.grpc_url, "dino", "knn_top1") == pytest.approx(recorded_top1)
 
@@ -58,7 +58,7 @@ def test_a_forged_file_without_a_record_does_not_move_the_bar(live, tiny_onnx: P
                                                               recorded_top1: float) -> None:
     server, repository = live
     forged = forge(tiny_onnx, tmp_path / "elsewhere" / "model.onnx", **CLAIMS)
-    result = deploy(forged, repository, url=server.grpc_url)
+    result = roll_out(forged, repository, url=server.grpc_url)
     assert result["serving_versions"] == [2] and "lineage_verified" not in result["lineage"]
     assert serving_score(server.grpc_url, "dino", "knn_top1") is None  # not 99.9
     # so the claim cannot hold back a genuine candidate in the pipeline's gate
@@ -110,7 +110,7 @@ def test_a_forged_file_with_a_forged_record_beside_it_does_not_set_the_bar(live,
     """Whoever can write the folder rewrites both; the record's signature no longer matches, so: unverified."""
     server, repository = live
     forged = _forge_with_record(tiny_onnx, tmp_path / "artifact", exported_copy, forge)
-    result = deploy(forged, repository, url=server.grpc_url)
+    result = roll_out(forged, repository, url=server.grpc_url)
     assert result["serving_versions"] == [4] and "lineage_verified" not in result["lineage"]
     assert serving_score(server.grpc_url, "dino", "knn_top1") is None  # not 99.9
     assert quality_gate.python_func(knn_top1=recorded_top1, min_top1=0.0, require_not_worse=True,

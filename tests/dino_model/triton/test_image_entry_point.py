@@ -198,7 +198,7 @@ def test_the_entry_point_follows_a_deploy_with_no_failed_request(tiny_onnx: Path
                                                                   tmp_path: Path, triton_tools) -> None:
     """`dino-mlops deploy` switches `dino` from 1 to 2 while clients send image bytes: every request is answered,
     the ensemble reaches version 2 afterwards, and version 1 is retired."""
-    from dino_model.serving.rollout import deploy, ready_versions
+    from dino_model.serving.rollout import ready_versions, roll_out
 
     repository = triton_tools.write_cpu_repository(tiny_onnx, tmp_path / "repo")
     server = triton_tools.start(repository)
@@ -221,7 +221,7 @@ def test_the_entry_point_follows_a_deploy_with_no_failed_request(tiny_onnx: Path
         for thread in senders:
             thread.start()
         try:
-            result = deploy(tiny_onnx, repository, url=server.grpc_url)
+            result = roll_out(tiny_onnx, repository, url=server.grpc_url)
         finally:
             stop.set()
             for thread in senders:
@@ -241,12 +241,12 @@ def test_the_entry_point_follows_a_deploy_with_no_failed_request(tiny_onnx: Path
 def test_a_first_release_serves_the_entry_points(tiny_onnx: Path, jpegs: list[Path], tmp_path: Path,
                                                   start_server) -> None:
     """`release` onto an empty server writes version 1 with its entry points and loads them all."""
-    from dino_model.serving.release import release
+    from dino_model.serving.deploy import deploy
 
     repository = tmp_path / "empty"
     repository.mkdir()
     server = start_server(repository)
-    result = release(tiny_onnx, repository, url=server.grpc_url, flavour="cpu")
+    result = deploy(tiny_onnx, repository, url=server.grpc_url, flavour="cpu")
     assert result["serving_versions"] == [1]
     client = EmbeddingClient(server.grpc_url)
     for name in ("dino_images", "dino_monitored", "dino_preprocess", "dino_drift"):

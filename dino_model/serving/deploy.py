@@ -1,6 +1,6 @@
 """Releasing an exported model to a live Triton: the first version, or a rollout over the serving one.
 
-`rollout.deploy` rolls N+1 out over a loaded model N; a server that serves nothing yet gets version 1
+`rollout.roll_out` rolls N+1 out over a loaded model N; a server that serves nothing yet gets version 1
 written, loaded and smoke-tested instead (and unloaded again if the smoke test fails). Either way a
 successful release is recorded for Prometheus (deployed version, time, data version). Either path
 checks the file against its export record (`record`, default the export report beside the file)
@@ -19,7 +19,7 @@ from dino_model.errors import ServingError
 from dino_model.export.lineage import LineageRecord
 from dino_model.serving.admin_key import admin_headers_for
 from dino_model.serving.client import LOAD_TIMEOUT_S, EmbeddingClient
-from dino_model.serving.rollout import deploy, ready_versions
+from dino_model.serving.rollout import ready_versions, roll_out
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
 from dino_model.triton.config import DEFAULT_MODEL_NAME, RepositoryOptions, check_model_name
 from dino_model.triton.ensemble import EntryPoints
@@ -28,7 +28,7 @@ from dino_model.triton.repository import served_contract, write_model_repository
 logger = logging.getLogger(__name__)
 
 
-def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
+def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
             flavour: str = "gpu", load_timeout_s: float = LOAD_TIMEOUT_S, record: LineageRecord | None = None,
             gateway: str | None = None, replicas: Sequence[str] = (), headers: dict[str, str] | None = None,
             smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
@@ -38,17 +38,17 @@ def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_na
     `flavour` is the backend of a first version (later ones keep the served one's). `replicas`: every
     server sharing `repository` (client.replica_urls), all switched together. `headers` carry the
     admin key (default: the key found for `repository`). `smoke_image_dir`, `tolerance` and `lineage`
-    go to the rollout of a later version (rollout.deploy). A successful deployment is recorded at the
+    go to the rollout of a later version (rollout.roll_out). A successful deployment is recorded at the
     Pushgateway `gateway` (None: $DINO_PUSHGATEWAY).
     """
     headers = headers or admin_headers_for(repository)  # the key of the server of `repository`
     client = EmbeddingClient(url, check_model_name(model_name), timeout_s=60.0, replicas=replicas, headers=headers)
     if ready_versions(client):
-        result = deploy(onnx_path, repository, url=url, model_name=model_name, load_timeout_s=load_timeout_s,
+        result = roll_out(onnx_path, repository, url=url, model_name=model_name, load_timeout_s=load_timeout_s,
                         record=record, replicas=replicas, headers=headers, smoke_image_dir=smoke_image_dir,
                         tolerance=tolerance, lineage=lineage)
     else:
-        result = _first_release(client, onnx_path, Path(repository), flavour=flavour, load_timeout_s=load_timeout_s,
+        result = _first_version(client, onnx_path, Path(repository), flavour=flavour, load_timeout_s=load_timeout_s,
                                 record=record, lineage=lineage)
     from dino_model.monitoring.metrics import record_deployment
 
@@ -57,7 +57,7 @@ def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_na
     return result
 
 
-def _first_release(client: EmbeddingClient, onnx_path: str | Path, repository: Path, *, flavour: str,
+def _first_version(client: EmbeddingClient, onnx_path: str | Path, repository: Path, *, flavour: str,
                    load_timeout_s: float, record: LineageRecord | None, lineage: dict[str, str] | None
                    ) -> dict[str, Any]:
     from tritonclient.utils import InferenceServerException
