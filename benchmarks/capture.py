@@ -1,4 +1,5 @@
 """What capture costs a serving step: throughput with capture on at the default rate against capture off.
+
 The images-in entry point decodes each request's encoded bytes and resizes them to the model's
 input, then offers the bytes to `Sampler.offer`. This script runs that step (Pillow decode, resize
 to `--size`, float32 CHW) in one process and one run, in interleaved rounds, once with a disabled
@@ -11,7 +12,7 @@ the Triton ensemble serves images, this harness stands in for it; the same ratio
 against tritonserver once it does.
 
     .venv/bin/python benchmarks/capture.py
-    .venv/bin/python benchmarks/capture.py --requests 4000 --rounds 5 --rate 0.05
+    .venv/bin/python benchmarks/capture.py --requests 200 --rounds 60 --rate 0.05
 """
 
 from __future__ import annotations
