@@ -9,8 +9,9 @@ it drops
 - near duplicates: images whose embedding is at least as similar (cosine) as a threshold to an
   image already in the set or to one kept earlier in this snapshot, found with the project's
   similarity index (a faiss inner-product index, dino_model.serving.index) over the copy-detection
-  descriptor (CLS + GeM of the patch tokens, dino_model.eval.copydetection), the descriptor built to
-  match edited copies of the same image: re-encodings, crops, small colour changes.
+  descriptor of a checkpoint (CLS + GeM of the patch tokens, dino_model.eval.copydetection), the
+  descriptor built to match edited copies of the same image: re-encodings, crops, small colour
+  changes; or over the served model's embeddings, where only Triton is at hand (the CronJob).
   How similar two distinct images look depends on the model (a small model trained for minutes puts
   every digit above 0.999), so by default the threshold is calibrated on the set itself: halfway
   from the 99th percentile of its images' similarity to their nearest other image up to 1. An image
@@ -100,6 +101,22 @@ def checkpoint_embedder(checkpoint: str | Path, *, device: str = "cpu", gem_p: f
     def embed(images: Sequence[Image.Image]) -> np.ndarray:
         features = embed_images(backbone, list(images), cfg, gem_p, device, desc="captured: embeddings")
         return features.numpy().astype(np.float32)
+
+    return embed
+
+
+def served_embedder(url: str, model_name: str = "dino") -> Embedder:
+    """The served model's embeddings (Triton over gRPC), preprocessed as its contract says: what the
+    retraining check uses, which reaches Triton but holds no checkpoint."""
+    from dino_model.serving.client import EmbeddingClient
+    from dino_model.serving.images import transform_for
+
+    client = EmbeddingClient(url, model_name)
+
+    def embed(images: Sequence[Image.Image]) -> np.ndarray:
+        transform = transform_for(client.served.contract)
+        batch = np.stack([transform(image) for image in images]).astype(np.float32)
+        return client.embed(batch)
 
     return embed
 
