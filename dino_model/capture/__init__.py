@@ -4,6 +4,16 @@ DINO needs no labels, so images users send are training data: this package sampl
 default, into a capture store (a folder or an object-store prefix). It depends on numpy, Pillow and
 the standard library only (fsspec for URLs), so the serving side's Triton Python backend step can
 import it. Turning captured images into a data version is `dino_model.versioning.captured`.
+
+The hook in a Triton Python backend step that receives encoded images is one call per image:
+
+    def initialize(self, args):
+        self.capture = sampler_from_model_config(json.loads(args["model_config"]))  # off unless switched on
+    def execute(self, requests):
+        ...  # for each request's encoded image bytes, after reading them:
+        self.capture.offer(image_bytes, model_version=self.version, drift_score=self.drift.last_ratio)
+    def finalize(self):
+        self.capture.close()  # writes what is queued
 """
 
 from dino_model.capture.sampler import Sampler, image_header, sampler_from_model_config
