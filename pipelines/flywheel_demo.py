@@ -75,6 +75,11 @@ class DemoReport:
     init_lineage: dict[str, str] = field(default_factory=dict)
 
 
+def shuffled(paths: list[Path], seed: int = 0) -> list[Path]:
+    """A fixed random order: traffic mixes classes (a stream of one class drifts by itself)."""
+    return [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))]
+
+
 def inverted(path: Path) -> Image.Image:
     with Image.open(path) as image:
         return ImageOps.invert(image.convert("RGB"))
@@ -154,6 +159,11 @@ def drift_ratio(metrics_url: str, version: str) -> float | None:
     return None if mmd2 is None or not threshold else mmd2 / threshold
 
 
+def _rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def png_bytes(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
@@ -161,14 +171,15 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def send_stream(server: Any, paths: list[Path], *, version: str, sampler: Any | None) -> None:
-    """Send the images as a client does (preprocessed tensors, batches of 8); offer each one's bytes."""
+    """Send the images as a client does (preprocessed tensors, batches of 8); offer each one's bytes
+    (the client's encoded image, which the images-in entry point will receive)."""
     from dino_model.serving.client import EmbeddingClient
     from dino_model.serving.images import transform_for
 
     client = EmbeddingClient(server.grpc_url, "dino")
     transform = transform_for(client.served.contract)
     for start in range(0, len(paths), 8):
-        images = [inverted(p) for p in paths[start:start + 8]]
+        images = [_rgb(p) for p in paths[start:start + 8]]
         client.infer(np.stack([transform(im) for im in images]).astype(np.float32))
         if sampler is not None:
             score = drift_ratio(server.metrics_url, version)
@@ -248,7 +259,7 @@ def run(work: Path, settings: DemoSettings) -> DemoReport:
     with ExitStack() as stack:
         server = stack.enter_context(serve_first(work, onnx_v1))
         prom = stack.enter_context(prometheus(work, server, settings.alert_for))
-        stream = sorted((shifted / "train").rglob("*.png"))[: settings.stream_images]
+        stream = shuffled(sorted((shifted / "train").rglob("*.png")))[: settings.stream_images]
         sent = time.monotonic()
         with Sampler(capture_settings_for(store)) as sampler:
             send_stream(server, stream, version="1", sampler=sampler)
@@ -263,10 +274,10 @@ def run(work: Path, settings: DemoSettings) -> DemoReport:
             snapshot=lambda: snapshot_captured(repo, CaptureStore(store), checkpoint_embedder(v1)).to_dict())
         report.flywheel_decision = {"action": decision.action, "reason": decision.reason,
                                     "alert_active_since": alert_since.isoformat()}
-        report.snapshot = {k: decision.snapshot[k] for k in ("considered", "added", "dropped", "dropped_by_reason")} \
-            | {"version": decision.snapshot["version"]["md5"]} if decision.snapshot else {}
-        if decision.action != "snapshot":
-            raise RuntimeError(f"the flywheel did not snapshot: {decision.reason}")
+        if decision.action != "snapshot" or not (decision.snapshot or {}).get("version"):
+            raise RuntimeError(f"the flywheel made no new data version: {decision.reason}; {decision.snapshot}")
+        report.snapshot = {k: decision.snapshot[k] for k in ("considered", "added", "dropped", "dropped_by_reason")}
+        report.snapshot["version"] = decision.snapshot["version"]["md5"]
         union = union_folder(work / "runs" / "v2-train", digits / "train", repo / "data" / "captured")
         v2, lineage = train(settings, work / "runs" / "v2", data_root=union, version=report.snapshot["version"],
                             extra=(f"train.init_weights={v1}", *settings.retrain_overrides))
