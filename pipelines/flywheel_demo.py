@@ -164,6 +164,15 @@ def _rgb(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
+def wait_retired(metrics_url: str, version: str, timeout_s: float = 120.0) -> None:
+    """Until the retired version gives up the drift gauges (Triton unloads it after the switch)."""
+    deadline = time.monotonic() + timeout_s
+    while gauge(metrics_url, "dino_embedding_drift_mmd2", version) is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"version {version} kept the drift gauges {timeout_s:.0f} s after it was retired")
+        time.sleep(0.5)
+
+
 def png_bytes(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
@@ -292,7 +301,9 @@ def run(work: Path, settings: DemoSettings) -> DemoReport:
             onnx_v2 = export(v2, work / "export" / "v2" / "model.onnx")
             release(onnx_v2, server.repository, url=server.grpc_url, flavour="cpu", headers=server.admin_headers)
             report.seconds["alert_to_new_version_serving"] = round(time.monotonic() - alerted, 1)
-            send_stream(server, stream, version="2", sampler=None)
+            wait_retired(server.metrics_url, "1")
+            for _ in range(2):  # version 2 takes the gauges at its first update after version 1 let go
+                send_stream(server, stream, version="2", sampler=None)
             report.drift_ratio["v2_on_shifted"] = drift_ratio(server.metrics_url, "2")
     report.seconds["total"] = round(time.monotonic() - began, 1)
     return report
