@@ -112,3 +112,27 @@ def test_a_trained_model_finds_edited_copies(repo: Path, tmp_path: Path, tiny_ch
     assert [(d["reason"], d["neighbour"]) for d in report.dropped] == [
         ("near duplicate", f"data/digits/val/{digits[0].parent.name}/{digits[0].name}")], report.to_dict()
     assert len(report.added) == 3 and 0.9 < report.threshold < 1.0
+
+
+@pytest.mark.triton
+def test_the_served_model_finds_copies_where_no_checkpoint_is_at_hand(repo: Path, tmp_path: Path, tiny_onnx: Path,
+                                                                       digits_root: Path, start_server) -> None:
+    """The retraining CronJob's way: near duplicates by the served model's embeddings over gRPC."""
+    from fixtures.triton import write_cpu_repository
+
+    from dino_model.versioning.captured import served_embedder
+
+    digits = sorted((digits_root / "val").rglob("*.png"))
+    target = repo / "data" / "digits" / "val"
+    for path in digits[:40]:
+        (target / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (target / path.parent.name / path.name).write_bytes(path.read_bytes())
+    snapshot(repo, "with digits")
+    server = start_server(write_cpu_repository(tiny_onnx, tmp_path / "models"))
+    copy = encoded(Image.open(digits[0]).convert("RGB"), "JPEG", quality=90)
+    unseen = [encoded(Image.open(p).convert("RGB"), "JPEG", quality=90) for p in digits[-3:]]
+    capture(tmp_path / "store", [copy, *unseen])
+    report = snapshot_captured(repo, CaptureStore(tmp_path / "store"), served_embedder(server.grpc_url))
+    assert [(d["reason"], d["neighbour"]) for d in report.dropped] == [
+        ("near duplicate", f"data/digits/val/{digits[0].parent.name}/{digits[0].name}")], report.to_dict()
+    assert len(report.added) == 3
