@@ -27,7 +27,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "dino_model"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("dino_model", "dino_model.errors", "dino_model.logs", "dino_model.config")),
     ("runtime", ("dino_model.runtime", "dino_model.monitoring")),
-    ("data and models", ("dino_model.data", "dino_model.models")),
+    ("data and models", ("dino_model.data", "dino_model.models", "dino_model.capture")),
     ("loss", ("dino_model.loss",)),
     ("training", ("dino_model.train",)),
     ("evaluation and export", ("dino_model.eval", "dino_model.export")),

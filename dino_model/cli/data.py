@@ -1,5 +1,6 @@
 """`dino-mlops data ...`: data versions tracked by data.dvc (snapshot, pull, status, diff, log, remotes),
-and packing image folders into tar shards (`data shard`), the form DVC handles at ImageNet scale."""
+packing image folders into tar shards (`data shard`), the form DVC handles at ImageNet scale, and images
+captured from serving (`data capture ...`, dino_model/cli/capture.py)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-per-shard", type=int, help="at most this many images per shard (default: no limit)")
     p.set_defaults(func=run_shard)
     _register_remote(data, common)
+    from dino_model.cli import capture
+
+    capture.register(data, common, remote_arg)
 
 
 def _register_remote(data: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -66,6 +66,12 @@ EXAMPLES = {
     "data shard": "dino-mlops data shard data/imagenet/train data/imagenet-shards/train --shard-size 256MB",
     "data ensure": "dino-mlops data ensure --source digits",
     "data materialize": "dino-mlops data materialize digits data/digits",
+    "data capture": "dino-mlops data capture list --store s3://dvc/captured",
+    "data capture list": "dino-mlops data capture list --store /mnt/captured",
+    "data capture erase": "dino-mlops data capture erase --store /mnt/captured --before 2026-11-01",
+    "data capture expire": "dino-mlops data capture expire --store /mnt/captured --retention-days 30",
+    "data capture snapshot": ("dino-mlops data capture snapshot --store /mnt/captured "
+                              "--checkpoint runs/digits/checkpoint.pth"),
     "data remote": "dino-mlops data remote list",
     "data remote add": "dino-mlops data remote add minio s3://dvc/dino --endpoint-url http://minio:9000 --default",
     "data remote list": "dino-mlops data remote list",

@@ -10,6 +10,9 @@ data.dvc at the revision and removes the clone, and the submitted run is told th
 What the run is made of (its pipeline parameters DINO_PARAM_<name>, KFP_NAMESPACE, the registered
 DINO_PIPELINE, DINO_IMAGE, the retry policy) is the overlay's ConfigMap, read as one
 `RetrainSettings` (pipelines/retrain_settings.py); a flag given here replaces its entry.
+
+With DINO_CAPTURE_STORE set, each check first makes the flywheel's one decision (pipelines/flywheel.py):
+snapshot captured images into a new data version, or not; the data version is read after it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,6 +114,7 @@ def _check_once(args: argparse.Namespace) -> dict:
     if remote and args.local:
         raise ConfigError("--local runs the pipeline on a local checkout: give --repo PATH, not a git URL")
     with data_repository(args.repo, workdir=args.workdir, timeout_s=args.git_timeout, fetch=args.fetch) as repo:
+        flywheel = _flywheel(args, repo, remote)
         if args.rev == "workspace":
             current = current_version(repo)
         else:
@@ -117,16 +122,30 @@ def _check_once(args: argparse.Namespace) -> dict:
     repository = args.triton_repository or None
     deployed = deployed_data_version(args.url, repository=repository) if args.url else None
     if args.local:
-        submit = _local_submitter(repo, params)
+        result = check(current.md5, state_path=args.state, submit=_local_submitter(repo, params),
+                       deployed_md5=deployed)
     else:
         if remote:
             params.setdefault("data_repo", public_url(args.repo))
         submit = kfp_submitter(args.host, params=params, experiment=settings.experiment, timeout_s=args.timeout,
                                namespace=settings.namespace, registered=settings.registered, image=settings.image)
-        return check(current.md5, state_path=args.state, submit=submit, deployed_md5=deployed,
-                     run_state=kfp_run_state(args.host, timeout_s=args.timeout, namespace=settings.namespace),
-                     retry=settings.retry)
-    return check(current.md5, state_path=args.state, submit=submit, deployed_md5=deployed)
+        result = check(current.md5, state_path=args.state, submit=submit, deployed_md5=deployed,
+                       run_state=kfp_run_state(args.host, timeout_s=args.timeout, namespace=settings.namespace),
+                       retry=settings.retry)
+    return result | ({"flywheel": asdict(flywheel)} if flywheel else {})
+
+
+def _flywheel(args: argparse.Namespace, repo: Path, remote: bool):
+    """The flywheel's decision of this check (pipelines/flywheel.py); None when no capture store is set."""
+    from dino_model.versioning.clone import tracked_rev
+    from pipelines.flywheel import flywheel_settings_from_env, flywheel_step
+
+    settings = flywheel_settings_from_env()
+    if not settings.enabled:
+        return None
+    rev = tracked_rev(repo, args.rev) if remote else None
+    return flywheel_step(repo, settings=settings, state_path=args.state, triton_url=args.url, rev=rev,
+                         git_timeout_s=args.git_timeout)
 
 
 def run_settings(args: argparse.Namespace) -> RetrainSettings:

@@ -1,0 +1,340 @@
+"""The data flywheel end to end on this machine: drift, capture, a new data version, a retrained model
+in service, and the numbers that say whether it helped.
+
+    python -m pipelines.flywheel_demo --work runs/flywheel          (scripts/flywheel.sh)
+
+1. A data repository (git + DVC) holds the digits; a model trained on them is exported and served by a
+   real tritonserver (the `cpu` flavour, with its drift monitor); a real Prometheus scrapes it with the
+   project's rules, the drift alert's `for` cut from 15 minutes to `alert_for` so the run takes minutes.
+2. A shifted stream (the training digits inverted: white strokes on black become black on white) is
+   sent as the client would, and each image's bytes are offered to the capture library
+   (dino_model.capture), as the images-in entry point will do once it serves; the tensor request
+   itself cannot be captured as an image.
+3. The retraining check's flywheel step sees the alert firing and snapshots the capture store into a
+   new DVC data version of the data repository (`data/captured/<day>/`, duplicates dropped).
+4. Retraining continues from the served model's weights (`train.init_weights`, recorded in the
+   checkpoint's lineage) on the digits plus the captured images; k-NN is scored on the fixed held-out
+   set (`data/digits/val`, which captured data never enters) and on held-out shifted digits; the gate
+   refuses a model more than `tolerance` points below the served one on the fixed set.
+5. The new model, exported with its own drift reference, is deployed as version 2 (a real rollout);
+   the shifted stream is sent again and the drift gauge is read for each version.
+
+The report (JSON on stdout, and `<work>/flywheel.json`) holds the numbers docs/monitoring.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+logger = logging.getLogger("pipelines.flywheel_demo")
+
+IDENTITY = {"GIT_AUTHOR_NAME": "dino-mlops flywheel", "GIT_AUTHOR_EMAIL": "flywheel@example.invalid",
+            "GIT_COMMITTER_NAME": "dino-mlops flywheel", "GIT_COMMITTER_EMAIL": "flywheel@example.invalid"}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the run trains and how long it waits."""
+
+    config: str = "digits_vit_tiny"
+    overrides: tuple[str, ...] = ()
+    retrain_overrides: tuple[str, ...] = ("train.epochs=4", "optim.warmup_epochs=0")
+    stream_images: int = 512  # shifted images sent (and offered to capture)
+    alert_for: str = "10s"  # the drift alert's `for` in this run's Prometheus (15m in rules.yml)
+    tolerance: float = 5.0  # k-NN top-1 points the fixed set may lose before the gate refuses
+    min_knn_top1: float = 0.0
+    alert_timeout_s: float = 300.0
+
+
+@dataclass
+class DemoReport:
+    served_before: dict[str, float] = field(default_factory=dict)
+    served_after: dict[str, float] = field(default_factory=dict)
+    capture: dict[str, int] = field(default_factory=dict)
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    flywheel_decision: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    drift_ratio: dict[str, float | None] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    init_lineage: dict[str, str] = field(default_factory=dict)
+
+
+def shuffled(paths: list[Path], seed: int = 0) -> list[Path]:
+    """A fixed random order: traffic mixes classes (a stream of one class drifts by itself)."""
+    return [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))]
+
+
+def inverted(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return ImageOps.invert(image.convert("RGB"))
+
+
+def write_shifted(source: Path, target: Path) -> Path:
+    """The labelled folder `source` with every image inverted, under `target` (same class folders)."""
+    for path in sorted(source.rglob("*.png")):
+        out = target / path.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        inverted(path).save(out)
+    return target
+
+
+def data_repository(root: Path) -> tuple[Path, str]:
+    """A git + DVC repository whose first data version is the digits; (root, md5)."""
+    from dino_model.data.materialize import materialize
+    from dino_model.versioning import init_repo, snapshot
+    from dino_model.versioning.repo import git
+
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q", "-b", "main")
+    init_repo(root)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "dvc init")
+    materialize("digits", root / "data" / "digits")
+    return root, snapshot(root, "data: digits").md5
+
+
+def train(settings: DemoSettings, out: Path, *, data_root: Path, version: str, extra: tuple[str, ...] = ()
+          ) -> tuple[Path, dict[str, str]]:
+    """(checkpoint, the run's lineage: data version, and init_weights / init_sha256 when it started from one)"""
+    from dino_model.config import load_config
+    from dino_model.train.loop import fit
+
+    cfg = load_config(settings.config, overrides=[f"data.root={data_root}", f"train.output_dir={out}",
+                                                  f"data.version={version}", *settings.overrides, *extra])
+    result = fit(cfg)
+    return Path(result.checkpoint), dict(result.lineage)
+
+
+def knn(checkpoint: Path, train_dir: Path, val_dir: Path, output: Path | None = None) -> float:
+    from dino_model.eval.knn_run import run_knn_eval
+
+    return float(run_knn_eval(checkpoint, train_dir=train_dir, val_dir=val_dir, output=output)["metrics"]["knn_top1"])
+
+
+def export(checkpoint: Path, output: Path) -> Path:
+    from dino_model.export.export_run import export_checkpoint
+
+    export_checkpoint(checkpoint, output)
+    return output
+
+
+def union_folder(target: Path, digits_train: Path, captured: Path) -> Path:
+    """One image folder of the digits' classes plus one folder per captured day (symbolic links)."""
+    for source, prefix in [(d, "") for d in sorted(digits_train.iterdir()) if d.is_dir()] + \
+            [(d, "captured-") for d in sorted(captured.iterdir()) if d.is_dir()]:
+        folder = target / f"{prefix}{source.name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for image in sorted(p for p in source.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")):
+            (folder / image.name).symlink_to(image.resolve())
+    return target
+
+
+def gauge(metrics_url: str, name: str, version: str) -> float | None:
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    labels = rf'\{{(?=[^}}]*model="dino")(?=[^}}]*version="{version}")[^}}]*\}}'
+    found = re.search(rf"^{name}{labels} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def drift_ratio(metrics_url: str, version: str) -> float | None:
+    mmd2 = gauge(metrics_url, "dino_embedding_drift_mmd2", version)
+    threshold = gauge(metrics_url, "dino_embedding_drift_threshold", version)
+    return None if mmd2 is None or not threshold else mmd2 / threshold
+
+
+def _rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def wait_retired(metrics_url: str, version: str, timeout_s: float = 120.0) -> None:
+    """Until the retired version gives up the drift gauges (Triton unloads it after the switch)."""
+    deadline = time.monotonic() + timeout_s
+    while gauge(metrics_url, "dino_embedding_drift_mmd2", version) is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"version {version} kept the drift gauges {timeout_s:.0f} s after it was retired")
+        time.sleep(0.5)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def send_stream(server: Any, paths: list[Path], *, version: str, sampler: Any | None) -> None:
+    """Send the images as a client does (preprocessed tensors, batches of 8); offer each one's bytes
+    (the client's encoded image, which the images-in entry point will receive)."""
+    from dino_model.serving.client import EmbeddingClient
+    from dino_model.serving.images import transform_for
+
+    client = EmbeddingClient(server.grpc_url, "dino")
+    transform = transform_for(client.served.contract)
+    for start in range(0, len(paths), 8):
+        images = [_rgb(p) for p in paths[start:start + 8]]
+        client.infer(np.stack([transform(im) for im in images]).astype(np.float32))
+        if sampler is not None:
+            score = drift_ratio(server.metrics_url, version)
+            for image in images:
+                sampler.offer(png_bytes(image), model_version=version, drift_score=score)
+
+
+@contextmanager
+def prometheus(work: Path, server: Any, alert_for: str) -> Iterator[str]:
+    """A real Prometheus scraping the server every second, the drift alert's `for` set to `alert_for`."""
+    from dino_model.monitoring.prometheus import run_prometheus, write_prometheus_config
+    from dino_model.runtime.processes import free_ports
+
+    config = write_prometheus_config(work / "prometheus", triton_targets=[f"127.0.0.1:{server.ports['metrics']}"],
+                                     scrape_interval="1s")
+    rules = config.parent / "rules.yml"
+    text = rules.read_text()
+    start = text.index("- alert: DinoEmbeddingDrift\n")
+    rules.write_text(text[:start] + text[start:].replace("for: 15m", f"for: {alert_for}", 1))
+    with run_prometheus(config, port=free_ports(1)[0], storage_dir=work / "prometheus" / "tsdb") as url:
+        yield url
+
+
+def wait_for_alert(url: str, timeout_s: float) -> datetime:
+    from pipelines.flywheel import alert_active_since
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        since = alert_active_since(url, "DinoEmbeddingDrift")
+        if since is not None:
+            return since
+        time.sleep(1.0)
+    raise TimeoutError(f"DinoEmbeddingDrift did not fire within {timeout_s:.0f} s")
+
+
+def serve_first(work: Path, onnx: Path) -> Any:
+    from dino_model.runtime.processes import free_ports
+    from dino_model.serving.server import TritonServer
+    from dino_model.triton.config import RepositoryOptions
+    from dino_model.triton.repository import write_model_repository
+
+    repository = work / "models"
+    write_model_repository(onnx, repository, RepositoryOptions(flavour="cpu", max_batch_size=16,
+                                                               preferred_batch_sizes=[]))
+    http, grpc, metrics = free_ports(3)
+    return TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics).start()
+
+
+def capture_settings_for(store: Path) -> Any:
+    from dino_model.capture import CaptureSettings
+
+    # every image of the stream is offered; rate 1 so a short run captures enough to learn from
+    return CaptureSettings(enabled=True, store=str(store), rate=1.0)
+
+
+def run(work: Path, settings: DemoSettings) -> DemoReport:
+    """The whole loop (module docstring); servers it starts are stopped when it returns."""
+    from dino_model.capture import CaptureStore, Sampler
+    from dino_model.serving.gate import decide as gate_decide
+    from dino_model.serving.release import release
+    from dino_model.versioning.captured import checkpoint_embedder, snapshot_captured
+    from pipelines.flywheel import FlywheelSettings, flywheel_check
+
+    for key, value in IDENTITY.items():
+        os.environ.setdefault(key, value)
+    report, began = DemoReport(), time.monotonic()
+    repo, md5 = data_repository(work / "data-repo")
+    digits = repo / "data" / "digits"
+    shifted = write_shifted(digits / "train", work / "shifted" / "train").parent
+    write_shifted(digits / "val", shifted / "val")
+    v1, _ = train(settings, work / "runs" / "v1", data_root=digits / "train", version=md5)
+    report.served_before = {"knn_fixed": knn(v1, digits / "train", digits / "val"),
+                            "knn_shifted": knn(v1, shifted / "train", shifted / "val",
+                                               work / "eval" / "v1-shifted.json")}
+    onnx_v1 = export(v1, work / "export" / "v1" / "model.onnx")
+    store = work / "capture-store"
+    with ExitStack() as stack:
+        server = stack.enter_context(serve_first(work, onnx_v1))
+        prom = stack.enter_context(prometheus(work, server, settings.alert_for))
+        stream = shuffled(sorted((shifted / "train").rglob("*.png")))[: settings.stream_images]
+        sent = time.monotonic()
+        with Sampler(capture_settings_for(store)) as sampler:
+            send_stream(server, stream, version="1", sampler=sampler)
+        report.capture = dict(sampler.counts)
+        report.drift_ratio["v1_on_shifted"] = drift_ratio(server.metrics_url, "1")
+        alert_since = wait_for_alert(prom, settings.alert_timeout_s)
+        report.seconds["stream_to_alert"] = round(time.monotonic() - sent, 1)
+        alerted = time.monotonic()
+        decision = flywheel_check(
+            FlywheelSettings(store=str(store), prometheus_url=prom, drift_for_s=0),
+            state_dir=work / "retrain-state",
+            snapshot=lambda: snapshot_captured(repo, CaptureStore(store), checkpoint_embedder(v1)).to_dict())
+        report.flywheel_decision = {"action": decision.action, "reason": decision.reason,
+                                    "alert_active_since": alert_since.isoformat()}
+        if decision.action != "snapshot" or not (decision.snapshot or {}).get("version"):
+            raise RuntimeError(f"the flywheel made no new data version: {decision.reason}; {decision.snapshot}")
+        report.snapshot = {k: decision.snapshot[k] for k in ("considered", "added", "dropped", "dropped_by_reason")}
+        report.snapshot["version"] = decision.snapshot["version"]["md5"]
+        union = union_folder(work / "runs" / "v2-train", digits / "train", repo / "data" / "captured")
+        v2, lineage = train(settings, work / "runs" / "v2", data_root=union, version=report.snapshot["version"],
+                            extra=(f"train.init_weights={v1}", *settings.retrain_overrides))
+        report.init_lineage = lineage
+        report.served_after = {"knn_fixed": knn(v2, digits / "train", digits / "val"),
+                               "knn_shifted": knn(v2, shifted / "train", shifted / "val",
+                                                  work / "eval" / "v2-shifted.json")}
+        gate = gate_decide(report.served_after["knn_fixed"], threshold=settings.min_knn_top1,
+                           serving=report.served_before["knn_fixed"], tolerance=settings.tolerance)
+        report.gate = gate.to_dict() | {"tolerance": settings.tolerance}
+        if gate.decision == "deploy":
+            onnx_v2 = export(v2, work / "export" / "v2" / "model.onnx")
+            release(onnx_v2, server.repository, url=server.grpc_url, flavour="cpu", headers=server.admin_headers)
+            report.seconds["alert_to_new_version_serving"] = round(time.monotonic() - alerted, 1)
+            wait_retired(server.metrics_url, "1")
+            for _ in range(2):  # version 2 takes the gauges at its first update after version 1 let go
+                send_stream(server, stream, version="2", sampler=None)
+            report.drift_ratio["v2_on_shifted"] = drift_ratio(server.metrics_url, "2")
+    report.seconds["total"] = round(time.monotonic() - began, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dino_model.logs import setup_logging
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", default="runs/flywheel", help="folder for everything the run makes (emptied)")
+    parser.add_argument("--config", default=DemoSettings.config, help="training config of both models")
+    parser.add_argument("--override", action="append", default=[], help="config override of both trainings")
+    parser.add_argument("--retrain-override", action="append", default=None,
+                        help=f"overrides of the retraining (default: {' '.join(DemoSettings.retrain_overrides)})")
+    parser.add_argument("--stream-images", type=int, default=DemoSettings.stream_images)
+    parser.add_argument("--alert-for", default=DemoSettings.alert_for)
+    parser.add_argument("--tolerance", type=float, default=DemoSettings.tolerance)
+    args = parser.parse_args(argv)
+    setup_logging()
+    work = Path(args.work).resolve()
+    if work.exists() and any(work.iterdir()):
+        raise SystemExit(f"{work} is not empty: give an empty or new --work folder")
+    settings = DemoSettings(config=args.config, overrides=tuple(args.override),
+                            retrain_overrides=tuple(args.retrain_override or DemoSettings.retrain_overrides),
+                            stream_images=args.stream_images, alert_for=args.alert_for, tolerance=args.tolerance)
+    report = run(work, settings)
+    text = json.dumps(asdict(report), indent=2)
+    (work / "flywheel.json").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
