@@ -5,10 +5,11 @@ from the content-addressed remote, with no git clone: a scratch DVC project (no 
 config) names the remote, store.fetch copies and verifies the objects, and each file is hard-linked
 into `<cache root>/<md5>/`. The cache root is, in order: `DINO_DATA_CACHE` or `/data-cache` when it
 exists (a shared claim mounted into the steps: filled once per md5 by the first step that needs it,
-under a file lock, and read by every later one), else `DINO_DATA_LOCAL_CACHE` or the pod's temporary
-folder. Top-level folders (train/, val/) are filled separately, so a step that scores on val/ never
-reads train/ from the remote. A folder of tar shards can instead be streamed (`stream_root`): each
-training rank then reads only the shards its plan gives it (shard_plan.py), nothing is copied first.
+under a file lock, and read by every later one), else `DINO_DATA_LOCAL_CACHE`, the step's scratch
+volume `/data-scratch` when mounted, or the temporary folder. Folders (train/, val/) are filled
+separately, so a step that scores on val/ never reads train/ from the remote. A folder of tar shards
+can instead be streamed (`stream_root`): each training rank then reads only the shards its plan
+gives it (shard_plan.py), nothing is copied first.
 
 Every call reports what it read from the remote (bytes, files), which the pipeline steps log and
 benchmarks/pipeline_io.py counts.
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 SHARED_CACHE_ENV = "DINO_DATA_CACHE"
 LOCAL_CACHE_ENV = "DINO_DATA_LOCAL_CACHE"
 SHARED_CACHE_DIR = Path("/data-cache")  # where the pipeline mounts the shared cache claim
+SCRATCH_DIR = Path("/data-scratch")  # the step's own sized scratch volume (pipelines/resources.py)
 REMOTE_NAME = "data"
 COMPLETE = ".complete"  # marker of a fully materialised version; `.complete-<subdir>` for one folder
 
@@ -62,7 +64,11 @@ def cache_root(explicit: str | Path | None = None) -> Path:
     shared = Path(os.environ.get(SHARED_CACHE_ENV) or SHARED_CACHE_DIR)
     if shared.is_dir() and os.access(shared, os.W_OK | os.X_OK):
         return shared
-    return Path(os.environ.get(LOCAL_CACHE_ENV) or Path(tempfile.gettempdir()) / "dino-data-cache")
+    if os.environ.get(LOCAL_CACHE_ENV):
+        return Path(os.environ[LOCAL_CACHE_ENV])
+    if SCRATCH_DIR.is_dir() and os.access(SCRATCH_DIR, os.W_OK | os.X_OK):
+        return SCRATCH_DIR
+    return Path(tempfile.gettempdir()) / "dino-data-cache"
 
 
 def version_dir(root: Path, ref: DataReference) -> Path:
@@ -217,3 +223,17 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def training_root(reference: str, subdir: str) -> str:
+    """data.root for training on `subdir` of the referenced version: a stream when it holds tar shards,
+    else the folder materialised in the cache."""
+    ref = DataReference.from_json(reference)
+    if holds_shards(ref, subdir):
+        return stream_root(ref, subdir)
+    return str(materialize(ref, subdirs=[subdir]).path / subdir)
+
+
+def local_folders(reference: str, *subdirs: str) -> Path:
+    """The cache folder holding `subdirs` of the referenced version (materialised first if needed)."""
+    return materialize(DataReference.from_json(reference), subdirs=subdirs).path
