@@ -137,3 +137,23 @@ def test_shards_stream_from_s3_without_copying_the_version(repo, s3_env, tmp_pat
     with location.open(index.shards[1].name) as f:
         assert f.read() == (repo / "data" / "train" / index.shards[1].name).read_bytes()
     assert not list((tmp_path / "cache").rglob("*.tar"))  # nothing was materialised as files
+
+
+def test_training_reads_a_folder_from_the_cache_and_shards_as_a_stream(repo, tmp_path, write_images, monkeypatch):
+    from dino_model.data.shards import pack_folder
+    from dino_model.versioning.mirror import LOCAL_CACHE_ENV, SHARED_CACHE_ENV, cache_root, training_root
+
+    monkeypatch.setenv(SHARED_CACHE_ENV, str(tmp_path / "no-claim"))  # not mounted: pod-local it is
+    monkeypatch.setenv(LOCAL_CACHE_ENV, str(tmp_path / "pod"))
+    assert cache_root() == tmp_path / "pod"
+    write_images(tmp_path / "images", {"a": 3}, seed=2)
+    pack_folder(tmp_path / "images", repo / "data" / "shards")
+    url = _publish(repo, tmp_path)
+    ref = resolve_data_reference(url, "", tmp_path / "step", remote_url=str(repo / ".dvc-remote")).to_json()
+    folder = training_root(ref, "toy/train")
+    assert Path(folder).is_relative_to(tmp_path / "pod") and len(list(Path(folder).rglob("*.png"))) == 6
+    stream = training_root(ref, "shards")
+    assert stream.startswith("dvc://data/shards?repo=") and not (Path(folder).parents[1] / "shards").exists()
+    (tmp_path / "claim").mkdir()
+    monkeypatch.setenv(SHARED_CACHE_ENV, str(tmp_path / "claim"))
+    assert cache_root() == tmp_path / "claim"  # a mounted, writable shared claim wins
