@@ -119,7 +119,8 @@ def _fill(ref: DataReference, dest: Path, base: Path, wanted: list[str]) -> tupl
         missing = missing_objects(repo, tree, subdirs=todo)
         fetch(repo, version, remote=REMOTE_NAME, subdirs=todo)
         cache = repo.cache.local
-        read = sum(Path(cache.oid_to_path(oid)).stat().st_size for oid in missing if oid != ref.md5)
+        # the listing (fetched by _listing into this fresh cache) and every object fetched for `todo`
+        read = sum(Path(cache.oid_to_path(oid)).stat().st_size for oid in missing | {ref.md5})
         for key, _, oid in tree:
             if under(key, todo):
                 _link(Path(cache.oid_to_path(oid.value)), dest.joinpath(*key))
