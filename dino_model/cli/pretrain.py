@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--data-claim", help="claim mounted at /data (default: the template's)")
     c.add_argument("--data-subpath", help="folder of the data claim mounted at /data")
     c.add_argument("--runs-claim", help="claim mounted at /runs (default: the template's)")
-    c.add_argument("--timeout", type=float, default=168.0, help="hours to wait for the job (default: 168)")
-    c.add_argument("--poll", type=float, default=30.0, help="seconds between status reads (default: 30)")
+    c.add_argument("--timeout", type=float,
+                   help="hours to wait for the job (default: cluster.launch's, a week)")
+    c.add_argument("--poll", type=float, help="seconds between status reads (default: cluster.launch's, 30)")
     p.set_defaults(func=run)
 
 
@@ -70,7 +71,7 @@ def run_on_cluster(args: argparse.Namespace) -> int:
     if args.output_dir or args.nproc is not None:
         raise ConfigError("with --cluster the run folder is /runs/<job> and processes are --nproc-per-node: "
                           "drop --output-dir and --nproc")
-    if args.timeout <= 0 or args.poll <= 0:
+    if any(value is not None and value <= 0 for value in (args.timeout, args.poll)):
         raise ConfigError(f"--timeout and --poll must be positive, got {args.timeout} and {args.poll}")
     options = cluster.JobOptions(
         name=cluster.job_name(args.run_id or cluster.new_run_id()), nodes=args.nodes,
@@ -86,6 +87,12 @@ def run_on_cluster(args: argparse.Namespace) -> int:
     extra = ["train.allow_config_change=true"] if args.allow_config_change else []
     cfg = config_from_args(args, *extra) if args.config else None
     result = cluster.launch(resources, options, cfg, overrides=[*args.overrides, *extra], data_root=args.data_root,
-                            timeout_s=args.timeout * 3600, poll_s=args.poll)
+                            **_wait_options(args))
     print_result(result)
     return 0
+
+
+def _wait_options(args: argparse.Namespace) -> dict[str, float]:
+    """--timeout (hours) and --poll (seconds) as cluster.launch's keywords, only those given."""
+    options = {"timeout_s": args.timeout * 3600 if args.timeout else None, "poll_s": args.poll}
+    return {key: value for key, value in options.items() if value is not None}

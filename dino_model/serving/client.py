@@ -24,11 +24,13 @@ import numpy as np
 
 from dino_model.errors import ConfigError, ServingError
 from dino_model.export.contract import EMBEDDING, INPUT_NAME, ModelContract
-from dino_model.triton.config import config_parameters
+from dino_model.triton.config import DEFAULT_MODEL_NAME, config_parameters
 
 logger = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_S = 600.0  # deadline of a model load: the server reads, checks and warms the model up
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002  # Triton's own defaults, used by every server started here
+DEFAULT_URL = f"localhost:{GRPC_PORT}"
 
 # tritonclient.grpc methods in the API groups servers restrict to the admin key (server.RESTRICTED_APIS)
 RESTRICTED_CALLS = frozenset({
@@ -63,7 +65,7 @@ class EmbeddingClient:
             call is then made on all of them in turn, and the first one's answer is returned.
     """
 
-    def __init__(self, url: str = "localhost:8001", model_name: str = "dino", *, model_version: str = "",
+    def __init__(self, url: str = DEFAULT_URL, model_name: str = DEFAULT_MODEL_NAME, *, model_version: str = "",
                  timeout_s: float = 60.0, headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> None:
         for address in (url, *replicas):
             if "://" in address:

@@ -65,12 +65,12 @@ def embed_images(inputs: list[str | Path], client: EmbeddingClient, *, batch_siz
     return EmbeddingResult([str(i.path) for i in kept], [i.label for i in kept], embeddings, skipped)
 
 
-def knn_predict(result: EmbeddingResult, index_path: str | Path, *, k: int = 20, temperature: float = 0.07
+def predict_labels(result: EmbeddingResult, index_path: str | Path, *, k: int = 20, temperature: float = 0.07
                 ) -> list[str]:
     """Labels by weighted k-NN vote over a stored index of labelled embeddings."""
     if k < 1 or temperature <= 0:
         raise ConfigError(f"k-NN labels need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
-    index = load_index(index_path)
+    index = load_labelled_embeddings(index_path)
     if index["embeddings"].shape[1] != result.embeddings.shape[1]:
         raise DataError(f"index {index_path} holds {index['embeddings'].shape[1]}-d embeddings; the model "
                         f"returns {result.embeddings.shape[1]}-d ones: build the index with the same model")
@@ -78,11 +78,11 @@ def knn_predict(result: EmbeddingResult, index_path: str | Path, *, k: int = 20,
     k = min(k, similarity.shape[1])
     nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     sims = np.take_along_axis(similarity, nearest, axis=1)
-    votes = weighted_vote(sims, index["labels"].astype(np.int64)[nearest], len(index["classes"]), temperature)
+    votes = weighted_vote_numpy(sims, index["labels"].astype(np.int64)[nearest], len(index["classes"]), temperature)
     return [str(index["classes"][i]) for i in votes.argmax(axis=1).tolist()]
 
 
-def weighted_vote(sims: np.ndarray, labels: np.ndarray, n_classes: int, temperature: float) -> np.ndarray:
+def weighted_vote_numpy(sims: np.ndarray, labels: np.ndarray, n_classes: int, temperature: float) -> np.ndarray:
     """Per query row, the summed weights exp(sim / T) of its neighbours of each class: (n, C)."""
     weights = np.exp(sims / temperature)
     scores = np.zeros((sims.shape[0], n_classes), dtype=weights.dtype)
@@ -90,7 +90,7 @@ def weighted_vote(sims: np.ndarray, labels: np.ndarray, n_classes: int, temperat
     return scores
 
 
-def load_index(path: str | Path) -> dict[str, np.ndarray]:
+def load_labelled_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     """A k-NN index: an .npz written by `dino-mlops infer <labelled folder> --output index.npz`."""
     path = Path(path)
     try:

@@ -18,17 +18,17 @@ from typing import Any
 from dino_model.errors import ServingError
 from dino_model.export.lineage import LineageRecord
 from dino_model.serving.admin_key import admin_headers_for
-from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.client import LOAD_TIMEOUT_S, EmbeddingClient
 from dino_model.serving.rollout import deploy, ready_versions
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
-from dino_model.triton.config import RepositoryOptions, check_model_name
+from dino_model.triton.config import DEFAULT_MODEL_NAME, RepositoryOptions, check_model_name
 from dino_model.triton.repository import served_contract, write_model_repository
 
 logger = logging.getLogger(__name__)
 
 
-def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
-            flavour: str = "gpu", load_timeout_s: float = 600.0, record: LineageRecord | None = None,
+def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
+            flavour: str = "gpu", load_timeout_s: float = LOAD_TIMEOUT_S, record: LineageRecord | None = None,
             gateway: str | None = None, replicas: Sequence[str] = (), headers: dict[str, str] | None = None,
             smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
             lineage: dict[str, str] | None = None) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from dino_model.serving.admin_key import (
     check_key_strength,
     write_admin_key,
 )
+from dino_model.serving.client import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,8 @@ def _check_no_restriction_flags(extra_args: Sequence[str]) -> None:
 class TritonServer:
     """One tritonserver process serving `repository`; `start()` returns once it is ready."""
 
-    def __init__(self, repository: str | Path, *, http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int = 8002, address: str = "127.0.0.1", models: Sequence[str] = ("*",),
+    def __init__(self, repository: str | Path, *, http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT,
+                 metrics_port: int = METRICS_PORT, address: str = "127.0.0.1", models: Sequence[str] = ("*",),
                  binary: str | Path | None = None, startup_timeout_s: float = 120.0,
                  extra_args: Sequence[str] = (), admin_key: str | None = None, log_to_stderr: bool = False) -> None:
         """`admin_key` opens the restricted APIs; None generates one per start, written to admin_key_path().

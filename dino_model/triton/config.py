@@ -60,10 +60,13 @@ def _shown(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+DEFAULT_MODEL_NAME = "dino"  # the model's folder in a repository, and the name Triton serves it under
+
+
 @dataclass
 class RepositoryOptions:
     flavour: str = "gpu"  # gpu | cpu
-    model_name: str = "dino"
+    model_name: str = DEFAULT_MODEL_NAME
     max_batch_size: int = 64
     dynamic_batching: bool = True
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])

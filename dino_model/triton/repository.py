@@ -15,7 +15,6 @@ present: the `cpu` flavour's backend exports the embedding drift statistic from 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -36,6 +35,7 @@ from dino_model.export.lineage import (
 )
 from dino_model.export.onnx import read_contract
 from dino_model.monitoring.drift import drift_path
+from dino_model.runtime import atomic
 from dino_model.triton.config import (
     RepositoryOptions,
     build_model_config,
@@ -92,12 +92,7 @@ def write_config(model_dir: str | Path, config: dict[str, Any]) -> Path:
     """Write config.pbtxt atomically (validated against Triton's schema first)."""
     path = Path(model_dir) / CONFIG_FILE
     text = config_to_text(config)
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    Path(tmp).chmod(0o644)
-    Path(tmp).replace(path)
-    return path
+    return atomic.write_text(path, text, mode=0o644)
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:

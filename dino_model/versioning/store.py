@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dino_model.errors import DataError
 from dino_model.versioning.remotes import get_remote
-from dino_model.versioning.switch import pause_point
+from dino_model.versioning.switch import PAUSE
 from dino_model.versioning.versions import DataVersion
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def fetch(repo: Repo, version: DataVersion, *, remote: str | None = None, subdir
             the workspace has not been touched.
     """
     tree = load_tree(repo, version, remote=remote)
-    pause_point("listing-fetched")
+    PAUSE.at("listing-fetched")
     missing = missing_objects(repo, tree, subdirs=subdirs)
     if not missing:
         return tree
