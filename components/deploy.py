@@ -1,7 +1,7 @@
 """Release components: the quality gate, ONNX export, and deployment to Triton with rollback."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
 from components._image import IMAGE
 
@@ -38,12 +38,13 @@ def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, trit
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def export_onnx(model: Input[Model], data: Input[Dataset], train_subdir: str, knn_report: Input[Artifact],
+def export_onnx(model: Input[Model], data_ref: str, train_subdir: str, knn_report: Input[Artifact],
                 linear_report: Input[Artifact], onnx: Output[Model], parity: Output[Metrics]) -> None:
     """Teacher backbone -> one self-contained .onnx with the preprocessing contract; PyTorch parity checked.
 
     The evaluation reports become the model's lineage metrics (read by the quality gate of later runs);
-    a sample of the training images becomes the drift reference served beside the model.
+    a sample of the training images (materialised by reference, `data_ref`) becomes the drift reference
+    served beside the model.
     The file's sha256, lineage and their signature (made with the private key of the Secret
     lineage-signing-key, $DINO_LINEAGE_SIGNING_KEY) go into the artifact's metadata, which KFP keeps in
     its metadata store, away from the bucket holding the file: deploy_to_triton checks the file and the
@@ -54,10 +55,11 @@ def export_onnx(model: Input[Model], data: Input[Dataset], train_subdir: str, kn
     from dino_model.export.export_run import ExportOptions, export_checkpoint
     from dino_model.export.lineage import LineageRecord
     from dino_model.export.signing import Signature
+    from dino_model.versioning.mirror import local_folders
 
     Path(onnx.path).mkdir(parents=True, exist_ok=True)
     options = ExportOptions(metrics_reports=[knn_report.path, linear_report.path],
-                            drift_images=f"{data.path}/{train_subdir}")
+                            drift_images=f"{local_folders(data_ref, train_subdir)}/{train_subdir}")
     report = export_checkpoint(f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx", options)
     fp32 = report["details"]["files"]["fp32"]
     record = LineageRecord(sha256=fp32["sha256"], lineage=report["details"]["lineage"],

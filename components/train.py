@@ -5,32 +5,38 @@ checkpoint comes back as the same model folder (checkpoint.pth, config.yaml, met
 from typing import List, NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Metrics, Model, Output
 
 from components._image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def pretrain(data: Input[Dataset], data_md5: str, data_rev: str, config: str, config_yaml: str,
-             overrides: List[str], train_subdir: str, gpus: int, pushgateway: str, run_id: str,
-             model: Output[Model], metrics: Output[Metrics]) -> None:
-    """Train on `data`/`train_subdir` with the packaged `config` (or `config_yaml`) and `overrides`.
+def pretrain(data_ref: str, config: str, config_yaml: str, overrides: List[str], train_subdir: str, gpus: int,
+             pushgateway: str, model: Output[Model], metrics: Output[Metrics]) -> None:
+    """Train on `train_subdir` of the data version `data_ref` (the data step's reference) with the packaged
+    `config` (or `config_yaml`) and `overrides`.
 
-    `gpus` processes run under torchrun (one per GPU; 0 or 1 trains in this process). Training
-    metrics go to the Pushgateway at `pushgateway` under the label run=`run_id`.
+    The images come from the DVC remote: streamed when `train_subdir` holds tar shards (each process
+    reads its own), else materialised once into the data cache. `gpus` processes run under torchrun
+    (0 or 1 trains in this process). Epoch metrics go live to the Pushgateway `pushgateway` labelled
+    with this training's own id (a cached step takes no run id); the run's push step relabels the result.
     """
     import os
 
     from dino_model.config import pipeline_config
+    from dino_model.runtime.digests import work_id
     from dino_model.train.worker import launch_training
+    from dino_model.versioning.mirror import training_root
+    from dino_model.versioning.reference import DataReference
 
-    os.environ.update({"DINO_PUSHGATEWAY": pushgateway, "DINO_RUN_ID": run_id})  # torchrun workers inherit
-    step = [f"data.root={data.path}/{train_subdir}", f"train.output_dir={model.path}", f"data.version={data_md5}",
-            f"data.revision={data_rev}"]
+    ref = DataReference.from_json(data_ref)
+    label = work_id("pretrain", data_ref, config, config_yaml, *overrides)
+    os.environ.update({"DINO_PUSHGATEWAY": pushgateway, "DINO_RUN_ID": label})  # torchrun workers inherit
+    step = [f"data.root={training_root(data_ref, train_subdir)}", f"train.output_dir={model.path}",
+            f"data.version={ref.md5}", f"data.revision={ref.git_rev}"]
     cfg = pipeline_config(config, config_yaml, [*overrides, *step])
     result = launch_training(cfg, nproc=max(gpus, 1))
-    model.metadata.update({"data_version": data_md5, "data_revision": data_rev, "checkpoint": result["checkpoint"],
-                           "arch": cfg.model.arch})
+    model.metadata.update({**ref.lineage(), "checkpoint": result["checkpoint"], "arch": cfg.model.arch})
     for name, value in result["final_metrics"].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(name, value)
@@ -47,7 +53,7 @@ def gpu_placement(gpus: int) -> NamedTuple("Placement", [("node_selector", dict)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def pretrain_on_cluster(run_id: str, model: Output[Model], metrics: Output[Metrics],
+def pretrain_on_cluster(model: Output[Model], metrics: Output[Metrics], run_id: str = "",
                         operator: str = "trainer-v2", config: str = "", config_yaml: str = "",
                         overrides: List[str] = [],  # noqa: B006 - KFP reads the default from the signature
                         data_md5: str = "", data_rev: str = "", overlay: str = "prod-gpu", template_yaml: str = "",
@@ -56,6 +62,10 @@ def pretrain_on_cluster(run_id: str, model: Output[Model], metrics: Output[Metri
                         image: str = "", pushgateway: str = "", timeout_hours: float = 168.0,
                         runs_mount: str = "/runs") -> None:
     """Train on `nodes` nodes as the job `dino-pretrain-<run_id>`, wait, and copy its checkpoint into `model`.
+
+    Without a `run_id` the job is named after what defines the training (data md5, config, overrides,
+    operator, nodes), as the one-node step labels its metrics: the step then caches, and a retried or
+    repeated step adopts the job of the same training instead of training again.
 
     `operator`: trainer-v2 (a TrainJob on the TrainingRuntime of k8s/jobs/trainjob, or `runtime_yaml`
     rendered) or training-operator-v1 (a PyTorchJob). Both are built from k8s/jobs/pretrain as `overlay`
@@ -67,8 +77,11 @@ def pretrain_on_cluster(run_id: str, model: Output[Model], metrics: Output[Metri
     """
     from dino_model.config import pipeline_config
     from dino_model.logs import read_jsonl
+    from dino_model.runtime.digests import work_id
     from dino_model.train import cluster
 
+    run_id = run_id or work_id("pretrain", data_md5, config, config_yaml, *overrides, operator, str(nodes),
+                               str(nproc_per_node))
     options = cluster.JobOptions(
         name=cluster.job_name(run_id), nodes=nodes, nproc_per_node=max(nproc_per_node, 1),
         gpus=gpus and nproc_per_node > 0, image=image or None, namespace=namespace or None,

@@ -29,14 +29,16 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
               min_knn_top1: float = 30.0, require_not_worse: bool = True, linear_epochs: int = 100,
               grpc_port: int = GRPC_PORT, http_port: int = HTTP_PORT, metrics_port: int = METRICS_PORT,
               output_dir: str | Path | None = None, pushgateway: str = "", containers: bool = False,
-              data_repo: str | None = None, dvc_remote: str = "", data_version: str = "",
+              data_repo: str | None = None, dvc_remote: str = "", data_version: str = "", dvc_endpoint_url: str = "",
               train_subdir: str = "digits/train", val_subdir: str = "digits/val") -> dict[str, Any]:
     """Run the whole pipeline locally; returns where each artifact is, the scores and the endpoint.
 
     Without `data_repo` the data step clones `repo_root` by its path (a git URL like any other) after
     making sure its default data version is recorded and pushed, and pulls it from the local DVC
-    remote, exactly as a pod clones the data repository on a cluster. With `containers`, every step
-    runs in the project image (pipelines/containers.py) instead of this process's environment.
+    remote, exactly as a pod clones the data repository on a cluster. An s3:// `dvc_remote` is read at
+    `dvc_endpoint_url` with the AWS_* credentials of this environment, which reach every step (the
+    containers too) as the cluster's Secret reaches its pods. With `containers`, every step runs in the
+    project image (pipelines/containers.py) instead of this process's environment.
     """
     from kfp import local
 
@@ -65,7 +67,8 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
     started = time.time()
     try:
         dino_training_pipeline(
-            data_repo=data_repo, data_version=data_version, dvc_remote=dvc_remote, config=config_name,
+            data_repo=data_repo, data_version=data_version, dvc_remote=dvc_remote,
+            dvc_endpoint_url=dvc_endpoint_url, config=config_name,
             config_yaml=config_yaml, overrides=list(overrides or []), train_subdir=train_subdir,
             val_subdir=val_subdir, gpus=0, linear_epochs=linear_epochs, linear_lr=1.0, min_knn_top1=min_knn_top1,
             require_not_worse=require_not_worse, triton_url=server.grpc_url, triton_repository=server.repository,
@@ -86,8 +89,20 @@ def _container_runner(server, pipeline_root: Path, data_repo: str, dvc_remote: s
     local_paths = [Path(p.removeprefix("file://")) for p in (data_repo, dvc_remote)
                    if p and (p.startswith("file://") or "://" not in p)]
     key = find_admin_key(server.repository)
+    env = remote_credentials() | ({ADMIN_KEY_ENV: key} if key else {})
     return docker_runner(read_only=local_paths, writable=[Path(server.repository)], owned=[pipeline_root],
-                         environment={ADMIN_KEY_ENV: key} if key else {})
+                         environment=env)
+
+
+def remote_credentials() -> dict[str, str]:
+    """The DVC remote's S3 credentials from this environment, as the `dvc-remote-credentials` Secret sets
+    them in a pod (pipelines/resources.py), plus the region."""
+    import os
+
+    from dino_model.versioning.remotes import CREDENTIAL_ENV
+
+    names = [*CREDENTIAL_ENV.values(), "AWS_DEFAULT_REGION"]
+    return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
 def local_remote(repo_root: Path) -> Path:

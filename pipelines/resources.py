@@ -1,8 +1,17 @@
-"""Cluster resources for pipeline tasks: GPUs, tolerations, node selection, shared memory, secrets.
+"""Cluster resources for pipeline tasks: GPUs, tolerations, node selection, shared memory, secrets, disk.
 
 GPU requests are core KFP (`set_accelerator_type/limit`); tolerations, node selectors, volumes and
 secrets come from kfp-kubernetes. kfp.local ignores all of these, so tests check the compiled IR.
+
+Disk: KFP's IR (2.17) has no ephemeral-storage request. Every step gets a size-limited emptyDir at
+/scratch (its temporary files; the kubelet evicts a pod past the limit); a step that reads the data
+gets a generic ephemeral volume at /data-scratch instead, a claim of `DATA_SCRATCH_SIZE` that the
+scheduler provisions before the pod starts, where the step materialises the data version
+(dino_model/versioning/mirror.py). With DINO_DATA_CACHE_CLAIM set when compiling, those steps also
+mount that ReadWriteMany claim at /data-cache, filled once per data md5 and shared by every step and run.
 """
+
+import os
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
@@ -21,6 +30,7 @@ def request_gpus(task: PipelineTask, gpus, placement: PipelineTask) -> PipelineT
     kubernetes.add_node_selector_json(task, placement.outputs["node_selector"])
     kubernetes.add_toleration_json(task, placement.outputs["tolerations"])
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH_MOUNT, size_limit="20Gi")
     return task
 
 
@@ -33,9 +43,36 @@ def use_runs_claim(task: PipelineTask) -> PipelineTask:
     return task
 
 
-def request_resources(task: PipelineTask, *, cpu: str, memory: str) -> PipelineTask:
+def request_resources(task: PipelineTask, *, cpu: str, memory: str, scratch: str = "2Gi") -> PipelineTask:
+    """CPU and memory requests (memory limited too) and a `scratch`-sized emptyDir at /scratch."""
     task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+    kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH_MOUNT, size_limit=scratch)
     return task
+
+
+SCRATCH_MOUNT = "/scratch"
+DATA_SCRATCH_MOUNT = "/data-scratch"  # dino_model.versioning.mirror.SCRATCH_DIR
+DATA_CACHE_MOUNT = "/data-cache"  # dino_model.versioning.mirror.SHARED_CACHE_DIR
+DATA_SCRATCH_SIZE = os.environ.get("DINO_DATA_SCRATCH_SIZE", "200Gi")  # an ImageNet-1k train/ is about 140 GB
+DATA_CACHE_CLAIM = os.environ.get("DINO_DATA_CACHE_CLAIM", "")
+
+
+def read_data(task: PipelineTask) -> PipelineTask:
+    """What a step that materialises the data version needs: the remote's credentials, a sized volume
+    to put the data on, and the shared cache claim when one was named at compile time."""
+    use_dvc_credentials(task)
+    kubernetes.add_ephemeral_volume(task, volume_name="data-scratch", mount_path=DATA_SCRATCH_MOUNT,
+                                    access_modes=["ReadWriteOnce"], size=DATA_SCRATCH_SIZE)
+    if DATA_CACHE_CLAIM:
+        kubernetes.mount_pvc(task, pvc_name=DATA_CACHE_CLAIM, mount_path=DATA_CACHE_MOUNT)
+    return task
+
+
+def retry_transient(task: PipelineTask, *, retries: int = 3, backoff: str = "30s") -> PipelineTask:
+    """Retry a step whose failures are usually passing (a git server, an object store, Triton, the
+    Pushgateway): `retries` times, waiting `backoff`, then twice as long each time, for at most an hour."""
+    return task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=2.0,
+                          backoff_max_duration="3600s")
 
 
 def use_dvc_credentials(task: PipelineTask) -> PipelineTask:

@@ -10,6 +10,7 @@ the KFP UI shows beside each field.
 from typing import List
 
 from kfp import dsl
+from kfp.dsl import PipelineTask
 
 from components._image import IMAGE
 from components.data import resolve_data_version
@@ -22,10 +23,13 @@ from components.evaluate import (
     eval_linear,
     eval_retrieval,
 )
+from components.report import push_run_metrics, report_run_status
 from components.train import gpu_placement, pretrain, pretrain_on_cluster
 from pipelines.resources import (
+    read_data,
     request_gpus,
     request_resources,
+    retry_transient,
     use_data_repo_credentials,
     use_dvc_credentials,
     use_lineage_public_keys,
@@ -34,10 +38,26 @@ from pipelines.resources import (
     use_triton_repository,
 )
 
-RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # only for steps that never cache (tests/pipelines/test_cache_ir.py)
+PIPELINE_NAME = "dino-training"
 
 
-@dsl.pipeline(name="dino-training",
+def _never_cached(task: PipelineTask, name: str) -> PipelineTask:
+    return task.set_caching_options(enable_caching=False).set_display_name(name)
+
+
+def _reporting(task: PipelineTask, name: str) -> PipelineTask:
+    """A step that reports the run (run id in, nothing reused): never cached, retried, small."""
+    return retry_transient(request_resources(_never_cached(task, name), cpu="100m", memory="256Mi", scratch="64Mi"))
+
+
+def _push(task: PipelineTask, kind: str, pushgateway) -> PipelineTask:
+    """The uncached step that pushes `task`'s Metrics labelled with this run (`task` itself may be reused)."""
+    push = push_run_metrics(metrics=task.outputs["metrics"], kind=kind, pushgateway=pushgateway, run_id=RUN_ID)
+    return _reporting(push, f"push {kind} metrics")
+
+
+@dsl.pipeline(name=PIPELINE_NAME,
               description="DVC data -> DINO pretraining -> k-NN / linear eval -> quality gate -> ONNX -> Triton")
 def dino_training_pipeline(
     data_repo: str = "",
@@ -106,58 +126,75 @@ def dino_training_pipeline(
         pushgateway: Prometheus Pushgateway (host:port) for training, evaluation and deployment
             metrics, labelled with the run id; empty disables pushing.
     """
-    data = resolve_data_version(data_repo=data_repo, version=data_version, dvc_remote=dvc_remote,
-                                dvc_endpoint_url=dvc_endpoint_url, pushgateway=pushgateway)
-    data.set_caching_options(enable_caching=False)  # a new DVC version must never reuse stale outputs
-    data.set_display_name("resolve data version")
-    use_dvc_credentials(data)
-    use_data_repo_credentials(data)
-    dataset, md5, rev = data.outputs["dataset"], data.outputs["md5"], data.outputs["git_rev"]
+    status = report_run_status(pipeline=PIPELINE_NAME, run_id=RUN_ID, pushgateway=pushgateway)
+    _reporting(status, "record run status")
+    with dsl.ExitHandler(status, name="training-run"):
+        data = resolve_data_version(data_repo=data_repo, version=data_version, dvc_remote=dvc_remote,
+                                    dvc_endpoint_url=dvc_endpoint_url, pushgateway=pushgateway)
+        _never_cached(data, "resolve data version")  # a new DVC version must be seen by every run
+        retry_transient(request_resources(data, cpu="1", memory="2Gi", scratch="10Gi"))
+        use_dvc_credentials(data)
+        use_data_repo_credentials(data)
+        ref = data.outputs["reference"]  # a string: its value, not a new artifact, enters the cache keys
 
-    # Pretraining: one node in this step, or (nodes > 1) one distributed job launched on the cluster
-    with dsl.If(nodes > 1, name="multi-node"):
-        distributed = pretrain_on_cluster(
-            run_id=RUN_ID, operator=training_operator, config=config, config_yaml=config_yaml, overrides=overrides,
-            data_md5=md5, data_rev=rev, data_root=cluster_data_root, nodes=nodes, nproc_per_node=gpus, gpus=True,
-            image=IMAGE, pushgateway=pushgateway).set_display_name("pretrain on the cluster")
-        use_runs_claim(request_resources(distributed, cpu="1", memory="4Gi"))
-    with dsl.Else(name="one-node"):
-        placement = gpu_placement(gpus=gpus).set_display_name("GPU placement")
-        train = pretrain(data=dataset, data_md5=md5, data_rev=rev, config=config, config_yaml=config_yaml,
-                         overrides=overrides, train_subdir=train_subdir, gpus=gpus, pushgateway=pushgateway,
-                         run_id=RUN_ID)
-        request_gpus(train, gpus, placement)
-    model = dsl.OneOf(distributed.outputs["model"], train.outputs["model"])
+        # Pretraining: one node in this step, or (nodes > 1) one distributed job launched on the cluster
+        with dsl.If(nodes > 1, name="multi-node"):
+            distributed = pretrain_on_cluster(
+                operator=training_operator, config=config, config_yaml=config_yaml, overrides=overrides,
+                data_md5=data.outputs["md5"], data_rev=data.outputs["git_rev"], data_root=cluster_data_root,
+                nodes=nodes, nproc_per_node=gpus, gpus=True, image=IMAGE, pushgateway=pushgateway)
+            distributed.set_display_name("DINO pretraining on the cluster")
+            use_runs_claim(request_resources(distributed, cpu="1", memory="4Gi"))
+            _push(distributed, "train", pushgateway)
+        with dsl.Else(name="one-node"):
+            placement = gpu_placement(gpus=gpus).set_display_name("GPU placement")
+            request_resources(placement, cpu="100m", memory="256Mi", scratch="64Mi")
+            train = pretrain(data_ref=ref, config=config, config_yaml=config_yaml, overrides=overrides,
+                             train_subdir=train_subdir, gpus=gpus, pushgateway=pushgateway)
+            read_data(request_gpus(train.set_display_name("DINO pretraining"), gpus, placement))
+            _push(train, "train", pushgateway)
+        model = dsl.OneOf(distributed.outputs["model"], train.outputs["model"])
 
-    scored = dict(model=model, data=dataset, train_subdir=train_subdir, val_subdir=val_subdir, config=config,
-                  config_yaml=config_yaml, overrides=overrides, pushgateway=pushgateway, run_id=RUN_ID)
-    knn = eval_knn(**scored)
-    linear = eval_linear(**scored, epochs=linear_epochs, lr=linear_lr)
-    attention_maps(model=model, data=dataset, image_subdir=val_subdir, n_images=4)
-    for task in (knn, linear):
-        request_resources(task, cpu="4", memory="16Gi")
-    with dsl.If(davis_root != "", name="davis-set-given"):
-        davis = eval_davis(model=model, davis_root=davis_root, short_side=davis_short_side, max_frames=0,
-                           pushgateway=pushgateway, run_id=RUN_ID)
-        request_resources(davis, cpu="8", memory="32Gi")
-    with dsl.If(search_evals == True, name="search-evals-asked"):  # noqa: E712 - a KFP condition, not Python
-        searched = {k: v for k, v in scored.items() if k not in ("train_subdir", "val_subdir")}
-        retrieval = eval_retrieval(**searched, val_subdir=val_subdir)
-        copies = eval_copydetection(**searched, image_subdir=val_subdir, originals=100)
-        for task in (retrieval, copies):
-            request_resources(task, cpu="4", memory="16Gi")
+        scored = dict(model=model, data_ref=ref, train_subdir=train_subdir, val_subdir=val_subdir, config=config,
+                      config_yaml=config_yaml, overrides=overrides)
+        knn = eval_knn(**scored).set_display_name("k-NN evaluation")
+        linear = eval_linear(**scored, epochs=linear_epochs, lr=linear_lr).set_display_name("linear probe")
+        maps = attention_maps(model=model, data_ref=ref, image_subdir=val_subdir, n_images=4)
+        maps.set_display_name("attention maps")
+        for task, kind in ((knn, "knn"), (linear, "linear")):
+            read_data(request_resources(task, cpu="4", memory="16Gi"))
+            _push(task, kind, pushgateway)
+        read_data(request_resources(maps, cpu="2", memory="4Gi"))
+        with dsl.If(davis_root != "", name="davis-set-given"):
+            davis = eval_davis(model=model, davis_root=davis_root, short_side=davis_short_side, max_frames=0)
+            request_resources(davis.set_display_name("DAVIS video segmentation"), cpu="8", memory="32Gi")
+            _push(davis, "davis", pushgateway)
+        with dsl.If(search_evals == True, name="search-evals-asked"):  # noqa: E712 - a KFP condition, not Python
+            searched = {k: v for k, v in scored.items() if k not in ("train_subdir", "val_subdir")}
+            retrieval = eval_retrieval(**searched, val_subdir=val_subdir).set_display_name("image retrieval")
+            copies = eval_copydetection(**searched, image_subdir=val_subdir, originals=100)
+            copies.set_display_name("copy detection")
+            for task, kind in ((retrieval, "retrieval"), (copies, "copydetection")):
+                read_data(request_resources(task, cpu="4", memory="16Gi"))
+                _push(task, kind, pushgateway)
 
-    gate = quality_gate(knn_top1=knn.outputs["Output"], min_top1=min_knn_top1, require_not_worse=require_not_worse,
-                        triton_url=triton_url, model_name=model_name, triton_repository=triton_repository)
-    gate.set_caching_options(enable_caching=False)  # the serving model changes between runs
-    use_lineage_public_keys(gate)
-    use_triton_repository(gate)  # to finish a deploy that was killed before reading the serving model's score
-    with dsl.If(gate.output == "deploy", name="quality-gate-passed"):
-        onnx = export_onnx(model=model, data=dataset, train_subdir=train_subdir, knn_report=knn.outputs["report_json"],
-                           linear_report=linear.outputs["report_json"])
-        use_lineage_signing_key(onnx)
-        deploy = deploy_to_triton(onnx=onnx.outputs["onnx"], repository=triton_repository, triton_url=triton_url,
-                                  model_name=model_name, flavour=triton_flavour, pushgateway=pushgateway)
-        deploy.set_caching_options(enable_caching=False)
-        use_triton_repository(deploy)
-        use_lineage_public_keys(deploy)
+        gate = quality_gate(knn_top1=knn.outputs["Output"], min_top1=min_knn_top1,
+                            require_not_worse=require_not_worse, triton_url=triton_url, model_name=model_name,
+                            triton_repository=triton_repository)
+        _never_cached(gate, "quality gate")  # the serving model changes between runs
+        retry_transient(request_resources(gate, cpu="500m", memory="1Gi"), retries=2)
+        use_lineage_public_keys(gate)
+        use_triton_repository(gate)  # to finish a deploy that was killed before reading the serving model's score
+        with dsl.If(gate.output == "deploy", name="quality-gate-passed"):
+            onnx = export_onnx(model=model, data_ref=ref, train_subdir=train_subdir,
+                               knn_report=knn.outputs["report_json"], linear_report=linear.outputs["report_json"])
+            read_data(request_resources(onnx.set_display_name("export ONNX"), cpu="2", memory="8Gi"))
+            use_lineage_signing_key(onnx)
+            deploy = deploy_to_triton(onnx=onnx.outputs["onnx"], repository=triton_repository,
+                                      triton_url=triton_url, model_name=model_name, flavour=triton_flavour,
+                                      pushgateway=pushgateway)
+            _never_cached(deploy, "deploy to Triton")
+            retry_transient(request_resources(deploy, cpu="500m", memory="2Gi", scratch="20Gi"))
+            use_triton_repository(deploy)
+            use_lineage_public_keys(deploy)
+

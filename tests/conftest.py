@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # fixtures several folders share (tests/fixtures/, importable through pyproject's pytest pythonpath);
 # pytest reads pytest_plugins from the root conftest only
-pytest_plugins = ["fixtures.export", "fixtures.versioning", "fixtures.triton", "fixtures.kfp_api"]
+pytest_plugins = ["fixtures.export", "fixtures.versioning", "fixtures.triton", "fixtures.kfp_api", "fixtures.s3"]
 
 
 def shared_datasets_dir() -> Path:

@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-repo", default=None,
                    help="git URL of a data repository to train on (default: this checkout's digits version)")
     p.add_argument("--dvc-remote", default="", help="DVC remote of --data-repo (default: its own default remote)")
+    p.add_argument("--dvc-endpoint-url", default="",
+                   help="S3-compatible endpoint of an s3:// --dvc-remote (credentials: AWS_* in the environment)")
     p.add_argument("--data-version", default="", help="git revision or md5 in --data-repo (default: its head)")
     p.add_argument("--verbose", action="store_true",
                    help="show every task's full output here (default: stages, epochs, scores and errors; "
@@ -115,7 +117,8 @@ def run_local_cmd(args: argparse.Namespace) -> int:
                            min_knn_top1=args.min_knn_top1, require_not_worse=not args.allow_worse,
                            grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
                            output_dir=args.output_dir, pushgateway=args.pushgateway, containers=args.containers,
-                           data_repo=args.data_repo, dvc_remote=args.dvc_remote, data_version=args.data_version)
+                           data_repo=args.data_repo, dvc_remote=args.dvc_remote, data_version=args.data_version,
+                           dvc_endpoint_url=args.dvc_endpoint_url)
     print_result(result if args.verbose else {**result, "log": str(log)})
     return 0
 

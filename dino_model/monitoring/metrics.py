@@ -213,3 +213,16 @@ def push_registry(registry: CollectorRegistry, *, gateway: str | None, job: str,
         return False
     logger.debug("pushed %s metrics to %s", job, address)
     return True
+
+
+def push_step_metrics(kind: str, metrics: Mapping[str, Any], *, gateway: str | None, run: str) -> bool:
+    """Push a finished step's Metrics (its artifact's name -> value) labelled with the KFP `run`.
+
+    `kind` "train" pushes training metrics (job dino-train), any other kind the evaluation of that name
+    (job dino-eval). The steps that computed them may be cached and reused by later runs, so the run
+    label is set here, by a step that never caches.
+    """
+    values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if kind == "train":
+        return push_training_metrics(values, gateway=gateway, labels={"run": run})
+    return push_eval_metrics(kind, values, gateway=gateway, labels={"run": run})

@@ -17,3 +17,12 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def work_id(prefix: str, *parts: str) -> str:
+    """`prefix-<12 hex digits>` naming a piece of work by what defines it (the same parts, the same id).
+
+    A cached pipeline step labels what it pushes with it instead of a run id, which would change its cache key.
+    """
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:12]
+    return f"{prefix}-{digest}"

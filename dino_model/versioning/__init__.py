@@ -15,7 +15,9 @@ Which module holds which `dino-mlops data` command (dino_model/cli/data.py):
 
 There is no separate `data add` or `data push`: `data snapshot` adds and pushes in one transaction.
 `data materialize` writes a packaged data set and is not versioning (dino_model.data.materialize).
-clone.py (a data version from a git URL, for pipeline steps) backs no `data` command.
+clone.py (a data version from a git URL, for pipeline steps), reference.py (a version by reference: what
+the data step hands on) and mirror.py (a referenced version materialised from the remote by md5) back
+no `data` command.
 """
 
 from dino_model.versioning.changes import DataDiff, diff, status

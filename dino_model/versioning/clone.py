@@ -18,6 +18,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dino_model.errors import DataError
 from dino_model.runtime import git
@@ -25,6 +26,9 @@ from dino_model.runtime.git import CLONE_TIMEOUT_S, GitError, git_environment, p
 from dino_model.versioning.remotes import add_remote
 from dino_model.versioning.sync import checkout_version
 from dino_model.versioning.versions import DataVersion
+
+if TYPE_CHECKING:
+    from dino_model.versioning.reference import DataReference
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +102,49 @@ def tracked_rev(root: Path, rev: str) -> str:
     """In a fresh clone only the default branch is local: branch NAME is refs/remotes/origin/NAME."""
     ref = f"refs/remotes/origin/{rev}"
     return ref if git.succeeds(["show-ref", "--verify", "--quiet", ref], cwd=root) else rev
+
+
+def resolve_data_reference(url: str, version: str, workdir: str | Path, *, remote_url: str = "",
+                           endpoint_url: str | None = None) -> DataReference:
+    """The reference of `version` of the data repository at `url`, checked against its remote; no data is read.
+
+    Clones the repository (git only), resolves `version` as fetch_data_version does, and reads the
+    version's file listing from the remote, so a missing remote or version fails here, in one line,
+    rather than in every step that would read it. `remote_url` defaults to the repository's own default
+    remote, which must then be reachable from every step (a URL, or a folder mounted at the same path).
+    """
+    from dino_model.versioning.mirror import listing_of
+    from dino_model.versioning.reference import portable_remote, reference_of
+    from dino_model.versioning.remotes import list_remotes
+    from dino_model.versioning.versions import resolve_version
+
+    root = clone(url, Path(workdir) / "repo")
+    remote, endpoint = remote_url, endpoint_url
+    if not remote:
+        default = next((r for r in list_remotes(root) if r.default), None)
+        if default is None:
+            raise DataError(f"data repository {public_url(url)} names no default DVC remote; set the pipeline's "
+                            "dvc_remote (s3://bucket/prefix or a mounted folder)")
+        remote, endpoint = default.url, default.endpoint_url
+        if "://" not in remote and Path(portable_remote(remote)).is_relative_to(root.resolve()):
+            raise DataError(f"the default DVC remote of {public_url(url)} is the folder {remote} inside the "
+                            "repository, which no other step can read; set the pipeline's dvc_remote")
+    resolved = resolve_version(root, version or None)
+    rev = _recording_commit(root, resolved.rev) if resolved.rev else ""
+    ref = reference_of(resolved.md5, remote_url=remote, endpoint_url=endpoint, git_rev=rev,
+                       repository=public_url(url), nfiles=resolved.nfiles, size=resolved.size)
+    nfiles = len(listing_of(ref, root=Path(workdir) / "cache"))
+    if ref.nfiles and nfiles != ref.nfiles:
+        raise DataError(f"data version {ref.md5} lists {nfiles} files on remote {ref.remote_url}, data.dvc at "
+                        f"{rev[:12]} says {ref.nfiles}; push the version again (`dino-mlops data snapshot`)")
+    logger.info("data version %s (%d files, %d bytes) at git revision %s on remote %s", ref.md5, nfiles, ref.size,
+                rev[:12] or "(none)", ref.remote_url)
+    return reference_of(ref.md5, remote_url=ref.remote_url, endpoint_url=ref.endpoint_url, git_rev=rev,
+                        repository=ref.repository, nfiles=nfiles, size=ref.size)
+
+
+def _recording_commit(root: Path, rev: str) -> str:
+    """The last commit at or before `rev` that changed data.dvc: the same for every later commit that does not."""
+    from dino_model.versioning.repo import DVC_FILE
+
+    return git.output(["log", "-1", "--format=%H", rev, "--", DVC_FILE], cwd=root).strip() or rev

@@ -17,6 +17,7 @@ the files it names.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +69,17 @@ def _origin(version: DataVersion) -> str:
     return "no commit's data.dvc records it, and it was never pushed"
 
 
-def missing_objects(repo: Repo, tree: Tree) -> set[str]:
-    """md5s of the tree's files (and the listing itself) absent from the local cache."""
+def missing_objects(repo: Repo, tree: Tree, *, subdirs: Sequence[str] = ()) -> set[str]:
+    """md5s of the tree's files (only those under the folders `subdirs`, such as `train` or `digits/val`, when
+    given) and the listing, absent from the local cache."""
     cache = repo.cache.local
-    wanted = {oid.value for _, _, oid in tree} | {tree.hash_info.value}
+    wanted = {oid.value for key, _, oid in tree if not subdirs or under(key, subdirs)} | {tree.hash_info.value}
     return {oid for oid in wanted if not cache.exists(oid)}
+
+
+def under(key: tuple[str, ...], folders: Sequence[str]) -> bool:
+    """Whether a listing entry (its path as a tuple) lies in one of `folders` (paths relative to data/)."""
+    return any(key[:len(parts)] == parts for parts in (tuple(f.strip("/").split("/")) for f in folders))
 
 
 def cache_workspace(repo: Repo, data_dir: Path) -> None:
@@ -89,8 +96,8 @@ def cache_workspace(repo: Repo, data_dir: Path) -> None:
     transfer(staging, cache, {tree.hash_info}, shallow=False, hardlink=False)
 
 
-def fetch(repo: Repo, version: DataVersion, *, remote: str | None = None) -> Tree:
-    """Make the local cache hold every object of `version`; returns its listing.
+def fetch(repo: Repo, version: DataVersion, *, remote: str | None = None, subdirs: Sequence[str] = ()) -> Tree:
+    """Make the local cache hold every object of `version` (or of its top-level `subdirs`); returns its listing.
 
     Raises:
         DataError: the remote is missing or unusable, lacks some objects, or the transfer failed;
@@ -98,7 +105,7 @@ def fetch(repo: Repo, version: DataVersion, *, remote: str | None = None) -> Tre
     """
     tree = load_tree(repo, version, remote=remote)
     PAUSE.at("listing-fetched")
-    missing = missing_objects(repo, tree)
+    missing = missing_objects(repo, tree, subdirs=subdirs)
     if not missing:
         return tree
     dvc_remote = get_remote(repo, remote, reading=True)
@@ -106,7 +113,7 @@ def fetch(repo: Repo, version: DataVersion, *, remote: str | None = None) -> Tre
                 version.short, dvc_remote.name)
     names = {oid.value: "/".join((version.path, *key)) for key, _, oid in tree}
     _transfer(repo, {_hash_info(oid) for oid in missing}, dvc_remote, version, names=names)
-    still = missing_objects(repo, tree)
+    still = missing_objects(repo, tree, subdirs=subdirs)
     if still:
         paths = sorted("/".join(key) for key, _, oid in tree if oid.value in still)
         raise DataError(

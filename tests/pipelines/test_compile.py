@@ -39,16 +39,70 @@ def test_every_pipeline_parameter_is_described_for_the_ui(ir):
     assert "repo_root" not in params and "data_repo" in params and "pushgateway" in params
 
 
-def test_caching_and_data_md5_flow(ir):
+def _tasks(spec: dict, dag: dict | None = None) -> dict[str, dict]:
+    """Every task of the pipeline, those in groups (exit handler, conditions) included, by name."""
+    found = {}
+    for name, task in (dag or spec["root"]["dag"])["tasks"].items():
+        found[name] = task
+        component = spec["components"][task["componentRef"]["name"]]
+        if "dag" in component:
+            found |= _tasks(spec, component["dag"])
+    return found
+
+
+def test_caching_and_the_data_reference_flow(ir):
     spec, _, _ = ir
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _tasks(spec)
     assert tasks["resolve-data-version"]["cachingOptions"] == {}  # enableCache absent = disabled
     assert tasks["quality-gate"]["cachingOptions"] == {}
     pretrain, branches = _nested(spec, "pretrain")  # in the one-node branch of `nodes`
     assert pretrain["cachingOptions"]["enableCache"] is True
-    md5_input = _source(pretrain, branches, "data_md5")
-    assert md5_input == {"outputParameterKey": "md5", "producerTask": "resolve-data-version"}
-    assert "pipeline_job_uuid" in str(pretrain["inputs"]["parameters"]["run_id"])
+    ref_input = _source(pretrain, branches, "data_ref")
+    assert ref_input == {"outputParameterKey": "reference", "producerTask": "resolve-data-version"}
+    assert "run_id" not in pretrain["inputs"]["parameters"] and "artifacts" not in pretrain["inputs"]
+    data_outputs = spec["components"]["comp-resolve-data-version"]["outputDefinitions"]
+    assert "artifacts" not in data_outputs and set(data_outputs["parameters"]) == {"md5", "git_rev", "reference"}
+
+
+def test_the_exit_handler_records_how_every_run_ends(ir):
+    spec, _, _ = ir
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "report-run-status"}
+    status = root["report-run-status"]
+    assert status["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert status["dependentTasks"] == ["exit-handler-1"] and "taskFinalStatus" in str(status["inputs"])
+    outputs = spec["components"]["comp-report-run-status"]["outputDefinitions"]["artifacts"]
+    assert outputs["summary"]["artifactType"]["schemaTitle"] == "system.Markdown"
+
+
+def test_transient_steps_retry_with_backoff_and_every_task_has_a_display_name(ir):
+    spec, _, _ = ir
+    tasks = {n: t for n, t in _tasks(spec).items() if not n.startswith(("condition-", "exit-handler-"))}
+    retried = {n for n, t in tasks.items() if t.get("retryPolicy", {}).get("maxRetryCount", 0) > 0}
+    assert {"resolve-data-version", "deploy-to-triton", "quality-gate", "report-run-status", "push-run-metrics"} \
+        <= retried
+    assert "pretrain" not in retried  # a failed training is not retried blindly
+    for name in retried:
+        policy = tasks[name]["retryPolicy"]
+        assert policy["backoffDuration"] == "30s" and policy["backoffFactor"] == 2.0, name
+    unnamed = [n for n, t in tasks.items() if t["taskInfo"]["name"] == n]
+    assert not unnamed, f"tasks without a display name: {unnamed}"
+
+
+def test_every_step_requests_cpu_memory_and_disk(ir):
+    spec, platform, _ = ir
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        resources = executor["container"].get("resources", {})
+        assert resources.get("cpuRequest") and resources.get("memoryRequest"), label
+        volumes = k8s.get(label, {})
+        disk = [m for m in volumes.get("emptyDirMounts", []) if m.get("sizeLimit")] + \
+            volumes.get("genericEphemeralVolume", [])
+        assert disk, f"{label} has no sized scratch volume"
+    for reader in ("exec-pretrain", "exec-eval-knn", "exec-eval-linear", "exec-attention-maps", "exec-export-onnx"):
+        (volume,) = k8s[reader]["genericEphemeralVolume"]
+        assert volume["mountPath"] == "/data-scratch" and volume["size"] == "200Gi"
+        assert {s["secretName"] for s in k8s[reader]["secretAsEnv"]} >= {"dvc-remote-credentials"}
 
 
 def _nested(spec: dict, name: str) -> tuple[dict, list[dict]]:
@@ -79,8 +133,7 @@ def _source(task: dict, chain: list[dict], parameter: str) -> dict:
 
 
 def _condition(spec: dict, needle: str) -> str:
-    (name,) = [n for n, t in spec["root"]["dag"]["tasks"].items()
-               if needle in t.get("triggerPolicy", {}).get("condition", "")]
+    (name,) = [n for n, t in _tasks(spec).items() if needle in t.get("triggerPolicy", {}).get("condition", "")]
     return name
 
 
@@ -93,16 +146,16 @@ def test_gate_guards_export_and_deploy(ir):
 def test_davis_runs_only_when_a_davis_set_is_given(ir):
     spec, _, _ = ir
     inner = spec["components"][f"comp-{_condition(spec, 'davis_root')}"]["dag"]["tasks"]
-    assert set(inner) == {"eval-davis"}
+    assert {n for n in inner if n.startswith("eval-")} == {"eval-davis"}
 
 
 def test_retrieval_and_copy_detection_run_only_when_asked_for(ir):
     spec, _, _ = ir
     assert spec["root"]["inputDefinitions"]["parameters"]["search_evals"]["defaultValue"] is False
     name = _condition(spec, "search_evals")
-    assert spec["root"]["dag"]["tasks"][name]["triggerPolicy"]["condition"].endswith("== true")
+    assert _tasks(spec)[name]["triggerPolicy"]["condition"].endswith("== true")
     inner = spec["components"][f"comp-{name}"]["dag"]["tasks"]
-    assert set(inner) == {"eval-retrieval", "eval-copydetection"}
+    assert {"eval-retrieval", "eval-copydetection"} == {n for n in inner if n.startswith("eval-")}
     for component in ("comp-eval-retrieval", "comp-eval-copydetection"):
         outputs = spec["components"][component]["outputDefinitions"]["artifacts"]
         assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"

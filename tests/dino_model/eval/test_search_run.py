@@ -173,16 +173,26 @@ class Artifact:
         self.logged[name] = value
 
 
-def test_pipeline_components_log_metrics_and_reports(random_checkpoint: Path, tmp_path: Path):
+def test_pipeline_components_log_metrics_and_reports(random_checkpoint: Path, tmp_path: Path, dvc_site_cache,
+                                                    monkeypatch):
+    """The components read their images by reference: a DVC version on a (local) remote, materialised by md5."""
     import shutil
 
     import components.evaluate as evaluate
+    from dino_model.versioning.mirror import LOCAL_CACHE_ENV
+    from dino_model.versioning.reference import reference_of
+    from dino_model.versioning.repo import init_repo
+    from dino_model.versioning.sync import snapshot
 
     (tmp_path / "model").mkdir()
     shutil.copy(random_checkpoint, tmp_path / "model" / "checkpoint.pth")
-    labelled_folder(tmp_path / "data" / "val", per_class=4)
-    common = dict(model=Artifact(tmp_path / "model"), data=Artifact(tmp_path / "data"), config="tiny", config_yaml="",
-                  overrides=[], pushgateway="", run_id="r1")
+    labelled_folder(tmp_path / "version" / "data" / "val", per_class=4)
+    init_repo(tmp_path / "version")  # no git: the version lives only on its remote
+    version = snapshot(tmp_path / "version")
+    ref = reference_of(version.md5, remote_url=str(tmp_path / "version" / ".dvc-remote"), nfiles=version.nfiles)
+    monkeypatch.setenv(LOCAL_CACHE_ENV, str(tmp_path / "cache"))
+    common = dict(model=Artifact(tmp_path / "model"), data_ref=ref.to_json(), config="tiny", config_yaml="",
+                  overrides=[])
     runs = {"retrieval": (evaluate.eval_retrieval, dict(val_subdir="val")),
             "copydetection": (evaluate.eval_copydetection, dict(image_subdir="val", originals=3))}
     for name, (component, extra) in runs.items():

@@ -14,7 +14,8 @@ from dino_model.monitoring.prometheus import rules_path, write_prometheus_config
 from dino_model.monitoring.promql import promtool
 
 HERE = Path(__file__).resolve().parent
-RULE_TESTS = [HERE / "rules_test.yml", HERE / "rules_data_version_test.yml", HERE / "rules_retrain_test.yml"]
+RULE_TESTS = [HERE / "rules_test.yml", HERE / "rules_data_version_test.yml", HERE / "rules_retrain_test.yml",
+              HERE / "rules_pipeline_test.yml"]
 
 
 def _rules() -> dict:
