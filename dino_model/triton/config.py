@@ -22,6 +22,7 @@ from typing import Any
 
 from dino_model.errors import ConfigError
 from dino_model.export.contract import INPUT_NAME, ModelContract
+from dino_model.runtime.cpus import default_instances, usable_cpus
 
 FLAVOURS = ("gpu", "cpu")
 CANDIDATE_SUFFIX = "_candidate"  # `dino-mlops deploy` tests a new file as the model `<name>_candidate`
@@ -68,14 +69,15 @@ class RepositoryOptions:
     dynamic_batching: bool = True
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
     max_queue_delay_us: int = 100
-    instance_count: int = 1
+    instance_count: int = 0  # 0: gpu 1; cpu one per usable CPU of this machine (runtime/cpus.py), at most 4
     instance_kind: str = ""  # gpu | cpu; default: the flavour's. gpu flavour + cpu = onnxruntime backend on CPUs
     keep_versions: int = 1  # version_policy latest { num_versions }
     warmup: bool = True
     tensorrt: bool = False  # gpu only: ORT's TensorRT execution provider
     tensorrt_precision: str = "FP16"
     tensorrt_cache_path: str = "/tmp/triton-trt-cache"  # mount a persistent volume here on the cluster
-    intra_op_threads: int = 0  # cpu only: onnxruntime threads per instance; 0 = onnxruntime's default
+    intra_op_threads: int = 0  # cpu only: onnxruntime threads per instance; 0: the serving machine's usable CPUs
+    #                            shared out among the instances, chosen by each instance when it loads
 
     def validate(self) -> None:
         check_model_name(self.model_name)
@@ -86,9 +88,9 @@ class RepositoryOptions:
         too_big = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if too_big:
             raise ConfigError(f"preferred batch sizes {too_big} must lie in 1..max_batch_size={self.max_batch_size}")
-        if self.keep_versions < 1 or self.instance_count < 1:
-            raise ConfigError(
-                f"keep_versions={self.keep_versions} and instance_count={self.instance_count} must be >= 1")
+        if self.keep_versions < 1 or self.instance_count < 0 or self.intra_op_threads < 0:
+            raise ConfigError(f"keep_versions={self.keep_versions} must be >= 1, instance_count={self.instance_count} "
+                              f"and intra_op_threads={self.intra_op_threads} >= 0 (0 chooses from the CPUs)")
         if self.instance_kind not in ("", "gpu", "cpu"):
             raise ConfigError(f"instance_kind={self.instance_kind!r} is not one of gpu, cpu")
         if self.flavour == "cpu" and self.instance_kind == "gpu":
@@ -97,6 +99,13 @@ class RepositoryOptions:
             raise ConfigError("the TensorRT accelerator needs the gpu flavour (onnxruntime backend) on a GPU")
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision={self.tensorrt_precision!r} is not one of FP16, FP32")
+
+    @property
+    def instances(self) -> int:
+        """instance_count, or its default: 1 on GPUs, one per usable CPU (at most 4) for the cpu flavour."""
+        if self.instance_count:
+            return self.instance_count
+        return default_instances(usable_cpus()) if self.flavour == "cpu" else 1
 
     @property
     def kind(self) -> str:
@@ -123,13 +132,13 @@ def build_model_config(contract: ModelContract, opts: RepositoryOptions) -> dict
             config["dynamic_batching"]["preferred_batch_size"] = sorted(opts.preferred_batch_sizes)
     if opts.flavour == "gpu":
         config["platform"] = "onnxruntime_onnx"
-        config["instance_group"] = [{"kind": opts.kind, "count": opts.instance_count}]
+        config["instance_group"] = [{"kind": opts.kind, "count": opts.instances}]
         if opts.tensorrt:
             accelerators = {"gpu_execution_accelerator": [_tensorrt(contract, opts)]}
             config["optimization"] = {"execution_accelerators": accelerators}
     else:
         config["backend"] = "python"
-        config["instance_group"] = [{"kind": opts.kind, "count": opts.instance_count}]
+        config["instance_group"] = [{"kind": opts.kind, "count": opts.instances}]
         config["parameters"]["intra_op_threads"] = {"string_value": str(opts.intra_op_threads)}
     if opts.warmup:
         sizes = [1] if opts.flavour == "cpu" else sorted({1, max(opts.preferred_batch_sizes, default=1)})
