@@ -13,6 +13,12 @@ that computes nothing: its batch-1 round trip is the floor the gRPC frontend and
 impose, whatever the model. The server's own statistics (queue, input, compute, output time per
 request) say where the rest goes.
 
+On a machine shared with other jobs, wall-clock throughput also measures how the kernel shares the
+cores out (a process with more runnable threads gets more of them), so every cell also records the
+CPU time spent: this process (callers, gRPC clients) plus, for Triton, every process of the server's
+session (tritonserver and its Python stubs). CPU seconds per image is the engines' cost, which
+contention barely moves; at saturation on an idle machine, throughput is the cores over that cost.
+
     .venv/bin/python benchmarks/serving.py                       # tiny test model, 32 px
     .venv/bin/python benchmarks/serving.py --model vit_small     # ViT-S/16 at 224 px (the paper's)
 """
@@ -22,7 +28,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -80,6 +88,17 @@ class Run:
     batch: int
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0  # CPU seconds spent by the caller and (Triton) the server over the run
+    server_cpu_s: float = 0.0  # the server's share of cpu_s
+
+    @property
+    def cores_busy(self) -> float:
+        return self.cpu_s / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        images = self.batch * len(self.latencies)
+        return self.cpu_s * 1e3 / images if images else float("nan")
 
     @property
     def images_per_s(self) -> float:
@@ -89,7 +108,26 @@ class Run:
         return float(np.percentile(self.latencies, 50)) * 1e3 if self.latencies else float("nan")
 
 
-def closed_loop(make_call: Callable[[], Callable[[], object]], *, batch: int, clients: int, seconds: float) -> Run:
+def cpu_seconds(session: int | None = None) -> float:
+    """User + system CPU seconds of this process, or of every process of a session (a server and its stubs)."""
+    if session is None:
+        times = os.times()
+        return times.user + times.system
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[3]) == session:  # fields after the name: state ppid pgrp session ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def closed_loop(make_call: Callable[[], Callable[[], object]], *, batch: int, clients: int, seconds: float,
+                server_session: int | None = None) -> Run:
     """`clients` threads, each calling its own `make_call()` back to back for `seconds` (after one warm call)."""
     run, lock, start_line = Run(batch), threading.Lock(), threading.Barrier(clients + 1)
     deadline = [0.0]
@@ -111,11 +149,15 @@ def closed_loop(make_call: Callable[[], Callable[[], object]], *, batch: int, cl
         t.start()
     deadline[0] = time.perf_counter() + 1e9
     start_line.wait()
+    server_before = cpu_seconds(server_session) if server_session else 0.0
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     deadline[0] = started + seconds
     for t in threads:
         t.join()
     run.seconds = time.perf_counter() - started
+    run.server_cpu_s = (cpu_seconds(server_session) if server_session else 0.0) - server_before
+    run.cpu_s = cpu_seconds() - cpu_before + run.server_cpu_s
     return run
 
 
@@ -219,17 +261,34 @@ def measure(args: argparse.Namespace, onnx_path: Path, contract: ModelContract, 
                     model = "dino" if engine == "triton" else engine
                     caller = ort_caller(session, x) if engine == "onnxruntime" else triton_caller(url, model, x)
                     before = server_times(url, model) if engine != "onnxruntime" else None
-                    results[engine] = closed_loop(caller, batch=batch, clients=clients, seconds=args.seconds)
+                    results[engine] = closed_loop(caller, batch=batch, clients=clients, seconds=args.seconds,
+                                                  server_session=None if before is None else server.process.pid)
                     runs.setdefault((engine, batch, clients), []).append(results[engine])
                     if before is not None:
                         phases.setdefault((engine, batch, clients), []).append(
                             breakdown(before, server_times(url, model)))
                 ratio = results["triton"].images_per_s / results["onnxruntime"].images_per_s
                 ratios[(batch, clients)].append(ratio)
-                logger.info("round %d, batch %d x %d clients: onnxruntime %.1f images/s, triton %.1f (%.2fx)", r + 1,
-                            batch, clients, results["onnxruntime"].images_per_s, results["triton"].images_per_s,
-                            ratio)
+                ort_run, tri_run = results["onnxruntime"], results["triton"]
+                logger.info("round %d, batch %d x %d clients: onnxruntime %.1f images/s (%.2f CPU ms/image), "
+                            "triton %.1f (%.2f): %.2fx; load %.1f", r + 1, batch, clients, ort_run.images_per_s,
+                            ort_run.cpu_ms_per_image, tri_run.images_per_s, tri_run.cpu_ms_per_image, ratio,
+                            os.getloadavg()[0])
     report(args, contract, config, cells, ratios, runs, phases)
+
+
+def _queue_delay(config: dict) -> str:
+    if "dynamic_batching" not in config:
+        return "- (no dynamic batching)"
+    return f"{config['dynamic_batching'].get('max_queue_delay_microseconds', 0)} us"  # 0 is left out of the JSON
+
+
+def _client_cpu_ms(run: Run) -> float:
+    return (run.cpu_s - run.server_cpu_s) * 1e3 / max(len(run.latencies), 1)
+
+
+def _server_cpu_ms(run: Run) -> float:
+    return run.server_cpu_s * 1e3 / max(len(run.latencies), 1)
 
 
 def _median(runs: list[Run], what: Callable[[Run], float]) -> float:
@@ -241,29 +300,37 @@ def report(args: argparse.Namespace, contract: ModelContract, config: dict, cell
     """Markdown tables on stdout: ratios per cell, then where a request's time goes on the server."""
     group = config["instance_group"][0]
     threads = config["parameters"].get("intra_op_threads", {}).get("string_value", "?")
+    threads = threads if threads != "0" else "(usable CPUs / instances)"
     print(f"model {args.model} ({contract.arch}/{contract.patch_size}, {contract.image_size} px, "
           f"D={contract.embed_dim}); {len(os.sched_getaffinity(0))} usable CPUs; load average at the end "
           f"{os.getloadavg()[0]:.1f}; {args.rounds} rounds of {args.seconds:g} s per engine and cell; onnxruntime "
           f"{args.threads} thread(s); triton {group.get('count', 1)} instance(s) x {threads} intra-op thread(s), "
-          f"queue delay {config.get('dynamic_batching', {}).get('max_queue_delay_microseconds', '-')} us\n")
-    print("| batch | clients | onnxruntime images/s | triton images/s | triton/onnxruntime (range) "
-          "| onnxruntime p50 ms | triton p50 ms |\n|---|---|---|---|---|---|---|")
+          f"queue delay {_queue_delay(config)}\n")
+    print("| batch | clients | onnxruntime images/s | triton images/s | triton/onnxruntime images/s (range) "
+          "| onnxruntime p50 ms | triton p50 ms | CPU ms/image onnxruntime | CPU ms/image triton "
+          "| onnxruntime/triton CPU per image (range) | cores busy onnxruntime | triton |"
+          "\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, clients in cells:
         ort_runs, tri_runs = runs[("onnxruntime", batch, clients)], runs[("triton", batch, clients)]
         got = ratios[(batch, clients)]
+        cost = [o.cpu_ms_per_image / t.cpu_ms_per_image for o, t in zip(ort_runs, tri_runs, strict=True)]
         print(f"| {batch} | {clients} | {_median(ort_runs, lambda r: r.images_per_s):.1f} "
               f"| {_median(tri_runs, lambda r: r.images_per_s):.1f} | {statistics.median(got):.2f}x "
               f"({min(got):.2f}-{max(got):.2f}) | {_median(ort_runs, Run.p50_ms):.2f} "
-              f"| {_median(tri_runs, Run.p50_ms):.2f} |")
+              f"| {_median(tri_runs, Run.p50_ms):.2f} | {_median(ort_runs, lambda r: r.cpu_ms_per_image):.3f} "
+              f"| {_median(tri_runs, lambda r: r.cpu_ms_per_image):.3f} | {statistics.median(cost):.2f}x "
+              f"({min(cost):.2f}-{max(cost):.2f}) | {_median(ort_runs, lambda r: r.cores_busy):.2f} "
+              f"| {_median(tri_runs, lambda r: r.cores_busy):.2f} |")
     print("\n| model | batch | clients | client p50 ms | server ms/request | queue | input | compute | output "
-          "| requests/execution |\n|---|---|---|---|---|---|---|---|---|---|")
+          "| requests/execution | CPU ms/request: client | server |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (engine, batch, clients), got in phases.items():
         med = {k: statistics.median(p[k] for p in got) for k in got[0]}
         p50 = _median(runs[(engine, batch, clients)], Run.p50_ms)
         name = "dino" if engine == "triton" else engine
         print(f"| {name} | {batch} | {clients} | {p50:.2f} | {med['success']:.2f} | {med['queue']:.2f} "
               f"| {med['compute_input']:.2f} | {med['compute_infer']:.2f} | {med['compute_output']:.2f} "
-              f"| {med['batch']:.1f} |")
+              f"| {med['batch']:.1f} | {_median(runs[(engine, batch, clients)], _client_cpu_ms):.3f} "
+              f"| {_median(runs[(engine, batch, clients)], _server_cpu_ms):.3f} |")
 
 
 def main() -> None:
@@ -278,6 +345,7 @@ def main() -> None:
     parser.add_argument("--queue-delay-us", type=int, help="dynamic batching delay (default: the repository's)")
     parser.add_argument("--onnx", type=Path, help="an exported file to serve instead of a fresh export of --model")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with tempfile.TemporaryDirectory(prefix="dino-bench-") as tmp:
         work = Path(tmp)

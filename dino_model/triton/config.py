@@ -68,7 +68,9 @@ class RepositoryOptions:
     max_batch_size: int = 64
     dynamic_batching: bool = True
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
-    max_queue_delay_us: int = 100
+    # None: the flavour's; gpu 100 (a GPU gains from fuller batches), cpu 0 (measured: the delay was most of
+    # a batch-1 request's queue time, while under load batches still form as requests wait for an instance)
+    max_queue_delay_us: int | None = None
     instance_count: int = 0  # 0: gpu 1; cpu one per usable CPU of this machine (runtime/cpus.py), at most 4
     instance_kind: str = ""  # gpu | cpu; default: the flavour's. gpu flavour + cpu = onnxruntime backend on CPUs
     keep_versions: int = 1  # version_policy latest { num_versions }
@@ -97,8 +99,17 @@ class RepositoryOptions:
             raise ConfigError("the cpu flavour (Python backend) runs on CPUs only; use the gpu flavour for GPUs")
         if self.tensorrt and self.kind != "KIND_GPU":
             raise ConfigError("the TensorRT accelerator needs the gpu flavour (onnxruntime backend) on a GPU")
+        if self.max_queue_delay_us is not None and self.max_queue_delay_us < 0:
+            raise ConfigError(f"max_queue_delay_us={self.max_queue_delay_us} must be >= 0")
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision={self.tensorrt_precision!r} is not one of FP16, FP32")
+
+    @property
+    def queue_delay_us(self) -> int:
+        """max_queue_delay_us, or the flavour's default."""
+        if self.max_queue_delay_us is not None:
+            return self.max_queue_delay_us
+        return 0 if self.flavour == "cpu" else 100
 
     @property
     def instances(self) -> int:
@@ -127,7 +138,7 @@ def build_model_config(contract: ModelContract, opts: RepositoryOptions) -> dict
         "parameters": {k: {"string_value": v} for k, v in contract.to_properties().items()},
     }
     if opts.dynamic_batching:
-        config["dynamic_batching"] = {"max_queue_delay_microseconds": opts.max_queue_delay_us}
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": opts.queue_delay_us}
         if opts.preferred_batch_sizes:
             config["dynamic_batching"]["preferred_batch_size"] = sorted(opts.preferred_batch_sizes)
     if opts.flavour == "gpu":

@@ -166,3 +166,15 @@ def test_hot_path_refuses_non_finite_answers_per_request(tmp_path: Path, tiny_on
     assert [r.error is None for r in responses] == [True, False, True]
     assert "non-finite embeddings" in responses[1].error.message
     model.finalize()
+
+
+def test_queue_delay_defaults_per_flavour(tmp_path: Path, tiny_onnx: Path) -> None:
+    """cpu: no batching delay (a batch-1 request would wait for nothing); gpu: 100 us; an explicit value wins."""
+    for name, opts, delay in (("cpu", RepositoryOptions(flavour="cpu"), 0),
+                              ("gpu", RepositoryOptions(flavour="gpu"), 100),
+                              ("cpu250", RepositoryOptions(flavour="cpu", max_queue_delay_us=250), 250)):
+        write_model_repository(tiny_onnx, tmp_path / name, opts)
+        batching = read_config(tmp_path / name / "dino")["dynamic_batching"]  # present: batching stays on
+        assert int(batching.get("max_queue_delay_microseconds", 0)) == delay, name
+    with pytest.raises(ConfigError, match="max_queue_delay_us=-1 must be >= 0"):
+        RepositoryOptions(flavour="cpu", max_queue_delay_us=-1).validate()
