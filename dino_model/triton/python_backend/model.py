@@ -3,7 +3,11 @@
 This file is copied into each version folder of a `cpu` model repository, next to `model.onnx`,
 for servers without Triton's onnxruntime backend (the tritonserver that ships in nvidia-pytriton).
 Triton's stub process imports it on its own, so it depends on numpy and onnxruntime only.
-Requests of one dynamic batch run as one onnxruntime call; a bad request (wrong dtype or shape,
+Requests of one dynamic batch run as one onnxruntime call (a single request's input, a view of Triton's
+shared memory, goes in without a copy); each instance's session gets the CPUs this stub may use
+(affinity capped by the cgroup quota) shared out among the instances, unless the config's
+intra_op_threads says otherwise, since onnxruntime's own default (one thread per core of the host)
+oversubscribes a container's quota and the other instances. A bad request (wrong dtype or shape,
 non-finite pixels, pixels far out of range) is answered with an error for that request alone, as
 Triton's python_backend examples do, and the rest of the batch is served. No request is ever
 answered with NaN or infinite embeddings: finite but extreme pixels overflow inside the network
