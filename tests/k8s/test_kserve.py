@@ -178,3 +178,17 @@ def test_predictor_pod_runs_as_the_repository_group_without_privileges(kserve) -
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/tmp", "/dev/shm"} <= mounts and {v["name"] for v in spec["volumes"]} == {"tmp", "dshm"}
     assert container["resources"]["limits"]["cpu"] == "2"  # the cpu flavour sizes itself from this quota
+
+
+def test_overlay_carries_the_namespace_replacements(kserve, tmp_path) -> None:
+    """Installed into another namespace, the retraining runs still deploy to the Triton there (through the
+    Service triton-grpc, which selects the predictor pods) and run where the claim is."""
+    from k8s_nca import namespace_replacements, render_in_namespace
+
+    own = yaml.safe_load((KSERVE / "kustomization.yaml").read_text())
+    assert own["replacements"] == namespace_replacements()
+    (settings,) = [r for r in render_in_namespace(KSERVE, "serving", tmp_path) if r["kind"] == "ConfigMap"
+                   and r["metadata"]["name"].startswith("retrain-settings")]
+    assert settings["data"]["DINO_PARAM_triton_url"] == "triton-grpc.serving.svc:8001"
+    assert settings["data"]["KFP_NAMESPACE"] == "serving"
+    assert settings["data"]["DINO_PARAM_triton_flavour"] == "cpu"  # what the runtime serves
