@@ -192,3 +192,28 @@ def test_overlay_carries_the_namespace_replacements(kserve, tmp_path) -> None:
     assert settings["data"]["DINO_PARAM_triton_url"] == "triton-grpc.serving.svc:8001"
     assert settings["data"]["KFP_NAMESPACE"] == "serving"
     assert settings["data"]["DINO_PARAM_triton_flavour"] == "cpu"  # what the runtime serves
+
+
+def test_network_policies_admit_the_gateway_prometheus_and_clients_only(kserve, tmp_path) -> None:
+    """nca over the rendered policies and the predictor pod beside modelled neighbours."""
+    from k8s_nca import Pod, analyze, namespace_manifest
+
+    namespace = _isvc(kserve)["metadata"]["namespace"]
+    labels, _ = _predictor_pod(kserve)
+    predictor = Pod(namespace, "dino-predictor", labels)
+    gateway = Pod("istio-system", "istio-ingressgateway", {"app": "istio-ingressgateway"})
+    prometheus = Pod("monitoring", "prometheus", {"app.kubernetes.io/name": "prometheus"})
+    client = Pod(namespace, "client", {"dino-mlops/triton-client": "true"})
+    neighbour = Pod(namespace, "neighbour", {"app": "other"})
+    outsider = Pod("elsewhere", "outsider", {"app": "other"})
+    dns = Pod("kube-system", "coredns", {"k8s-app": "kube-dns"})
+    pods = [predictor, gateway, prometheus, client, neighbour, outsider, dns]
+    world = [namespace_manifest(n) for n in sorted({p.namespace for p in pods})] + [p.manifest() for p in pods]
+    links = analyze(find(kserve, "NetworkPolicy"), world, tmp_path)
+    to = predictor.endpoint
+    assert links.allows(gateway.endpoint, to, 8000) and not links.allows(gateway.endpoint, to, 8001)
+    assert links.allows(prometheus.endpoint, to, 8002) and not links.allows(prometheus.endpoint, to, 8001)
+    assert links.allows(client.endpoint, to, 8001) and links.allows(client.endpoint, to, 8000)
+    for stranger in (neighbour, outsider):
+        assert not any(links.allows(stranger.endpoint, to, port) for port in (8000, 8001, 8002)), stranger.name
+    assert links.allows(to, dns.endpoint, 53, "UDP") and not links.allows(to, outsider.endpoint, 443)
