@@ -76,6 +76,8 @@ class TritonPythonModel:
         path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILE
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads(params.get("intra_op_threads", ""), _instance_count(config))
+        if options.intra_op_num_threads > 1:  # idle pool threads spin by default, taking the CPUs others need
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         _log_info(f"{args['model_name']} version {args['model_version']}: onnxruntime with "
                   f"{options.intra_op_num_threads} intra-op thread(s) ({usable_cpus()} usable CPUs, "

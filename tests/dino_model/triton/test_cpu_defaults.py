@@ -101,21 +101,33 @@ def test_backend_threads_follow_the_quota_not_the_node(tmp_path: Path, monkeypat
     assert backend._instance_count({"instance_group": [{"count": 3, "kind": "KIND_CPU"}]}) == 3
 
 
+def _spinning(options: ort.SessionOptions) -> str:
+    try:
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set: onnxruntime's default, spinning
+        return "default"
+
+
+@pytest.mark.parametrize(("instances", "threads", "spinning"), [(2, 1, "default"), (1, 2, "0")])
 def test_initialize_gives_the_session_the_chosen_threads(tmp_path: Path, tiny_onnx: Path,
-                                                          monkeypatch: pytest.MonkeyPatch, backend) -> None:
+                                                          monkeypatch: pytest.MonkeyPatch, backend,
+                                                          instances: int, threads: int, spinning: str) -> None:
+    """2 usable CPUs: 2 instances of 1 thread, or 1 instance of 2 threads whose idle threads do not spin
+    (measured: spinning pool threads tripled the server's CPU per tiny request)."""
     monkeypatch.setattr(triton_config, "usable_cpus", lambda: 2)
-    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="cpu"))
+    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="cpu", instance_count=instances))
     seen = []
     real = ort.InferenceSession
     monkeypatch.setattr(backend.ort, "InferenceSession",
-                        lambda path, options, providers: seen.append(options.intra_op_num_threads) or real(
-                            path, options, providers=providers))
+                        lambda path, options, providers: seen.append(
+                            (options.intra_op_num_threads, _spinning(options))) or real(path, options,
+                                                                                          providers=providers))
     monkeypatch.setattr(backend, "usable_cpus", lambda root=None: 2)
     model = backend.TritonPythonModel()
     config = read_config(tmp_path / "dino")
     model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path / "dino"),
                       "model_version": "1", "model_name": "dino"})
-    assert seen == [1]  # 2 usable CPUs, 2 instances
+    assert seen == [(threads, spinning)]
     model.finalize()
 
 
