@@ -1,12 +1,14 @@
 # syntax=docker/dockerfile:1
 # The one container image of dino-mlops: KFP components, the retraining CronJob and the PyTorchJob
 # pretraining pods all run it. Its name and tag are one setting, components/_image.py IMAGE
-# (ghcr.io/dino-mlops/dino-mlops:0.1.0), which the kustomize `images:` entry repeats (tests/k8s check both):
-#   docker build -t "$(python -c 'from components._image import IMAGE; print(IMAGE)')" .
+# (ghcr.io/dino-mlops/dino-mlops:0.1.0, and its registry digest once `scripts/image.sh pin` wrote one),
+# which the kustomize `images:` entry repeats (tests/k8s check both):
+#   docker build -t "$(python -c 'from components._image import DEFAULT_IMAGE; print(DEFAULT_IMAGE)')" .
 #
-# Base: NVIDIA's CUDA 13.0 runtime on Ubuntu 24.04, pinned. PyTorch's wheels (torch 2.14, CUDA 13.0)
-# bring their own cuDNN, NCCL and cuBLAS, so the plain runtime flavour is enough; the node needs
-# an NVIDIA driver that supports CUDA 13.0 (R580 or newer). Triton runs from NVIDIA's own image.
+# Base: NVIDIA's CUDA 13.0 runtime on Ubuntu 24.04, pinned. PyTorch's wheels (torch 2.14, CUDA 13.0;
+# every package's version and sha256 from requirements/image-py3*.lock) bring their own cuDNN, NCCL
+# and cuBLAS, so the plain runtime flavour is enough; the node needs an NVIDIA driver that supports
+# CUDA 13.0 (R580 or newer). Triton runs from NVIDIA's own image.
 # Any Debian/Ubuntu base with Python >= 3.11 works: scripts/image.sh builds on a Debian bookworm
 # base made with mmdebstrap, with no registry involved (BASE_IMAGE=dino-mlops-base:bookworm).
 ARG BASE_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
@@ -40,20 +42,25 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DVC_NO_ANALYTICS=1 \
     DVC_SITE_CACHE_DIR=/tmp/dvc-site-cache
-RUN python3 -m venv "$VIRTUAL_ENV" && pip install --quiet --upgrade pip
+# Login shells reset PATH from /etc/profile: keep the venv first there too (the Kubeflow SDK's container
+# runner starts each TrainJob node with `bash -lc`).
+RUN python3 -m venv "$VIRTUAL_ENV" \
+ && echo 'PATH=/opt/venv/bin:$PATH' > /etc/profile.d/dino-venv.sh
 
 WORKDIR /opt/dino-mlops
-# Dependencies first (a layer that changes only with pyproject.toml), then the code.
+# Dependencies first, from the lock of the base's Python (scripts/lock.sh writes one per supported
+# Python): exact versions, every downloaded file checked against its sha256, nothing resolved here. pip
+# and setuptools come from the lock too; the project is then built with them, without build isolation
+# and without an index, so no file enters the image unhashed. A layer that changes only with the locks.
+COPY requirements/image-py311.lock requirements/image-py312.lock ./requirements/
+RUN lock="requirements/image-py$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])').lock"; \
+    if [ ! -f "$lock" ]; then echo "no dependency lock for this base's Python: $lock (bash scripts/lock.sh)" >&2; exit 1; fi; \
+    pip install --quiet --require-hashes --no-deps -r "$lock"
 COPY pyproject.toml README.md ./
-RUN mkdir -p dino_model components pipelines \
- && touch dino_model/__init__.py components/__init__.py pipelines/__init__.py \
- && pip install ".[s3,cluster,gpu-aug]" \
- && pip uninstall -y dino-mlops \
- && rm -rf dino_model components pipelines build ./*.egg-info
 COPY dino_model ./dino_model
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip install --no-deps ".[s3,cluster,gpu-aug]" && rm -rf build ./*.egg-info
+RUN pip install --quiet --no-deps --no-build-isolation --no-index ".[s3,cluster,gpu-aug]" && rm -rf build ./*.egg-info
 # the kustomize tree, for launchers that read the PyTorchJob template (k8s/jobs/pretrain)
 COPY k8s ./k8s
 

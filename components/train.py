@@ -1,5 +1,6 @@
 """Pretraining components: DINO on 1..N GPUs of one node (torchrun), as dino_model trains it, or on several
-nodes as a Kubeflow Training Operator PyTorchJob launched from this step."""
+nodes as a Kubeflow Trainer v2 TrainJob or Training Operator v1 PyTorchJob launched from this step, whose
+checkpoint comes back as the same model folder (checkpoint.pth, config.yaml, metrics.jsonl)."""
 
 from typing import List, NamedTuple
 
@@ -46,39 +47,47 @@ def gpu_placement(gpus: int) -> NamedTuple("Placement", [("node_selector", dict)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def pretrain_on_cluster(run_id: str, model: Output[Model], config: str = "", config_yaml: str = "",
+def pretrain_on_cluster(run_id: str, model: Output[Model], metrics: Output[Metrics],
+                        operator: str = "trainer-v2", config: str = "", config_yaml: str = "",
                         overrides: List[str] = [],  # noqa: B006 - KFP reads the default from the signature
-                        overlay: str = "prod-gpu", template_yaml: str = "", nodes: int = 2, nproc_per_node: int = 8,
-                        gpus: bool = True, data_root: str = "", data_claim: str = "", data_subpath: str = "",
-                        namespace: str = "", image: str = "", pushgateway: str = "",
-                        timeout_hours: float = 168.0) -> None:
-    """Train on `nodes` nodes x `nproc_per_node` processes as the PyTorchJob `dino-pretrain-<run_id>` and wait.
+                        data_md5: str = "", data_rev: str = "", overlay: str = "prod-gpu", template_yaml: str = "",
+                        runtime_yaml: str = "", nodes: int = 2, nproc_per_node: int = 8, gpus: bool = True,
+                        data_root: str = "", data_claim: str = "", data_subpath: str = "", namespace: str = "",
+                        image: str = "", pushgateway: str = "", timeout_hours: float = 168.0,
+                        runs_mount: str = "/runs") -> None:
+    """Train on `nodes` nodes as the job `dino-pretrain-<run_id>`, wait, and copy its checkpoint into `model`.
 
-    The job is k8s/jobs/pretrain as `overlay` renders it (or `template_yaml`, already rendered); its
-    config is the packaged `config` or `config_yaml` when given, else the overlay's, with `overrides`.
-    `data_root` (under /data), the claims and `image` default to the config's and template's. A retried
-    step adopts the job of the same run id. `model` holds no weights: its metadata points at the
-    checkpoint on the runs claim (`/runs/<job>/checkpoint.pth`), which later steps mount to read it.
+    `operator`: trainer-v2 (a TrainJob on the TrainingRuntime of k8s/jobs/trainjob, or `runtime_yaml`
+    rendered) or training-operator-v1 (a PyTorchJob). Both are built from k8s/jobs/pretrain as `overlay`
+    renders it (or `template_yaml`); the config is the packaged `config` or `config_yaml` when given,
+    else the overlay's, with `overrides`. `nproc_per_node` processes per node, on as many GPUs when
+    `gpus`; 0 trains one process per node on CPU. `data_root` (under /data) and the claims default to
+    the config's and template's. A retried step adopts the job of the same run id. The run folder
+    /runs/<job> is read where this step mounts the runs claim (`runs_mount`).
     """
-    import json
-    from pathlib import Path
-
     from dino_model.config import pipeline_config
+    from dino_model.logs import read_jsonl
     from dino_model.train import cluster
 
     options = cluster.JobOptions(
-        name=cluster.job_name(run_id), nodes=nodes, nproc_per_node=nproc_per_node, gpus=gpus, image=image or None,
-        namespace=namespace or None, data_claim=data_claim or None, data_subpath=data_subpath or None,
-        env=cluster.env_pairs({"DINO_RUN_ID": run_id, "DINO_PUSHGATEWAY": pushgateway}),
-    )
+        name=cluster.job_name(run_id), nodes=nodes, nproc_per_node=max(nproc_per_node, 1),
+        gpus=gpus and nproc_per_node > 0, image=image or None, namespace=namespace or None,
+        data_claim=data_claim or None, data_subpath=data_subpath or None,
+        env=cluster.env_pairs({"DINO_RUN_ID": run_id, "DINO_PUSHGATEWAY": pushgateway}))
     cluster.validate_options(options)
+    cluster.check_operator(operator)
     resources = cluster.parse_rendered(template_yaml) if template_yaml.strip() else cluster.render_overlay(overlay)
-    cfg = pipeline_config(config, config_yaml, overrides) if (config or config_yaml.strip()) else None
-    result = cluster.launch(resources, options, cfg, overrides=overrides, data_root=data_root or None,
+    runtime = (cluster.parse_rendered(runtime_yaml) if runtime_yaml.strip() else cluster.render_runtime()) \
+        if operator == cluster.TRAINER_V2 else None
+    lineage = [f"data.version={data_md5}", f"data.revision={data_rev}"] if data_md5 else []
+    cfg = pipeline_config(config, config_yaml, [*overrides, *lineage]) if (config or config_yaml.strip()) else None
+    result = cluster.launch(resources, options, cfg, operator=operator, runtime=runtime,
+                            overrides=[*overrides, *lineage], data_root=data_root or None,
                             timeout_s=timeout_hours * 3600)
-    model.metadata.update({"checkpoint": result["checkpoint"], "runs_claim": result["runs_claim"],
-                           "claim_path": result["claim_path"], "job": result["job"], "namespace": result["namespace"],
-                           "nodes": result["nodes"], "nproc_per_node": result["nproc_per_node"],
-                           "data_version": result["data_version"], "arch": result["arch"]})
-    Path(model.path).mkdir(parents=True, exist_ok=True)
-    (Path(model.path) / "cluster_run.json").write_text(json.dumps(result, indent=2))
+    checkpoint = cluster.fetch_run(f"{runs_mount}/{result['job']}", model.path)
+    model.metadata.update({**{k: result[k] for k in ("job", "kind", "namespace", "nodes", "nproc_per_node", "arch")},
+                           "data_version": result["data_version"], "data_revision": data_rev,
+                           "checkpoint": str(checkpoint), "runs_claim": result["runs_claim"]})
+    for name, value in (read_jsonl(f"{model.path}/metrics.jsonl") or [{}])[-1].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(name, value)

@@ -16,6 +16,8 @@ from typing import Any
 
 from dino_model.config import resolve_config_path
 from dino_model.errors import PipelineError
+from dino_model.serving.client import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from dino_model.triton.config import DEFAULT_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ DEFAULT_CONFIG = "digits_vit_tiny"
 
 def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
               min_knn_top1: float = 30.0, require_not_worse: bool = True, linear_epochs: int = 100,
-              grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
+              grpc_port: int = GRPC_PORT, http_port: int = HTTP_PORT, metrics_port: int = METRICS_PORT,
               output_dir: str | Path | None = None, pushgateway: str = "", containers: bool = False,
               data_repo: str | None = None, dvc_remote: str = "", data_version: str = "",
               train_subdir: str = "digits/train", val_subdir: str = "digits/val") -> dict[str, Any]:
@@ -38,6 +40,7 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
     """
     from kfp import local
 
+    from pipelines.local_oneof import allow_artifact_oneof
     from pipelines.local_server import ensure_local_server
     from pipelines.training import dino_training_pipeline
 
@@ -55,6 +58,7 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
     pipeline_root = out / "pipeline_root"
     runner = _container_runner(server, pipeline_root, data_repo, dvc_remote) if containers else \
         local.SubprocessRunner(use_venv=False)
+    allow_artifact_oneof()  # the model of the `nodes` branches
     local.init(runner=runner, pipeline_root=str(pipeline_root))
     path = resolve_config_path(config)  # a packaged name travels as a name, a file as its text
     config_name, config_yaml = (config, "") if not Path(config).is_file() else (DEFAULT_CONFIG, path.read_text())
@@ -113,7 +117,8 @@ def summarize(pipeline_root: Path, started: float, *, server, data_version: dict
     for name in ("knn.json", "linear.json"):
         if name in artifacts:
             scores |= json.loads(Path(artifacts[name]).read_text())["metrics"]
-    client = EmbeddingClient(server.grpc_url, "dino", timeout_s=30.0, headers=admin_headers_for(server.repository))
+    client = EmbeddingClient(server.grpc_url, DEFAULT_MODEL_NAME, timeout_s=30.0,
+                             headers=admin_headers_for(server.repository))
     index = client.call("reading the repository index", client.raw.get_model_repository_index, as_json=True)
     served = index.get("models", [])
     if data_version is None and any(m.get("state") == "READY" for m in served):
@@ -126,5 +131,5 @@ def summarize(pipeline_root: Path, started: float, *, server, data_version: dict
         "scores": {k: scores[k] for k in ("knn_top1", "knn_top5_k20", "linear_top1", "linear_top5") if k in scores},
         "deployed": [m for m in served if m.get("state") == "READY"],
         "endpoint": {"grpc": server.grpc_url, "http": server.http_url, "metrics": server.metrics_url,
-                     "model": "dino", "repository": server.repository},
+                     "model": DEFAULT_MODEL_NAME, "repository": server.repository},
     }

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dino_model.errors import ServingError
 from dino_model.runtime import processes
+from dino_model.runtime.processes import process_command, process_start_time, stop_pid
 from dino_model.serving.admin_key import admin_key_path, write_admin_key
+from dino_model.serving.client import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +66,8 @@ class LocalServer:
         return self.is_ours() and processes.is_ready(f"{self.http_url}/v2/health/ready")
 
 
-def ensure_local_server(state_dir: str | Path, *, grpc_port: int = 8001, http_port: int = 8000,
-                        metrics_port: int = 8002, startup_timeout_s: float = 120.0) -> LocalServer:
+def ensure_local_server(state_dir: str | Path, *, grpc_port: int = GRPC_PORT, http_port: int = HTTP_PORT,
+                        metrics_port: int = METRICS_PORT, startup_timeout_s: float = 120.0) -> LocalServer:
     """The running local server of `state_dir`, or a new detached one on an (empty) repository there."""
     state_dir = Path(state_dir).resolve()
     current = read_state(state_dir)
@@ -133,59 +132,3 @@ def stop_local_server(state_dir: str | Path, *, timeout_s: float = 30.0) -> bool
     if server.admin_key_file:
         Path(server.admin_key_file).unlink(missing_ok=True)
     return stopped
-
-
-def stop_pid(pid: int, *, timeout_s: float = 30.0, started: int | None = None) -> bool:
-    """SIGTERM `pid`, then SIGKILL its process group after `timeout_s`; with `started`, only while the pid
-    still names the process that started at that time (see process_start_time)."""
-    def same() -> bool:
-        return started is None or process_start_time(pid) == started
-
-    if not same():
-        return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
-        return False
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-            if _reaped(pid):
-                return True
-        except OSError:
-            return True
-        time.sleep(0.2)
-    if same():
-        os.killpg(pid, signal.SIGKILL)
-    return True
-
-
-def process_start_time(pid: int) -> int | None:
-    """When `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); None if there is none.
-
-    A pid is reused once its process is gone; the pair (pid, start time) names one process.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name in parentheses may hold spaces
-    return int(fields[19]) if len(fields) > 19 else None
-
-
-def process_command(pid: int) -> list[str]:
-    """The command line of `pid` ([] if there is none)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _reaped(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return done == pid

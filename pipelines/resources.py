@@ -24,6 +24,15 @@ def request_gpus(task: PipelineTask, gpus, placement: PipelineTask) -> PipelineT
     return task
 
 
+RUNS_CLAIM, RUNS_MOUNT = "dino-runs", "/runs"
+
+
+def use_runs_claim(task: PipelineTask) -> PipelineTask:
+    """Mount the runs claim where the cluster's training pods write /runs/<job>, to copy a checkpoint back."""
+    kubernetes.mount_pvc(task, pvc_name=RUNS_CLAIM, mount_path=RUNS_MOUNT)
+    return task
+
+
 def request_resources(task: PipelineTask, *, cpu: str, memory: str) -> PipelineTask:
     task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
     return task

@@ -18,7 +18,6 @@ someone CANCELED is left alone: stopping it was a decision.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from dino_model.errors import DinoError, PipelineError
+from dino_model.runtime import atomic, locks
+from dino_model.triton.config import DEFAULT_MODEL_NAME
 from pipelines.retrain_settings import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -65,30 +66,18 @@ def read_state(path: Path) -> TriggerState:
 
 
 def write_state(path: Path, state: TriggerState) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    tmp.replace(path)
+    atomic.write_json(path, asdict(state), mode=0o644)
 
 
 @contextlib.contextmanager
 def exclusive(path: Path, *, timeout_s: float = 600.0) -> Iterator[None]:
     """An advisory lock on `path`.lock, shared by every process and thread that checks this state."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PipelineError(
-                        f"another retraining check holds {path}.lock for over {timeout_s:.0f} s") from None
-                time.sleep(0.1)
-        try:
+    try:
+        with locks.exclusive(path.with_suffix(".lock"), timeout_s=timeout_s):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except locks.LockBusyError:
+        raise PipelineError(f"another retraining check holds {path}.lock for over {timeout_s:.0f} s") from None
 
 
 def check(current_md5: str, *, state_path: str | Path, submit: Submitter, deployed_md5: str | None = None,
@@ -241,7 +230,8 @@ def _find_run(client, host: str, *, experiment: str, name: str, namespace: str |
     return {"run_id": runs[0].run_id if runs else ""}
 
 
-def deployed_data_version(url: str, model: str = "dino", *, repository: str | Path | None = None) -> str | None:
+def deployed_data_version(url: str, model: str = DEFAULT_MODEL_NAME, *,
+                          repository: str | Path | None = None) -> str | None:
     """The data md5 in the verified lineage of the model Triton serves, or None when nothing (reachable) serves.
 
     A file that merely claims a data version must not stop retraining, so unverified lineage counts as none.

@@ -11,6 +11,7 @@ from typing import List
 
 from kfp import dsl
 
+from components._image import IMAGE
 from components.data import resolve_data_version
 from components.deploy import deploy_to_triton, export_onnx, quality_gate
 from components.evaluate import (
@@ -21,7 +22,7 @@ from components.evaluate import (
     eval_linear,
     eval_retrieval,
 )
-from components.train import gpu_placement, pretrain
+from components.train import gpu_placement, pretrain, pretrain_on_cluster
 from pipelines.resources import (
     request_gpus,
     request_resources,
@@ -29,6 +30,7 @@ from pipelines.resources import (
     use_dvc_credentials,
     use_lineage_public_keys,
     use_lineage_signing_key,
+    use_runs_claim,
     use_triton_repository,
 )
 
@@ -48,6 +50,9 @@ def dino_training_pipeline(
     train_subdir: str = "train",
     val_subdir: str = "val",
     gpus: int = 8,
+    nodes: int = 1,
+    training_operator: str = "trainer-v2",
+    cluster_data_root: str = "/data/train",
     linear_epochs: int = 100,
     linear_lr: float = 0.001,
     davis_root: str = "",
@@ -77,6 +82,12 @@ def dino_training_pipeline(
         train_subdir: Folder of the data version holding the training images (class sub-folders).
         val_subdir: Folder of the data version holding the labelled validation images.
         gpus: GPUs of one node for pretraining (one process each); 0 trains on CPU on any node.
+        nodes: Nodes for pretraining; above 1 the run trains as one distributed job (`gpus` per node)
+            launched on the cluster and waited for, its checkpoint copied back as the model.
+        training_operator: With nodes > 1, which operator runs the job: trainer-v2 (Kubeflow Trainer
+            v2 TrainJob on the `dino-pretrain` TrainingRuntime) or training-operator-v1 (PyTorchJob).
+        cluster_data_root: With nodes > 1, the folder under /data (the `dino-datasets` claim) holding
+            this data version's training images (the prod-gpu overlay's is /data/train).
         linear_epochs: Epochs of the linear probe (official: 100).
         linear_lr: Linear-probe learning rate per 256 images (official: 0.001).
         davis_root: DAVIS 2017 folder on a mounted volume; empty skips the video segmentation evaluation.
@@ -103,12 +114,20 @@ def dino_training_pipeline(
     use_data_repo_credentials(data)
     dataset, md5, rev = data.outputs["dataset"], data.outputs["md5"], data.outputs["git_rev"]
 
-    placement = gpu_placement(gpus=gpus).set_display_name("GPU placement")
-    train = pretrain(data=dataset, data_md5=md5, data_rev=rev, config=config, config_yaml=config_yaml,
-                     overrides=overrides, train_subdir=train_subdir, gpus=gpus, pushgateway=pushgateway,
-                     run_id=RUN_ID)
-    request_gpus(train, gpus, placement)
-    model = train.outputs["model"]
+    # Pretraining: one node in this step, or (nodes > 1) one distributed job launched on the cluster
+    with dsl.If(nodes > 1, name="multi-node"):
+        distributed = pretrain_on_cluster(
+            run_id=RUN_ID, operator=training_operator, config=config, config_yaml=config_yaml, overrides=overrides,
+            data_md5=md5, data_rev=rev, data_root=cluster_data_root, nodes=nodes, nproc_per_node=gpus, gpus=True,
+            image=IMAGE, pushgateway=pushgateway).set_display_name("pretrain on the cluster")
+        use_runs_claim(request_resources(distributed, cpu="1", memory="4Gi"))
+    with dsl.Else(name="one-node"):
+        placement = gpu_placement(gpus=gpus).set_display_name("GPU placement")
+        train = pretrain(data=dataset, data_md5=md5, data_rev=rev, config=config, config_yaml=config_yaml,
+                         overrides=overrides, train_subdir=train_subdir, gpus=gpus, pushgateway=pushgateway,
+                         run_id=RUN_ID)
+        request_gpus(train, gpus, placement)
+    model = dsl.OneOf(distributed.outputs["model"], train.outputs["model"])
 
     scored = dict(model=model, data=dataset, train_subdir=train_subdir, val_subdir=val_subdir, config=config,
                   config_yaml=config_yaml, overrides=overrides, pushgateway=pushgateway, run_id=RUN_ID)

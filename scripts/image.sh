@@ -5,6 +5,15 @@
 #   bash scripts/image.sh env      # prints DOCKER_HOST=... for the project's Docker daemon
 #   bash scripts/image.sh podman   # the same image in podman (for `podman kube play`); prints CONTAINERS_CONF=...
 #   bash scripts/image.sh stop     # stops the daemon this script started
+#   bash scripts/image.sh push     # pushes DINO_IMAGE to its registry, records the registry's digest
+#   bash scripts/image.sh pin [sha256:...]   # references the image by that digest (default: the recorded one)
+#
+# Every build records what it built under $CACHE/digests/ (one file per image name): `id`, the image ID
+# (sha256 of the image's config, which names every layer by content), and after a push `registry`, the
+# manifest digest the registry serves. Only the registry digest is ever written into a reference
+# (name@sha256:...): a registry, a kubelet and `docker pull` resolve manifest digests, and an image ID is
+# not one (docs/operations.md, "Images by digest"). components/_image.py reads `registry` from this file;
+# `pin` writes it into k8s/components/images and components/_image.py.
 #
 # The daemon, its images and the Debian base live under DINO_IMAGE_CACHE (default
 # /var/cache/dino-mlops, or ~/.cache/dino-mlops when not root), so a fresh clone rebuilds only the
@@ -85,7 +94,55 @@ build() {
   DOCKER_BUILDKIT=0 docker build --quiet --network=host --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" . >/dev/null
   # the image a rebuild replaced (7 GB each) is dangling now: drop it, the layers in use stay cached
   docker image prune --force >/dev/null
+  record
   docker image inspect --format '{{.Id}}' "$IMAGE"
+}
+
+digest_file() { echo "$CACHE/digests/$(printf '%s' "$IMAGE" | tr '/:@' '___')"; }
+
+# the image ID, and the registry's manifest digest when the image was pushed or pulled under its name
+record() {
+  local id registry file
+  file=$(digest_file)
+  id=$(docker image inspect --format '{{.Id}}' "$IMAGE")
+  registry=$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$IMAGE" \
+    | sed -n "s|^${IMAGE%:*}@||p" | head -1)
+  mkdir -p "$(dirname "$file")"
+  { echo "image $IMAGE"; echo "id $id"; [ -z "$registry" ] || echo "registry $registry"; } > "$file.part"
+  mv "$file.part" "$file"
+  log "recorded $file (id $id${registry:+, registry $registry})"
+}
+
+push() {
+  daemon_up
+  docker image inspect "$IMAGE" >/dev/null 2>&1 || { log "no image $IMAGE here: build it first"; exit 1; }
+  docker push --quiet "$IMAGE" >/dev/null
+  record
+  sed -n 's/^registry //p' "$(digest_file)"
+}
+
+# name@digest everywhere this repository names the image: the kustomize images entry and IMAGE's default
+pin() {
+  local digest=${1:-}
+  [ -n "$digest" ] || digest=$(sed -n 's/^registry //p' "$(digest_file)" 2>/dev/null)
+  if ! [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]]; then
+    log "no registry digest for $IMAGE (push it first, or pass sha256:<64 hex digits>); got '${digest}'"; exit 1
+  fi
+  python3 - "$digest" <<'PY'
+import re, sys
+from pathlib import Path
+digest = sys.argv[1]
+kust = Path("k8s/components/images/kustomization.yaml")
+text = re.sub(r"\n    digest: sha256:[0-9a-f]{64}", "", kust.read_text())
+text, n = re.subn(r"(- name: dino-mlops\n    newName: \S+\n    newTag: \S+)", rf"\1\n    digest: {digest}", text)
+image = Path("components/_image.py")
+code, m = re.subn(r'^PINNED_DIGEST = "[^"]*"', f'PINNED_DIGEST = "{digest}"', image.read_text(), flags=re.M)
+if n != 1 or m != 1:
+    sys.exit("image: pin: the dino-mlops entry or PINNED_DIGEST was not found where expected")
+kust.write_text(text)
+image.write_text(code)
+PY
+  log "pinned $digest in k8s/components/images/kustomization.yaml and components/_image.py"
 }
 
 # Podman (Debian's 4.3 with runc) for playing Kubernetes manifests: the settings this machine needs
@@ -122,5 +179,7 @@ case "${1:-build}" in
   daemon) daemon_up; echo "DOCKER_HOST=$DOCKER_HOST" ;;
   podman) podman_image ;;
   stop) daemon_stop ;;
-  *) echo "usage: scripts/image.sh [build|daemon|env|podman|stop]" >&2; exit 2 ;;
+  push) push ;;
+  pin) pin "${2:-}" ;;
+  *) echo "usage: scripts/image.sh [build|daemon|env|podman|stop|push|pin [sha256:...]]" >&2; exit 2 ;;
 esac

@@ -114,7 +114,7 @@ import numpy as np
 from dino_model.cli.main import build_parser
 from dino_model.export.contract import EMBEDDING, ModelContract
 from dino_model.serving.client import ServedModel
-from dino_model.serving.inference import embed_images, knn_predict, write_embeddings
+from dino_model.serving.inference import embed_images, predict_labels, write_embeddings
 
 class FakeClient:
     """The served model's side of the conversation: a fixed linear map of the pixels, L2-normalised."""
@@ -131,7 +131,7 @@ build_parser()
 folder, out = Path(sys.argv[1]), Path(sys.argv[2])
 result = embed_images([folder], FakeClient(), batch_size=3, concurrency=2)
 index = write_embeddings(result, out / "index.npz")
-result.predictions = knn_predict(result, index, k=1)
+result.predictions = predict_labels(result, index, k=1)
 write_embeddings(result, out / "e.json")
 from dino_model.monitoring.drift import batch_drift, build_reference
 drift = batch_drift(result.embeddings, build_reference(result.embeddings, window=4, n_permutations=20))

@@ -1,5 +1,9 @@
 """The library's layers: a module of dino_model/ imports only its own layer or lower ones.
 
+A second axis crosses the layers: what the client-only install (dino-mlops-client, no torch) imports
+must not import torch, torchvision, timm, kfp or dvc. `test_the_client_path_imports_no_heavy_package`
+checks it in a few seconds; tests/test_client_install.py checks the real install.
+
 Every module is parsed with `ast` and every import counts, including those inside functions (lazy
 imports still run). The layers, bottom to top, and the reasons for them are drawn in
 docs/architecture.md. Pipeline glue (`pipelines`) and KFP components (`components`) sit above the
@@ -9,6 +13,8 @@ library: only the command line, dino_model.cli, may reach them (lazily, inside i
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,3 +188,33 @@ def later():
         ("dino_model.errors", 3), ("dino_model.serving.client", 7), ("pipelines.submit", 8),
         ("dino_model.train.schedules", 9), ("dino_model.export.lineage", 10)}
     assert len(violations(edges)) == 3
+
+
+# What the client-only install imports: the whole command line (its parser is built at every call),
+# the served-model contract, the gRPC client, `infer` and its k-NN vote, the similarity index and drift.
+CLIENT_IMPORTS = ("dino_model.cli.main", "dino_model.export.contract", "dino_model.serving.client",
+                  "dino_model.serving.inference", "dino_model.serving.index", "dino_model.monitoring.drift")
+HEAVY = ("torch", "torchvision", "timm", "kfp", "dvc")
+CLIENT_CHECK = """
+import sys, traceback
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {heavy!r}:
+            raise ImportError(f"the client-only install has no {{name}}")
+sys.meta_path.insert(0, Block())
+try:
+    for module in {modules!r}:
+        __import__(module)
+    from dino_model.cli.main import build_parser
+    build_parser()
+except ImportError:
+    traceback.print_exc()
+    sys.exit(1)
+"""
+
+
+def test_the_client_path_imports_no_heavy_package() -> None:
+    code = CLIENT_CHECK.format(heavy=HEAVY, modules=CLIENT_IMPORTS)
+    done = subprocess.run([sys.executable, "-c", code], cwd=LIBRARY.parent, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]

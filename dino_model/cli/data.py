@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = data.add_parser("shard", help="pack an image folder into WebDataset tar shards with a shards.json index")
     p.add_argument("src", help="image folder: class sub-folders (labels kept), or flat (unlabelled)")
     p.add_argument("out", help="output folder; receives shard-000000.tar ... and shards.json")
-    p.add_argument("--shard-size", default="256MB", help="close a shard before it passes this size (default: 256MB)")
+    p.add_argument("--shard-size", help="close a shard before it passes this size, e.g. 64MB or 1GB "
+                                        "(default: 256MB, data.shards.DEFAULT_SHARD_BYTES)")
     p.add_argument("--max-per-shard", type=int, help="at most this many images per shard (default: no limit)")
     p.set_defaults(func=run_shard)
     _register_remote(data, common)
@@ -163,9 +164,10 @@ def run_materialize(args: argparse.Namespace) -> int:
 def run_shard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dino_model.data.shards import INDEX_NAME, pack_folder, parse_size
+    from dino_model.data.shards import DEFAULT_SHARD_BYTES, INDEX_NAME, pack_folder, parse_size
 
-    index = pack_folder(args.src, args.out, shard_bytes=parse_size(args.shard_size), max_per_shard=args.max_per_shard)
+    shard_bytes = parse_size(args.shard_size) if args.shard_size else DEFAULT_SHARD_BYTES
+    index = pack_folder(args.src, args.out, shard_bytes=shard_bytes, max_per_shard=args.max_per_shard)
     print_result({"index": str(Path(args.out) / INDEX_NAME), "shards": len(index.shards), "images": index.total,
                   "skipped": index.skipped, "classes": len(index.classes)})
     return 0

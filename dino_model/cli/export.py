@@ -79,6 +79,11 @@ def _register_repo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--intra-op-threads", type=int, default=_option("intra_op_threads"),
                    help="cpu: onnxruntime threads per instance (default 0: the serving machine's usable CPUs "
                         "shared out among the instances)")
+    p.add_argument("--image-preprocess", choices=("auto", "python", "dali"), default=_option("image_preprocess"),
+                   help="preprocessing step of the image entry point <model>_images: auto = DALI on the gpu flavour "
+                        "where nvidia-dali is installed, else the Python step")
+    p.add_argument("--no-entry-points", action="store_true",
+                   help="write the model alone, without the <model>_images and <model>_monitored ensembles")
     add_lineage_args(p)
     p.set_defaults(func=run_repo)
 
@@ -114,6 +119,7 @@ def run_repo(args: argparse.Namespace) -> int:
         keep_versions=args.keep_versions,
         warmup=not args.no_warmup, tensorrt=args.tensorrt, tensorrt_precision=args.tensorrt_precision,
         tensorrt_cache_path=args.tensorrt_cache, intra_op_threads=args.intra_op_threads,
+        image_preprocess=args.image_preprocess, entry_points=not args.no_entry_points,
     )
     print_result(write_model_repository(args.onnx, args.repository, opts, version=args.version,
                                         lineage=lineage_from_args(args)))

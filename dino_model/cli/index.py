@@ -11,7 +11,9 @@ import argparse
 import logging
 
 from dino_model.cli.options import print_result
+from dino_model.serving.client import DEFAULT_URL
 from dino_model.serving.index import DEFAULT_NPROBE, KINDS
+from dino_model.triton.config import DEFAULT_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build", help="embed images through Triton and write a faiss index + manifest")
     build.add_argument("inputs", nargs="+", help="image files and/or folders (class sub-folders give labels)")
     build.add_argument("--output", required=True, metavar="INDEX_DIR", help="folder for index.faiss and manifest.json")
-    build.add_argument("--url", default="localhost:8001", help="Triton gRPC host:port")
-    build.add_argument("--model-name", default="dino")
+    build.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC host:port")
+    build.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     build.add_argument("--model-version", default="", help="pin a version (default: the server's latest)")
     build.add_argument("--kind", choices=KINDS, default="exact",
                        help="exact: every vector compared; ivf: k-means cells, nprobe of them searched")

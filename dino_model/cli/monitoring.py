@@ -11,6 +11,10 @@ import time
 from pathlib import Path
 
 from dino_model.cli.options import add_renamed, print_result
+from dino_model.serving.client import METRICS_PORT
+
+PROMETHEUS_PORT, PUSHGATEWAY_PORT = 9090, 9091
+TRITON_METRICS = f"localhost:{METRICS_PORT}"
 
 logger = logging.getLogger(__name__)
 
@@ -21,11 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     up = sub.add_parser("up", help="run Prometheus + Pushgateway on loopback, scraping a local Triton")
     up.add_argument("--triton", action="append", default=None, metavar="HOST:PORT",
-                    help="Triton metrics endpoint (repeatable; default localhost:8002)")
+                    help=f"Triton metrics endpoint (repeatable; default {TRITON_METRICS})")
     up.add_argument("--target", action="append", default=[], metavar="HOST:PORT",
                     help="a process serving prometheus-client metrics (repeatable)")
-    up.add_argument("--prometheus-port", type=int, default=9090)
-    up.add_argument("--pushgateway-port", type=int, default=9091)
+    up.add_argument("--prometheus-port", type=int, default=PROMETHEUS_PORT)
+    up.add_argument("--pushgateway-port", type=int, default=PUSHGATEWAY_PORT)
     up.add_argument("--scrape-interval", default="5s")
     up.add_argument("--workdir", type=Path, default=None, help="config and TSDB folder (default: a temp folder)")
     up.add_argument("--duration-s", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
@@ -51,7 +55,7 @@ def _up(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dino-monitoring-")))
         gateway = f"127.0.0.1:{args.pushgateway_port}"
-        config = write_prometheus_config(workdir, triton_targets=args.triton or ["localhost:8002"],
+        config = write_prometheus_config(workdir, triton_targets=args.triton or [TRITON_METRICS],
                                          pushgateway=gateway, platform_targets=args.target,
                                          scrape_interval=args.scrape_interval)
         gateway_url = stack.enter_context(run_pushgateway(port=args.pushgateway_port, log_dir=workdir))
@@ -99,7 +103,8 @@ def _check(args: argparse.Namespace) -> int:
     from dino_model.monitoring.promql import promtool
 
     with tempfile.TemporaryDirectory(prefix="dino-promcheck-") as tmp:
-        config = write_prometheus_config(tmp, triton_targets=["localhost:8002"], pushgateway="localhost:9091")
+        config = write_prometheus_config(tmp, triton_targets=[TRITON_METRICS],
+                                         pushgateway=f"localhost:{PUSHGATEWAY_PORT}")
         results = {"rules": promtool("check", "rules", rules_path()), "config": promtool("check", "config", config)}
     for test_file in args.rules_test:
         results[f"test {test_file}"] = promtool("test", "rules", test_file)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from dino_model.cli.options import print_result
+from dino_model.serving.client import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,9 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="digits_vit_tiny", help="training config (path or packaged name)")
     p.add_argument("--min-knn-top1", type=float, default=30.0, help="quality gate threshold (%%)")
     p.add_argument("--allow-worse", action="store_true", help="deploy even if worse than the serving model")
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
+    p.add_argument("--http-port", type=int, default=HTTP_PORT)
+    p.add_argument("--metrics-port", type=int, default=METRICS_PORT)
     p.add_argument("--output-dir", default=None, help="default: runs/local")
     p.add_argument("--pushgateway", default=os.environ.get("DINO_PUSHGATEWAY", ""),
                    help="Pushgateway host:port for the run's metrics (default: $DINO_PUSHGATEWAY, else none)")

@@ -15,18 +15,14 @@ DINO_PIPELINE, DINO_IMAGE, the retry policy) is the overlay's ConfigMap, read as
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import re
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dino_model.cli.options import add_renamed, print_result
+from dino_model.runtime import git
 
 if TYPE_CHECKING:
     from pipelines.retrain_settings import RetrainSettings
@@ -46,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--fetch", action="store_true", help="git fetch before reading the revision")
         p.add_argument("--workdir", default=os.environ.get("DINO_RETRAIN_WORKDIR", ""),
                        help="scratch folder for the clone of a git URL (default: the system's temporary folder)")
-        p.add_argument("--git-timeout", type=float, default=float(os.environ.get("DINO_GIT_TIMEOUT", "120")),
+        p.add_argument("--git-timeout", type=float,
+                       default=float(os.environ.get("DINO_GIT_TIMEOUT", git.DEFAULT_TIMEOUT_S)),
                        help="seconds a git clone or fetch may take")
         p.add_argument("--namespace", default=None,
                        help="KFP multi-user profile namespace of every KFP call (default: $KFP_NAMESPACE; "
@@ -98,7 +95,7 @@ def run_watch(args: argparse.Namespace) -> int:
 
 def _check_once(args: argparse.Namespace) -> dict:
     from dino_model.errors import ConfigError
-    from dino_model.versioning.clone import public_url
+    from dino_model.versioning.clone import data_repository, is_git_url, public_url, tracked_rev
     from dino_model.versioning.versions import current_version, version_at
     from pipelines.retrain import check, deployed_data_version, kfp_run_state, kfp_submitter
     from pipelines.submit import parse_params
@@ -112,11 +109,11 @@ def _check_once(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--rev workspace needs a local checkout, not the git URL {public_url(args.repo)}")
     if remote and args.local:
         raise ConfigError("--local runs the pipeline on a local checkout: give --repo PATH, not a git URL")
-    with _data_repository(args.repo, workdir=args.workdir, timeout_s=args.git_timeout, fetch=args.fetch) as repo:
+    with data_repository(args.repo, workdir=args.workdir, timeout_s=args.git_timeout, fetch=args.fetch) as repo:
         if args.rev == "workspace":
             current = current_version(repo)
         else:
-            current = version_at(repo, _tracked_rev(repo, args.rev) if remote else args.rev)
+            current = version_at(repo, tracked_rev(repo, args.rev) if remote else args.rev)
     repository = args.triton_repository or None
     deployed = deployed_data_version(args.url, repository=repository) if args.url else None
     if args.local:
@@ -151,49 +148,6 @@ def run_settings(args: argparse.Namespace) -> RetrainSettings:
                            namespace=pick(args.namespace, env.namespace),
                            registered=pick(args.registered, env.registered), image=pick(args.image, env.image),
                            experiment=args.experiment or env.experiment, retry=retry)
-
-
-def is_git_url(repo: str) -> bool:
-    """True for what git clones over a transport (https://, ssh://, file://, user@host:path), not a local path."""
-    return "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo) is not None
-
-
-@contextlib.contextmanager
-def _data_repository(repo: str, *, workdir: str, timeout_s: float, fetch: bool) -> Iterator[Path]:
-    """A local checkout as it is (fetched first on request), or a fresh clone of a git URL removed afterwards."""
-    if not is_git_url(repo):
-        root = Path(repo).resolve()
-        if fetch:
-            _git_bounded(root, ["fetch", "--quiet"], timeout_s)
-        yield root
-        return
-    from dino_model.versioning.clone import clone
-
-    if workdir:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="retrain-", dir=workdir or None) as scratch:
-        yield clone(repo, Path(scratch) / "repo", timeout_s=timeout_s)
-
-
-def _tracked_rev(root: Path, rev: str) -> str:
-    """In a fresh clone only the default branch is local: branch NAME is refs/remotes/origin/NAME."""
-    ref = f"refs/remotes/origin/{rev}"
-    found = subprocess.run(["git", "-C", str(root), "show-ref", "--verify", "--quiet", ref], check=False)
-    return ref if found.returncode == 0 else rev
-
-
-def _git_bounded(root: Path, args: list[str], timeout_s: float) -> None:
-    from dino_model.errors import DataError
-    from dino_model.versioning.clone import git_environment
-
-    try:
-        proc = subprocess.run(["git", "-C", str(root), *args], env=git_environment(), capture_output=True,
-                              text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise DataError(f"`git {' '.join(args)}` in {root} took over {timeout_s:.0f} s") from None
-    if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DataError(f"`git {' '.join(args)}` failed in {root}: {detail}")
 
 
 def _local_submitter(repo: Path, params: dict):

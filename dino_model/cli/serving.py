@@ -10,8 +10,10 @@ import threading
 from typing import Any
 
 from dino_model.cli.options import add_lineage_args, lineage_from_args, print_result
+from dino_model.serving.admin_key import ADMIN_HEADER, ADMIN_KEY_ENV
+from dino_model.serving.client import DEFAULT_URL, LOAD_TIMEOUT_S
 from dino_model.serving.server import TritonServer
-from dino_model.triton.config import RepositoryOptions
+from dino_model.triton.config import DEFAULT_MODEL_NAME, RepositoryOptions
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +65,14 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recover", action="store_true",
                    help="only finish a deploy that was killed (roll forward or back per its journal) and clean up")
     p.add_argument("--repository", required=True, help="the live server's model repository")
-    p.add_argument("--url", default="localhost:8001", help="Triton gRPC host:port")
-    p.add_argument("--model-name", default="dino")
+    p.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC host:port")
+    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--smoke-images", help="image folder for the smoke test (default: seeded noise only)")
     p.add_argument("--tolerance", type=float, help="max |served - onnxruntime| (default from the config)")
-    p.add_argument("--load-timeout", type=float, default=600.0, help="seconds allowed per model load")
-    p.add_argument("--admin-header", default="admin-key",
+    p.add_argument("--load-timeout", type=float, default=LOAD_TIMEOUT_S, help="seconds allowed per model load")
+    p.add_argument("--admin-header", default=ADMIN_HEADER,
                    help="key name of the server's --grpc-restricted-protocol=model-repository:<name>=<key>")
-    p.add_argument("--admin-key-env", default="TRITON_ADMIN_KEY", help="environment variable holding that key")
+    p.add_argument("--admin-key-env", default=ADMIN_KEY_ENV, help="environment variable holding that key")
     p.add_argument("--admin-key-file", help="file holding that key (default: <repository>.admin-key, written by "
                                             "`dino-mlops serve`, else the variable of --admin-key-env)")
     add_lineage_args(p)
@@ -81,11 +83,14 @@ def _register_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="embed image files or folders through Triton over gRPC")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (class sub-folders give labels)")
     p.add_argument("--output", required=True, help=".npy (embeddings), .npz (also labels: a k-NN index) or .json")
-    p.add_argument("--url", default="localhost:8001", help="Triton gRPC host:port")
-    p.add_argument("--model-name", default="dino")
+    p.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC host:port")
+    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--model-version", default="", help="pin a version (default: the server's latest)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=4, help="batches in flight at once")
+    p.add_argument("--server-preprocess", action="store_true",
+                   help="send the image files as they are to the server's image entry point (<model>_images), "
+                        "which decodes and preprocesses them with the same code")
     p.add_argument("--knn-index", help=".npz written by `infer` on labelled folders: adds k-NN labels")
     p.add_argument("--k", "-k", type=int, default=20,
                    help="neighbours: voting for --knn-index labels, listed per image by --search")
@@ -152,19 +157,24 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
+    from dino_model.errors import ConfigError
     from dino_model.serving.client import EmbeddingClient
-    from dino_model.serving.inference import embed_images, knn_predict, write_embeddings
+    from dino_model.serving.inference import embed_images, predict_labels, write_embeddings
     from dino_model.triton.config import check_model_name, check_version
 
     check_model_name(args.model_name)
     if args.model_version:
         check_version(args.model_version)
+        if args.server_preprocess:
+            raise ConfigError("--server-preprocess sends to the image entry point, which serves the latest version; "
+                              "drop --model-version, or preprocess here to pin one")
     reference = _drift_reference(args.drift_reference) if args.drift_reference else None
     client = EmbeddingClient(args.url, args.model_name, model_version=args.model_version)
     index = _search_index(args, client) if args.search else None
-    result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency)
+    result = embed_images(args.inputs, client, batch_size=args.batch_size, concurrency=args.concurrency,
+                          server_preprocess=args.server_preprocess)
     if args.knn_index:
-        result.predictions = knn_predict(result, args.knn_index, k=args.k, temperature=args.temperature)
+        result.predictions = predict_labels(result, args.knn_index, k=args.k, temperature=args.temperature)
     if index is not None:
         from dino_model.serving.index import neighbours
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from dino_model.data.folders import Sample, scan_folder
 from dino_model.errors import DataError
+from dino_model.runtime import atomic
 from dino_model.runtime.digests import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def pack_folder(src: str | Path, out: str | Path, *, shard_bytes: int = DEFAULT_
               for i, group in enumerate(_groups(packing_order(scan.samples), shard_bytes, max_per_shard))]
     index = ShardIndex(scan.classes, shards, len(scan.skipped))
     _remove_stale(out, {s.name for s in shards})
-    _write_atomic(out / INDEX_NAME, json.dumps(index.to_dict(), indent=1) + "\n")
+    atomic.write_json(out / INDEX_NAME, index.to_dict(), indent=1, mode=0o644)
     logger.info("packed %d images of %s into %d shard(s) in %s (%d unreadable skipped)",
                 index.total, src, len(shards), out, index.skipped)
     return index
@@ -206,8 +207,7 @@ def _groups(samples: list[tuple[int, Sample]], shard_bytes: int, max_per_shard: 
 def _write_shard(path: Path, samples: list[tuple[int, Sample]]) -> ShardInfo:
     from webdataset import TarWriter
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as stream:
+    with atomic.replacing(path, mode=0o644) as temporary, temporary.open("wb") as stream:
         writer = TarWriter(stream, user="", group="", mode=0o444, mtime=0, encoder=False, format="USTAR_FORMAT")
         for index, sample in samples:
             member = {"__key__": sample_key(index), sample.path.suffix.lower().lstrip("."): sample.path.read_bytes()}
@@ -215,7 +215,6 @@ def _write_shard(path: Path, samples: list[tuple[int, Sample]]) -> ShardInfo:
                 member["cls"] = str(sample.label).encode()
             writer.write(member)
         writer.close()
-    tmp.replace(path)
     return ShardInfo(path.name, len(samples), path.stat().st_size, file_sha256(path))
 
 
@@ -226,7 +225,3 @@ def _remove_stale(out: Path, keep: set[str]) -> None:
             logger.info("removed %s, a shard of an earlier pack", old)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,8 @@ from typing import TYPE_CHECKING
 from dino_model.errors import ExportError
 from dino_model.export import signing
 from dino_model.export.signing import Signature
+from dino_model.runtime import git
+from dino_model.runtime.git import GitError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -169,10 +170,8 @@ def code_revision() -> str:
     if os.environ.get(REVISION_ENV):
         return os.environ[REVISION_ENV]
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        out = git.run(["rev-parse", "HEAD"], cwd=Path(__file__).parent, timeout_s=10, check=False)
+    except (OSError, GitError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
 

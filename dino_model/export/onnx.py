@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from dino_model.errors import ExportError
 from dino_model.export.contract import EMBEDDING, INPUT_NAME, PATCH_TOKENS, ModelContract
 from dino_model.export.options import DEFAULT_OPSET
+from dino_model.runtime import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -131,15 +131,8 @@ def _save_single_file(proto, output: Path) -> None:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp, save_as_external_data=False)
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.replacing(output, mode=0o644) as temporary:
+        onnx.save_model(proto, str(temporary), save_as_external_data=False)
     if any(uses_external_data(t) for t in onnx.load(str(output), load_external_data=False).graph.initializer):
         raise ExportError(f"{output} still refers to external weight files; it must be self-contained")
 

@@ -11,8 +11,6 @@ checkout, and nothing heavier should be needed to load a model.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from dino_model.errors import ExportError
+from dino_model.runtime import atomic
 
 SUFFIX = ".safetensors"
 TIMM_NAME = "dino.timm_name"
@@ -44,13 +43,8 @@ def save_backbone(backbone: nn.Module, path: str | Path, metadata: Mapping[str, 
         raise ExportError(f"safetensors metadata holds strings only; {', '.join(bad)} are not")
     state = {key: value.detach().cpu().contiguous() for key, value in backbone.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", **metadata})
-        Path(tmp).replace(path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic.replacing(path) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt", **metadata})
     return path
 
 

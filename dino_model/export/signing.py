@@ -27,13 +27,13 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dino_model.errors import ConfigError
+from dino_model.runtime import atomic
 
 if TYPE_CHECKING:  # imported where used: the client-only install reads lineage without `cryptography`
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -144,8 +144,8 @@ def generate_local_key(path: Path) -> Ed25519PrivateKey:
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_atomic(path, pem, mode=0o600)
-    _write_atomic(path.with_name(PUBLIC_FILE), public_pem(private.public_key()), mode=0o644)
+    atomic.write_bytes(path, pem, mode=0o600)
+    atomic.write_bytes(path.with_name(PUBLIC_FILE), public_pem(private.public_key()), mode=0o644)
     logger.warning("created the lineage signing key %s (public key %s, id %s): deploy and the quality gate "
                    "on this machine trust it; elsewhere give them the public key in $%s", path,
                    path.with_name(PUBLIC_FILE), key_id(private.public_key()), PUBLIC_KEYS_ENV)
@@ -235,15 +235,3 @@ def _parse_publics(text: str, source: str) -> list[Ed25519PublicKey]:
     if not keys:
         raise ConfigError(f"{source} holds no PEM public key")
     return keys
-
-
-def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

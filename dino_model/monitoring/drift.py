@@ -20,13 +20,13 @@ four references), hence the default W = 64.
 The threshold belongs to one window size: a shorter window is noisier, so no statistic is reported
 until the window is full.
 
-No torch here: the Triton Python backend and the export both use the reference file
+No torch here: the serving drift step (triton/python_backend/drift_model.py) and the export both use the reference file
 (`<stem>.drift.npz`), and the statistic is plain numpy.
 
 A monitor must fail closed: a reference with a NaN or zero bandwidth, a NaN threshold or a NaN or
 empty sample makes every MMD^2 NaN, and `NaN > threshold` is false, so such a file would report
 "no drift" forever. So a reference is checked (`reference_problem`) wherever it is written or read:
-the export refuses to write an invalid one, `load` refuses to read one, and the Triton backend (which
+the export refuses to write an invalid one, `load` refuses to read one, and the serving drift step (which
 repeats these rules) serves without the statistic and reports the monitor down. The rules: a 2-D
 finite sample of unit-length rows, at least `window` of them; window an integer >= 2 (the unbiased
 estimator needs two points per sample); bandwidth and threshold finite and > 0; self_term the kernel
@@ -83,7 +83,7 @@ class DriftReference:
     self_term: float
 
     def save(self, path: str | Path) -> Path:
-        """Write the reference as a .npz file (what the Triton Python backend reads).
+        """Write the reference as a .npz file (what the serving drift step reads).
 
         Raises:
             ConfigError: the reference is invalid (see `reference_problem`); nothing is written.
@@ -132,7 +132,7 @@ def _integer(value: np.ndarray) -> int:
 def reference_problem(reference: DriftReference) -> str | None:
     """Why the drift statistic cannot be trusted with this reference, in one line; None when it can.
 
-    The Triton Python backend repeats these rules (it cannot import this package); a test pins the two.
+    The serving drift step repeats these rules (it cannot import this package); a test pins the two.
     """
     sample = np.asarray(reference.sample)
     if sample.ndim != 2 or sample.shape[1] < 1 or not np.issubdtype(sample.dtype, np.floating):

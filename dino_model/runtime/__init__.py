@@ -1,1 +1,1 @@
-"""Process plumbing shared by models, loss, training and export: process groups and checkpoint files."""
+"""Process plumbing every layer shares: process groups, checkpoints, atomic writes, git, locks, child servers."""

@@ -2,8 +2,8 @@
 
 A checkpoint holds only tensors and plain Python values (the config as a dict), so it loads with
 `torch.load(weights_only=True)`. `epoch` is the next epoch to run, as in the official code.
-Each file is written to a temporary `.<name>.XXXXXXXX` beside it and renamed over it: a run killed
-mid-write leaves such a temporary behind, which the next run in that folder removes. A write that
+Each file is written through runtime/atomic.py (a temporary `.<name>.XXXXXXXX` beside it, renamed over
+it): a run killed mid-write leaves such a temporary behind, which the next run in that folder removes. A write that
 fails (a full disk) removes its temporary and raises CheckpointError; the previous file is untouched.
 """
 
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 
 from dino_model.errors import CheckpointError
+from dino_model.runtime import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ STALE_TEMPORARY = re.compile(r"^\.(checkpoint\d*\.pth|metrics\.jsonl)\.[a-z0-9_]
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    """torch.save to `path` atomically (runtime/atomic.py)."""
     return _write_atomic(Path(path), lambda fh: torch.save(state, fh))
 
 
@@ -62,28 +61,20 @@ class _RecordingFile:
 def _write_atomic(path: Path, write: Callable[[Any], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     existed = path.is_file()
+    recording: _RecordingFile | None = None
+
+    def write_recorded(fh: Any) -> None:
+        nonlocal recording
+        recording = _RecordingFile(fh)
+        write(recording)
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:
-        raise CheckpointError(_write_failure(path, exc, existed)) from exc
-    recording = None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            recording = _RecordingFile(fh)
-            write(recording)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
+        return atomic.write_with(path, write_recorded)
     except (OSError, RuntimeError) as exc:
-        Path(tmp).unlink(missing_ok=True)
         cause = exc if isinstance(exc, OSError) else getattr(recording, "error", None)
         if cause is None:
             raise
         raise CheckpointError(_write_failure(path, cause, existed)) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _write_failure(path: Path, exc: OSError, existed: bool) -> str:

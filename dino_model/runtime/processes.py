@@ -2,7 +2,9 @@
 
 Triton, Prometheus and the Pushgateway are all run the same way: a binary with its log in a file,
 ready once an HTTP endpoint answers 200, stopped with SIGTERM (each drains or flushes on it) and
-SIGKILL only when it lingers. Callers phrase their own errors from the reason `wait_ready` returns,
+SIGKILL only when it lingers. `stop` ends a child this process started; `stop_pid` ends one that an
+earlier command started and recorded by pid (the local Triton of `pipeline run --local`), signalled only
+while the pid still names that process. Callers phrase their own errors from the reason `wait_ready` returns,
 since only they know which log lines explain a failure.
 """
 
@@ -16,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -64,3 +67,59 @@ def stop(process: subprocess.Popen, *, timeout_s: float = 15.0, group: bool = Fa
             os.killpg(process.pid, signal.SIGKILL) if group else process.kill()
             process.wait()
     return process.returncode
+
+
+def stop_pid(pid: int, *, timeout_s: float = 30.0, started: int | None = None) -> bool:
+    """SIGTERM `pid`, then SIGKILL its process group after `timeout_s`; with `started`, only while the pid
+    still names the process that started at that time (see process_start_time)."""
+    def same() -> bool:
+        return started is None or process_start_time(pid) == started
+
+    if not same():
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            if _reaped(pid):
+                return True
+        except OSError:
+            return True
+        time.sleep(0.2)
+    if same():
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); None if there is none.
+
+    A pid is reused once its process is gone; the pair (pid, start time) names one process.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name in parentheses may hold spaces
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def process_command(pid: int) -> list[str]:
+    """The command line of `pid` ([] if there is none)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == pid

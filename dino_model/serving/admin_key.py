@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from dino_model.errors import ConfigError, ServingError
+from dino_model.runtime import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +67,10 @@ def write_admin_key(path: str | Path, key: str) -> Path:
     """Write `key` to `path` with mode 0600 from the start (a private temporary file renamed over it)."""
     path = Path(path)
     try:
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        return atomic.write_text(path, key + "\n", mode=0o600)
     except OSError as exc:
         raise ServingError(f"cannot write the admin key file {path} ({exc.strerror}); give a key with "
                            f"--admin-key-file or ${ADMIN_KEY_ENV}") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key + "\n")
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def find_admin_key(repository: str | Path | None = None, key_file: str | Path | None = None, *,

@@ -8,6 +8,11 @@ check (Triton's onnxruntime backend) return them without an error. The admin key
 only with calls to Triton's restricted APIs (repository, shared memory, trace, logging), never with
 inference. One tritonclient connection per thread, since batches are sent concurrently
 (gRPC urls are host:port, without a scheme).
+
+Where the repository holds the entry points of dino_model/triton/ensemble.py, unpinned requests go
+through `<model>_monitored` (the same model with the drift step after it, so the traffic shows in
+the drift gauges) and encoded images through `<model>_images` (`infer_encoded`: preprocessing on the
+server); requests pinned to a version always go to the model itself (the ensembles serve its latest).
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ import numpy as np
 
 from dino_model.errors import ConfigError, ServingError
 from dino_model.export.contract import EMBEDDING, INPUT_NAME, ModelContract
-from dino_model.triton.config import config_parameters
+from dino_model.triton.config import DEFAULT_MODEL_NAME, config_parameters
+from dino_model.triton.ensemble import BYTES_INPUT, EntryPoints
 
 logger = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_S = 600.0  # deadline of a model load: the server reads, checks and warms the model up
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002  # Triton's own defaults, used by every server started here
+DEFAULT_URL = f"localhost:{GRPC_PORT}"
 
 # tritonclient.grpc methods in the API groups servers restrict to the admin key (server.RESTRICTED_APIS)
 RESTRICTED_CALLS = frozenset({
@@ -45,6 +53,7 @@ class ServedModel:
     max_batch_size: int
     contract: ModelContract
     config: dict
+    monitored: str = ""  # the drift-monitored entry point of the same model, "" when the server has none
 
 
 class EmbeddingClient:
@@ -63,7 +72,7 @@ class EmbeddingClient:
             call is then made on all of them in turn, and the first one's answer is returned.
     """
 
-    def __init__(self, url: str = "localhost:8001", model_name: str = "dino", *, model_version: str = "",
+    def __init__(self, url: str = DEFAULT_URL, model_name: str = DEFAULT_MODEL_NAME, *, model_version: str = "",
                  timeout_s: float = 60.0, headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> None:
         for address in (url, *replicas):
             if "://" in address:
@@ -122,7 +131,19 @@ class EmbeddingClient:
         config = config.get("config", config)
         contract = ModelContract.from_properties(config_parameters(config),
                                                  source=f"model {self.model_name!r} at {self.url}")
-        return ServedModel(self.model_name, int(config.get("max_batch_size", 0)), contract, config)
+        monitored = EntryPoints(self.model_name).monitored
+        ready = self.call("reading readiness", self.raw.is_model_ready, monitored, client_timeout=self.timeout_s)
+        return ServedModel(self.model_name, int(config.get("max_batch_size", 0)), contract, config,
+                           monitored if ready else "")
+
+    @cached_property
+    def images_entry_point(self) -> str:
+        """The name of the served model's image entry point; ServingError when the server has none (checked once)."""
+        target = EntryPoints(self.model_name).images
+        if not self.call("reading readiness", self.raw.is_model_ready, target, client_timeout=self.timeout_s):
+            raise ServingError(f"Triton at {self.url} serves no image entry point {target!r} (write the repository "
+                               "again with `dino-mlops triton-repo`, which adds it, or preprocess here)")
+        return target
 
     def check_images(self, images: np.ndarray) -> None:
         """ServingError unless `images` is finite FP32 (B, 3, S, S) with 1 <= B <= max_batch_size."""
@@ -153,11 +174,38 @@ class EmbeddingClient:
         request.set_data_from_numpy(images)
         wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
         version = self.model_version if model_version is None else model_version
-        result = self.call(f"inference on model {self.model_name!r}", self.raw.infer, self.model_name, [request],
+        target = self.served.monitored if not version and self.served.monitored else self.model_name
+        # named by the model asked for; Triton's own message says when an ensemble carried it
+        result = self.call(f"inference on model {self.model_name!r}", self.raw.infer, target, [request],
                            model_version=version, outputs=wanted, client_timeout=self.timeout_s)
         answers = {name: result.as_numpy(name) for name in outputs}
         for name, array in answers.items():
             check_finite(array, f"{name!r} of model {self.model_name!r} at {self.url}", images)
+        return answers
+
+    def infer_encoded(self, images: Sequence[bytes], *, outputs: Sequence[str] = (EMBEDDING,)
+                      ) -> dict[str, np.ndarray]:
+        """One request to the image entry point `<model>_images`: encoded images (JPEG, PNG, WebP ...) in,
+        {output name: array} out, preprocessed on the server exactly as `infer`'s callers do here.
+
+        Raises:
+            ServingError: the server has no image entry point, the batch is empty or too large, or the
+                server refused an item (its message names the item and why).
+        """
+        import tritonclient.grpc as grpcclient
+
+        target = self.images_entry_point
+        if not 1 <= len(images) <= self.served.max_batch_size:
+            raise ServingError(f"batch of {len(images)} images; model {target!r} takes 1 to "
+                               f"{self.served.max_batch_size} per request")
+        request = grpcclient.InferInput(BYTES_INPUT, [len(images), 1], "BYTES")
+        request.set_data_from_numpy(np.array([bytes(item) for item in images], dtype=np.object_).reshape(-1, 1))
+        wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        result = self.call(f"inference on model {target!r}", self.raw.infer, target, [request], outputs=wanted,
+                           client_timeout=self.timeout_s)
+        answers = {name: result.as_numpy(name) for name in outputs}
+        for name, array in answers.items():
+            check_finite(array, f"{name!r} of model {target!r} at {self.url}", np.zeros(len(images)))
         return answers
 
     def embed(self, images: np.ndarray, *, batch_size: int = 32, concurrency: int = 4) -> np.ndarray:

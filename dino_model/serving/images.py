@@ -5,10 +5,11 @@ shorter side, centre crop, /255, normalisation), so an embedding from the server
 evaluation computes for the same file. They are written with PIL and numpy, not torchvision, so that
 the client-only install (dino-mlops-client) needs no PyTorch; each step follows torchvision's
 arithmetic on PIL images (sizes, crop offsets, zero padding, float32 division) and a test holds the
-result equal to `eval_transform`. A corrupt file, an image whose header declares more pixels than
-the project's cap (data/pixel_cap.py, DINO_MAX_IMAGE_PIXELS; refused before it is decoded) or a file
-removed meanwhile is skipped and named with the reason, never fatal: the rest of the inputs are
-still embedded.
+result equal to `eval_transform`. The steps themselves live in dino_model/triton/python_backend/
+preprocessing.py, which the server's image entry point ships and runs, so the two cannot drift
+apart. A corrupt file, an image whose header declares more pixels than the project's cap
+(data/pixel_cap.py, DINO_MAX_IMAGE_PIXELS; refused before it is decoded) or a file removed
+meanwhile is skipped and named with the reason, never fatal: the rest of the inputs are still embedded.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from dino_model.data.folders import IMAGE_EXTENSIONS, UNREADABLE_ERRORS, load_rgb, scan_folder, unreadable_reason
+from dino_model.data.pixel_cap import open_image
 from dino_model.errors import DataError
 from dino_model.export.contract import ModelContract
+from dino_model.triton.python_backend.preprocessing import Preprocess, center_crop, resize_shorter_side
+
+__all__ = ["ImageItem", "Preprocess", "center_crop", "collect_images", "load_batch", "read_encoded",
+           "resize_shorter_side", "transform_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,43 +56,6 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[ImageItem], list[
     return items, skipped
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """RGB image -> float32 (3, image_size, image_size): resize, centre crop, /255, normalise."""
-
-    image_size: int
-    resize_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        pixels = center_crop(np.asarray(resize_shorter_side(image, self.resize_size)), self.image_size)
-        scaled = pixels.astype(np.float32) / np.float32(255)
-        mean = np.asarray(self.mean, np.float32).reshape(1, 1, -1)
-        std = np.asarray(self.std, np.float32).reshape(1, 1, -1)
-        return ((scaled - mean) / std).transpose(2, 0, 1)
-
-
-def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
-    """Bicubic resize of the shorter side to `size`, the longer one truncated in proportion."""
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-    return image if new_size == image.size else image.resize(new_size, Image.Resampling.BICUBIC)
-
-
-def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
-    """The central size x size window of (H, W, C) pixels, zero-padded first where the image is smaller."""
-    height, width = pixels.shape[:2]
-    if size > height or size > width:
-        pad_h, pad_w = max(size - height, 0), max(size - width, 0)
-        pixels = np.pad(pixels, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
-        height, width = pixels.shape[:2]
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-    return pixels[top : top + size, left : left + size]
-
-
 def transform_for(contract: ModelContract) -> Preprocess:
     """The evaluation preprocessing at the contract's sizes, normalised with the contract's statistics."""
     return Preprocess(contract.image_size, contract.resize_size, tuple(contract.mean), tuple(contract.std))
@@ -107,3 +75,21 @@ def load_batch(items: Sequence[ImageItem], transform: Callable
             skipped.append({"path": str(item.path), "reason": reason})
     images = np.stack(arrays).astype(np.float32, copy=False) if arrays else np.zeros((0, 3, 1, 1), np.float32)
     return images, kept, skipped
+
+
+def read_encoded(items: Sequence[ImageItem]) -> tuple[list[bytes], list[ImageItem], list[dict[str, str]]]:
+    """(the encoded bytes of each usable file, its item, {"path", "reason"} of those skipped), for a server
+    that preprocesses: each header is read here first (format, pixel cap), so a corrupt file or one
+    over the cap is skipped and named before anything is sent; the server checks again."""
+    encoded, kept, skipped = [], [], []
+    for item in items:
+        try:
+            with open_image(item.path):
+                pass
+            encoded.append(item.path.read_bytes())
+            kept.append(item)
+        except UNREADABLE_ERRORS as exc:
+            reason = unreadable_reason(exc)
+            logger.warning("skipped %s: %s", item.path, reason)
+            skipped.append({"path": str(item.path), "reason": reason})
+    return encoded, kept, skipped

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ import numpy as np
 
 from dino_model.errors import ConfigError, DataError, ServingError
 from dino_model.export.lineage import VERIFIED_KEY
+from dino_model.runtime import atomic
 from dino_model.runtime.digests import file_sha256
 from dino_model.serving.client import EmbeddingClient
 from dino_model.serving.gate import config_lineage
@@ -212,18 +212,10 @@ def write_index(index: SimilarityIndex, folder: str | Path) -> Path:
     faiss = faiss_module()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{INDEX_FILE}.", delete=False) as tmp:
-        temporary = Path(tmp.name)
-    try:
+    with atomic.replacing(folder / INDEX_FILE) as temporary:
         faiss.write_index(index.index, str(temporary))
         index.manifest["index_sha256"] = file_sha256(temporary)
-        temporary.replace(folder / INDEX_FILE)
-    finally:
-        temporary.unlink(missing_ok=True)
-    manifest = folder / MANIFEST_FILE
-    partial = manifest.with_name(f".{MANIFEST_FILE}.tmp")
-    partial.write_text(json.dumps(index.manifest, indent=1) + "\n")
-    partial.replace(manifest)
+    atomic.write_json(folder / MANIFEST_FILE, index.manifest, indent=1, mode=0o644)
     logger.info("wrote a %s index of %d embeddings to %s", index.manifest["kind"], index.manifest["count"], folder)
     return folder
 

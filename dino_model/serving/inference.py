@@ -6,7 +6,9 @@ labels new images by the weighted vote of DINO's k-NN evaluation (Caron et al., 
 Sec. 4.1): the same vote as `dino_model.eval.knn.weighted_vote`, written in numpy and computed here
 on the served embeddings, because this path runs in the client-only install, which has no PyTorch
 (a test holds the two votes equal). With `--search`, each image's nearest images in a similarity
-index (dino_model/serving/index.py) go into the output beside its embedding.
+index (dino_model/serving/index.py) go into the output beside its embedding. With
+`server_preprocess` the files' bytes go to the server's image entry point (`<model>_images`) as they
+are, and the server preprocesses them with the same code (`--server-preprocess`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from dino_model.errors import ConfigError, DataError
+from dino_model.errors import ConfigError, DataError, ServingError
 from dino_model.export.contract import EMBEDDING
 from dino_model.logs import progress
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.images import ImageItem, collect_images, load_batch, transform_for
+from dino_model.serving.images import ImageItem, collect_images, load_batch, read_encoded, transform_for
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +45,22 @@ class EmbeddingResult:
 
 
 def embed_images(inputs: list[str | Path], client: EmbeddingClient, *, batch_size: int = 32,
-                 concurrency: int = 4) -> EmbeddingResult:
-    """Embed every readable image under `inputs`; unreadable files are skipped and listed."""
+                 concurrency: int = 4, server_preprocess: bool = False) -> EmbeddingResult:
+    """Embed every readable image under `inputs`; unreadable files are skipped and listed.
+
+    `server_preprocess`: send the encoded files to the server's image entry point instead of
+    preprocessing here (an item the server refuses is skipped with its reason).
+    """
     items, skipped = collect_images(inputs)
     transform = transform_for(client.served.contract)
     size = max(1, min(batch_size, client.served.max_batch_size))
     batches = [items[i : i + size] for i in range(0, len(items), size)]
+    if server_preprocess:
+        client.images_entry_point  # noqa: B018 - fail once, before any batch, when the server has none
 
     def work(batch: list[ImageItem]) -> tuple[list[ImageItem], np.ndarray, list[dict[str, str]]]:
+        if server_preprocess:
+            return _embed_encoded(client, batch)
         images, kept, bad = load_batch(batch, transform)
         return kept, client.infer(images)[EMBEDDING] if kept else None, bad
 
@@ -65,12 +75,37 @@ def embed_images(inputs: list[str | Path], client: EmbeddingClient, *, batch_siz
     return EmbeddingResult([str(i.path) for i in kept], [i.label for i in kept], embeddings, skipped)
 
 
-def knn_predict(result: EmbeddingResult, index_path: str | Path, *, k: int = 20, temperature: float = 0.07
+def _embed_encoded(client: EmbeddingClient, batch: list[ImageItem]
+                   ) -> tuple[list[ImageItem], np.ndarray | None, list[dict[str, str]]]:
+    """One batch through the image entry point; when the server refuses it, each item alone, so one bad
+    file is skipped with the server's reason and the rest are still embedded."""
+    encoded, kept, bad = read_encoded(batch)
+    if not kept:
+        return kept, None, bad
+    try:
+        return kept, client.infer_encoded(encoded)[EMBEDDING], bad
+    except ServingError as exc:
+        if len(kept) == 1 or "cannot be used" not in str(exc):
+            raise
+    answered, embeddings = [], []
+    for item, data in zip(kept, encoded, strict=True):
+        try:
+            embeddings.append(client.infer_encoded([data])[EMBEDDING])
+            answered.append(item)
+        except ServingError as exc:
+            if "cannot be used" not in str(exc):
+                raise
+            logger.warning("skipped %s: the server refused it: %s", item.path, exc)
+            bad.append({"path": str(item.path), "reason": f"refused by the server: {exc}"})
+    return answered, np.concatenate(embeddings) if embeddings else None, bad
+
+
+def predict_labels(result: EmbeddingResult, index_path: str | Path, *, k: int = 20, temperature: float = 0.07
                 ) -> list[str]:
     """Labels by weighted k-NN vote over a stored index of labelled embeddings."""
     if k < 1 or temperature <= 0:
         raise ConfigError(f"k-NN labels need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
-    index = load_index(index_path)
+    index = load_labelled_embeddings(index_path)
     if index["embeddings"].shape[1] != result.embeddings.shape[1]:
         raise DataError(f"index {index_path} holds {index['embeddings'].shape[1]}-d embeddings; the model "
                         f"returns {result.embeddings.shape[1]}-d ones: build the index with the same model")
@@ -78,11 +113,11 @@ def knn_predict(result: EmbeddingResult, index_path: str | Path, *, k: int = 20,
     k = min(k, similarity.shape[1])
     nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     sims = np.take_along_axis(similarity, nearest, axis=1)
-    votes = weighted_vote(sims, index["labels"].astype(np.int64)[nearest], len(index["classes"]), temperature)
+    votes = weighted_vote_numpy(sims, index["labels"].astype(np.int64)[nearest], len(index["classes"]), temperature)
     return [str(index["classes"][i]) for i in votes.argmax(axis=1).tolist()]
 
 
-def weighted_vote(sims: np.ndarray, labels: np.ndarray, n_classes: int, temperature: float) -> np.ndarray:
+def weighted_vote_numpy(sims: np.ndarray, labels: np.ndarray, n_classes: int, temperature: float) -> np.ndarray:
     """Per query row, the summed weights exp(sim / T) of its neighbours of each class: (n, C)."""
     weights = np.exp(sims / temperature)
     scores = np.zeros((sims.shape[0], n_classes), dtype=weights.dtype)
@@ -90,7 +125,7 @@ def weighted_vote(sims: np.ndarray, labels: np.ndarray, n_classes: int, temperat
     return scores
 
 
-def load_index(path: str | Path) -> dict[str, np.ndarray]:
+def load_labelled_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     """A k-NN index: an .npz written by `dino-mlops infer <labelled folder> --output index.npz`."""
     path = Path(path)
     try:

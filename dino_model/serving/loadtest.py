@@ -19,6 +19,7 @@ import numpy as np
 from dino_model.errors import ServingError
 from dino_model.export.contract import INPUT_NAME
 from dino_model.serving.client import EmbeddingClient
+from dino_model.triton.config import DEFAULT_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class LoadReport:
 class LoadGenerator:
     """Background closed-loop clients; `stop()` returns the report. Also a context manager."""
 
-    def __init__(self, url: str, model_name: str = "dino", *, clients: int = 4, batch_size: int = 1,
+    def __init__(self, url: str, model_name: str = DEFAULT_MODEL_NAME, *, clients: int = 4, batch_size: int = 1,
                  model_version: str = "", seed: int = 0) -> None:
         self.url, self.model_name, self.model_version = url, model_name, model_version
         self.report = LoadReport(clients=clients, batch_size=batch_size)
@@ -118,7 +119,7 @@ def _input(images: np.ndarray):
     return request
 
 
-def run_load_test(url: str, model_name: str = "dino", *, clients: int = 4, duration_s: float = 10.0,
+def run_load_test(url: str, model_name: str = DEFAULT_MODEL_NAME, *, clients: int = 4, duration_s: float = 10.0,
                   batch_size: int = 1, model_version: str = "") -> LoadReport:
     """Run `clients` closed-loop clients for `duration_s` seconds; the report has errors and latencies."""
     with LoadGenerator(url, model_name, clients=clients, batch_size=batch_size, model_version=model_version) as gen:

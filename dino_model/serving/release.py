@@ -18,17 +18,18 @@ from typing import Any
 from dino_model.errors import ServingError
 from dino_model.export.lineage import LineageRecord
 from dino_model.serving.admin_key import admin_headers_for
-from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.client import LOAD_TIMEOUT_S, EmbeddingClient
 from dino_model.serving.rollout import deploy, ready_versions
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
-from dino_model.triton.config import RepositoryOptions, check_model_name
+from dino_model.triton.config import DEFAULT_MODEL_NAME, RepositoryOptions, check_model_name
+from dino_model.triton.ensemble import EntryPoints
 from dino_model.triton.repository import served_contract, write_model_repository
 
 logger = logging.getLogger(__name__)
 
 
-def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
-            flavour: str = "gpu", load_timeout_s: float = 600.0, record: LineageRecord | None = None,
+def release(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
+            flavour: str = "gpu", load_timeout_s: float = LOAD_TIMEOUT_S, record: LineageRecord | None = None,
             gateway: str | None = None, replicas: Sequence[str] = (), headers: dict[str, str] | None = None,
             smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
             lineage: dict[str, str] | None = None) -> dict[str, Any]:
@@ -82,7 +83,16 @@ def _first_release(client: EmbeddingClient, onnx_path: str | Path, repository: P
         client.raw.unload_model(client.model_name, headers=client.headers)
         shutil.rmtree(model_dir, ignore_errors=True)
         raise ServingError(f"version 1 of {client.model_name!r} failed its smoke test: {smoke.reason}")
+    _load_entry_points(client, repository, load_timeout_s=load_timeout_s)
     logger.info("released %s version 1 on %s", client.model_name, client.url)
     return {"model": client.model_name, "url": client.url, "status": "deployed", "version": written["version"],
             "previous_versions": [], "serving_versions": ready_versions(client), "smoke": smoke.to_dict(),
             "lineage": contract.lineage}
+
+
+def _load_entry_points(client: EmbeddingClient, repository: Path, *, load_timeout_s: float) -> None:
+    """Load the ensembles and steps written beside a first version (later versions: they follow it)."""
+    for name in EntryPoints(client.model_name).all:
+        if (repository / name).is_dir():
+            client.call(f"loading the entry point {name!r}", client.raw.load_model, name,
+                        headers=client.headers, client_timeout=load_timeout_s)

@@ -46,12 +46,10 @@ test_deploy_recovery.py kills real deploys at each named point below and recover
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,10 +61,18 @@ import numpy as np
 from dino_model.errors import ConfigError, ServingError
 from dino_model.export.contract import LINEAGE_KEYS, PREFIX, ModelContract
 from dino_model.export.lineage import LineageRecord, file_sha256
+from dino_model.runtime import atomic, locks
+from dino_model.runtime.pause import PausePoints
 from dino_model.serving.admin_key import admin_headers_for
-from dino_model.serving.client import EmbeddingClient
+from dino_model.serving.client import LOAD_TIMEOUT_S, EmbeddingClient
 from dino_model.serving.smoke import default_tolerance, reference_embeddings, smoke_images, smoke_test
-from dino_model.triton.config import CANDIDATE_SUFFIX, check_model_name, config_parameters, flavour_of
+from dino_model.triton.config import (
+    CANDIDATE_SUFFIX,
+    DEFAULT_MODEL_NAME,
+    check_model_name,
+    config_parameters,
+    flavour_of,
+)
 from dino_model.triton.repository import (
     CONFIG_FILE,
     ONNX_FILE,
@@ -80,9 +86,11 @@ from dino_model.triton.repository import (
 logger = logging.getLogger(__name__)
 
 JOURNAL_FILE = ".deploy-journal.json"
-PAUSE_ENV = "DINO_DEPLOY_PAUSE_AT"
 # where DINO_DEPLOY_PAUSE_AT can stop a deploy, in the order a deploy passes them
 PAUSE_POINTS = ("candidate-loaded", "promoting", "version-written", "promoted", "final-written", "final-loaded")
+PAUSE = PausePoints("DINO_DEPLOY_PAUSE_AT", PAUSE_POINTS, "deploy paused at {point} ({env}={point}); pid {pid} waits "
+                    "to be killed")
+PAUSE_ENV = PAUSE.env
 PROMOTING, PROMOTED, ROLLING_BACK = "promoting", "promoted", "rolling-back"
 # config parameter of config.pbtxt while a deploy promotes: the version being added (read by gate.served_lineage)
 UNFINISHED_KEY = "deploy_unfinished"
@@ -108,13 +116,7 @@ class Journal:
     def save(self, model_dir: Path, phase: str) -> None:
         """Record `phase` atomically (and durably: fsync of the file and of the folder)."""
         self.phase = phase
-        fd, tmp = tempfile.mkstemp(prefix=f"{JOURNAL_FILE}.", dir=model_dir)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self), fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(model_dir / JOURNAL_FILE)
-        _fsync_dir(model_dir)
+        atomic.write_json(model_dir / JOURNAL_FILE, asdict(self))
 
     @classmethod
     def load(cls, model_dir: Path) -> Journal | None:
@@ -130,13 +132,14 @@ class Journal:
     @staticmethod
     def clear(model_dir: Path) -> None:
         (model_dir / JOURNAL_FILE).unlink(missing_ok=True)
-        _fsync_dir(model_dir)
+        atomic.fsync(model_dir)
 
 
-def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = "dino",
+def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
            smoke_image_dir: str | Path | None = None, tolerance: float | None = None,
-           lineage: dict[str, str] | None = None, record: LineageRecord | None = None, load_timeout_s: float = 600.0,
-           headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> dict[str, Any]:
+           lineage: dict[str, str] | None = None, record: LineageRecord | None = None,
+           load_timeout_s: float = LOAD_TIMEOUT_S, headers: dict[str, str] | None = None,
+           replicas: Sequence[str] = ()) -> dict[str, Any]:
     """Roll `onnx_path` out as the next version of `model_name` on the Triton at `url`.
 
     An interrupted earlier deploy of the model is finished first (see `recover`). `record` is the
@@ -184,8 +187,9 @@ def deploy(onnx_path: str | Path, repository: str | Path, *, url: str, model_nam
             "seconds": round(time.monotonic() - started, 2)}
 
 
-def recover(repository: str | Path, *, url: str, model_name: str = "dino", load_timeout_s: float = 600.0,
-            headers: dict[str, str] | None = None, replicas: Sequence[str] = ()) -> dict[str, Any]:
+def recover(repository: str | Path, *, url: str, model_name: str = DEFAULT_MODEL_NAME,
+            load_timeout_s: float = LOAD_TIMEOUT_S, headers: dict[str, str] | None = None,
+            replicas: Sequence[str] = ()) -> dict[str, Any]:
     """Finish a deploy of `model_name` that was killed: roll it forward or back per its journal, clean up.
 
     Returns what was done and the versions serving afterwards; a repository with nothing to finish is
@@ -217,7 +221,7 @@ def unfinished(repository: str | Path) -> list[str]:
 
 
 def recover_repository(repository: str | Path, *, url: str, models: Sequence[str] = ("*",),
-                       load_timeout_s: float = 600.0, headers: dict[str, str] | None = None,
+                       load_timeout_s: float = LOAD_TIMEOUT_S, headers: dict[str, str] | None = None,
                        replicas: Sequence[str] = ()) -> list[dict[str, Any]]:
     """`recover` every model of `repository` (of `models`, "*" for all) that an interrupted deploy left
     unfinished; what each recovery did.
@@ -268,7 +272,7 @@ def run_candidate(client: EmbeddingClient, repository: Path, onnx_path: str | Pa
                                 replicas=client.replicas)
     try:
         _load(client, name, load_timeout_s=load_timeout_s)
-        _pause_point("candidate-loaded")
+        PAUSE.at("candidate-loaded")
         reference = _reference(onnx_path, images)
         report = smoke_test(candidate, "1", images, reference, tolerance=tolerance)
     finally:
@@ -300,17 +304,17 @@ def promote(client: EmbeddingClient, model_dir: Path, onnx_path: str | Path, con
                       original_config=config_path.read_text(), final_config=config,
                       onnx_sha256=file_sha256(onnx_path))
     journal.save(model_dir, PROMOTING)
-    _pause_point("promoting")
+    PAUSE.at("promoting")
     try:
         write_config(model_dir, pinned_config(read_config(model_dir), serving, version))
         write_version(onnx_path, model_dir, version, flavour=flavour)
-        _pause_point("version-written")
+        PAUSE.at("version-written")
         journal.save(model_dir, PROMOTED)
-        _pause_point("promoted")
+        PAUSE.at("promoted")
         write_config(model_dir, config)
-        _pause_point("final-written")
+        PAUSE.at("final-written")
         _load(client, client.model_name, load_timeout_s=load_timeout_s)  # N+1 takes over from N in one reload
-        _pause_point("final-loaded")
+        PAUSE.at("final-loaded")
         report = smoke_test(client, str(version), images, reference, tolerance=tolerance)
         if not report.passed:
             raise RolloutError(f"its smoke test inside {client.model_name!r} failed ({report.reason})")
@@ -428,28 +432,7 @@ def _remove_temporaries(model_dir: Path) -> list[str]:
 
 def _write_text(path: Path, text: str) -> None:
     """Replace a file atomically with `text` (the previous config.pbtxt, as it was)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    Path(tmp).chmod(0o644)
-    Path(tmp).replace(path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pause_point(name: str) -> None:
-    """Stop for good at `name` when DINO_DEPLOY_PAUSE_AT says so: how tests kill a deploy at a known moment."""
-    if os.environ.get(PAUSE_ENV) != name:
-        return
-    logger.warning("deploy paused at %s (%s=%s); pid %d waits to be killed", name, PAUSE_ENV, name, os.getpid())
-    while True:
-        time.sleep(3600)
+    atomic.write_text(path, text, mode=0o644)
 
 
 def _load(client: EmbeddingClient, name: str, *, config: dict[str, Any] | None = None, load_timeout_s: float) -> None:
@@ -468,12 +451,8 @@ def _deploy_lock(model_dir: Path) -> Iterator[None]:
     """One deploy per model folder at a time: an advisory lock on the folder itself (no file left behind)."""
     if not model_dir.is_dir():
         raise ConfigError(f"{model_dir} does not exist; write the repository with `dino-mlops triton-repo` first")
-    fd = os.open(model_dir, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ServingError(f"another deploy of {model_dir} is running; wait for it to finish") from None
-        yield
-    finally:
-        os.close(fd)
+        with locks.exclusive(model_dir):
+            yield
+    except locks.LockBusyError:
+        raise ServingError(f"another deploy of {model_dir} is running; wait for it to finish") from None

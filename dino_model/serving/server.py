@@ -52,6 +52,8 @@ from dino_model.serving.admin_key import (
     check_key_strength,
     write_admin_key,
 )
+from dino_model.serving.client import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from dino_model.triton.ensemble import EntryPoints
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +91,8 @@ def _check_no_restriction_flags(extra_args: Sequence[str]) -> None:
 class TritonServer:
     """One tritonserver process serving `repository`; `start()` returns once it is ready."""
 
-    def __init__(self, repository: str | Path, *, http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int = 8002, address: str = "127.0.0.1", models: Sequence[str] = ("*",),
+    def __init__(self, repository: str | Path, *, http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT,
+                 metrics_port: int = METRICS_PORT, address: str = "127.0.0.1", models: Sequence[str] = ("*",),
                  binary: str | Path | None = None, startup_timeout_s: float = 120.0,
                  extra_args: Sequence[str] = (), admin_key: str | None = None, log_to_stderr: bool = False) -> None:
         """`admin_key` opens the restricted APIs; None generates one per start, written to admin_key_path().
@@ -148,8 +150,8 @@ class TritonServer:
     def command(self, backend_dir: Path | None, *, key: str | None = None) -> list[str]:
         """tritonserver's argv; `key` stands where the admin key goes (default: the key itself)."""
         args = [str(self.binary), f"--model-repository={self.repository}", "--model-control-mode=explicit",
-                *(f"--load-model={m}" for m in self.models), "--strict-readiness=true", "--exit-timeout-secs=10",
-                "--allow-metrics=true", "--metrics-config=summary_latencies=true"]
+                *(f"--load-model={m}" for m in self._models_to_load()), "--strict-readiness=true",
+                "--exit-timeout-secs=10", "--allow-metrics=true", "--metrics-config=summary_latencies=true"]
         for kind, port in self.ports.items():
             args += [f"--{kind}-port={port}", f"--{kind}-address={self.address}"]
         if backend_dir is not None:
@@ -158,6 +160,14 @@ class TritonServer:
             restriction = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={key or self.admin_key}"
             args += [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
         return args + self.extra_args
+
+    def _models_to_load(self) -> list[str]:
+        """The models asked for, each with the entry points the repository holds for it (ensemble.py)."""
+        if "*" in self.models:
+            return ["*"]
+        extra = [name for model in self.models for name in EntryPoints(model).all
+                 if (self.repository / name).is_dir() and name not in self.models]
+        return [*self.models, *extra]
 
     def start(self) -> TritonServer:
         if self.running:

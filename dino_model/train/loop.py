@@ -4,25 +4,15 @@ Step order follows the official `train_one_epoch`: set lr/wd from the schedules,
 global crops, student on all crops, loss (which updates the centre), a finite-loss guard,
 backward, per-parameter clipping, last-layer freeze, optimiser step, EMA teacher update.
 Randomness is re-seeded from (seed, epoch, rank) at each epoch start, so resuming from an
-epoch's checkpoint continues exactly.
-
-Starting in an output folder first tidies what an interrupted run left there: temporaries of a
-checkpoint write that was killed, and metrics records of epochs the checkpoint does not hold
-(a run killed between writing an epoch's record and its checkpoint replays that epoch), so each
-epoch appears once in metrics.jsonl. A resume refuses settings that differ from the checkpoint's
-unless train.allow_config_change is set.
-
-`train.init_weights` starts a new run (epoch 0, fresh optimiser, loss centre and schedules) from
-given weights instead of a random initialisation; `--resume` continues a run exactly. When both
-are given and the output folder has a checkpoint, the resume wins: the weights already moved on
-from their initialisation, and the checkpoint keeps the record of where they started.
+epoch's checkpoint continues exactly. Where a run starts (a checkpoint, given weights, or random)
+and what its checkpoints hold is resume.py's; starting in an output folder first removes the
+temporaries of a checkpoint write that was killed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import time
@@ -36,33 +26,31 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dino_model.config import RunConfig, TrainConfig, describe_changes, dump_config, resume_changes
+from dino_model.config import TrainConfig, dump_config
 from dino_model.data.datasets import ImageFolderDataset
 from dino_model.data.gpu_crops import GpuMultiCrop
 from dino_model.data.loaders import batches
 from dino_model.data.sources import build_train_data
 from dino_model.data.transforms import MultiCropTransform
-from dino_model.errors import CheckpointError, ConfigError, DinoError, TrainingDivergedError
+from dino_model.errors import ConfigError, DinoError, TrainingDivergedError
 from dino_model.logs import JsonlWriter, progress
 from dino_model.loss import DINOLoss
 from dino_model.models.factory import build_student_teacher, has_batchnorm
 from dino_model.models.fast_paths import apply_fast_paths
-from dino_model.models.loading import init_student_teacher
 from dino_model.models.teacher import ema_update
 from dino_model.runtime.checkpoint import (
     LATEST,
     METRICS,
-    load_checkpoint,
     remove_stale_temporaries,
-    save_atomic,
-    write_text_atomic,
 )
 from dino_model.runtime.cpu_memory import keep_freed_memory
 from dino_model.runtime.distributed import DistInfo, all_reduce_sum, init_distributed
 from dino_model.train import monitor
 from dino_model.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients, param_groups
 from dino_model.train.precision import compute_dtype, resolve_precision
+from dino_model.train.resume import drop_metrics_from, init_lineage, save_checkpoint, starting_epoch
 from dino_model.train.schedules import cosine_schedule, effective_lr
+from dino_model.train.trainer import Schedules, Trainer, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -74,40 +62,6 @@ class TrainResult:
     epochs_done: int
     final_metrics: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Schedules:
-    lr: np.ndarray
-    wd: np.ndarray
-    momentum: np.ndarray
-
-
-@dataclass
-class Trainer:
-    cfg: TrainConfig
-    dist: DistInfo
-    student: nn.Module  # DDP-wrapped when distributed
-    teacher: nn.Module
-    loss: DINOLoss
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    schedules: Schedules
-    steps_per_epoch: int
-    init: dict[str, Any] = field(default_factory=dict)  # where the initial weights came from ({} = random)
-
-    @property
-    def student_module(self) -> nn.Module:
-        return _module(self.student)
-
-    @property
-    def teacher_module(self) -> nn.Module:
-        return _module(self.teacher)
-
-
-def _module(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
@@ -127,11 +81,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
         pin_memory=dist.device.type == "cuda", open_folder=ImageFolderDataset, encoded=cfg.crops.backend == "gpu",
     )
     trainer = build_trainer(cfg, dist, steps_per_epoch=len(loader))
-    start_epoch = _resume(trainer, out) if resume else None
-    if start_epoch is None:
-        start_epoch = 0
-        if cfg.train.init_weights:
-            _initialise(trainer)
+    start_epoch = starting_epoch(trainer, out, resume=resume)
     cfg = trainer.cfg  # a resumed run keeps the checkpoint's train.init_* record
     if dist.is_main:
         _write_output(lambda: dump_config(cfg, out / "config.yaml"), out / "config.yaml")
@@ -156,12 +106,12 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
         metrics["skipped_at_scan"] = images.n_skipped
         if dist.is_main:
             _write_output(lambda m=metrics: writer.write(m), writer.path)
-            _save(trainer, out, epoch)
+            save_checkpoint(trainer, out, epoch)
             _push(cfg, metrics)
             logger.info("epoch %d: %s", epoch, _fmt(metrics))
     return TrainResult(
         output_dir=out, checkpoint=out / LATEST, epochs_done=last_epoch, final_metrics=metrics,
-        lineage={"data_version": cfg.data.version} | _init_lineage(trainer.init),
+        lineage={"data_version": cfg.data.version} | init_lineage(trainer.init),
     )
 
 
@@ -184,7 +134,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, *, steps_per_epoch: int) -> 
             logger.warning("SyncBatchNorm needs CUDA: BatchNorm statistics stay per process on CPU")
         ids = [dist.local_rank] if dist.device.type == "cuda" else None
         student = DistributedDataParallel(student, device_ids=ids)  # broadcasts rank 0's weights
-        _module(teacher).load_state_dict(student.module.state_dict())
+        unwrap(teacher).load_state_dict(student.module.state_dict())
     if cfg.train.compile:
         student = torch.compile(student)
     if cfg.train.precision == "fp16" and dist.device.type != "cuda":
@@ -319,112 +269,6 @@ def numbered_copies(saveckp_freq: int) -> str:
     if saveckp_freq == 0:
         return f"{LATEST} only, no numbered copies (train.saveckp_freq=0)"
     return f"{LATEST} every epoch and checkpointNNNN.pth every {saveckp_freq} epoch(s) (train.saveckp_freq)"
-
-
-def _save(t: Trainer, out: Path, epoch: int) -> None:
-    state = {
-        "student": t.student_module.state_dict(),
-        "teacher": t.teacher_module.state_dict(),
-        "optimizer": t.optimizer.state_dict(),
-        "scaler": t.scaler.state_dict(),
-        "dino_loss": t.loss.state_dict(),
-        "epoch": epoch + 1,
-        "iteration": (epoch + 1) * t.steps_per_epoch,
-        "config": t.cfg.to_dict(),
-        "data_version": t.cfg.data.version,
-        "init": dict(t.init),
-    }
-    save_atomic(state, out / LATEST)
-    if t.cfg.train.saveckp_freq and epoch % t.cfg.train.saveckp_freq == 0:
-        save_atomic(state, out / f"checkpoint{epoch:04d}.pth")
-
-
-def _initialise(t: Trainer) -> None:
-    """Load train.init_weights into the student and teacher of a run that starts at epoch 0."""
-    path = t.cfg.train.init_weights
-    t.init = init_student_teacher(path, t.student_module, t.teacher_module, t.cfg.model,
-                                  parts=t.cfg.train.init_parts)
-    if t.dist.is_main:
-        logger.info("initialised %s from %s (%s file%s, sha256 %s...); a new run from epoch 0",
-                    "student and teacher" if t.init["parts"] == "all" else "both backbones (fresh heads)",
-                    path, t.init["format"],
-                    f", epoch {t.init['source_epoch']}" if "source_epoch" in t.init else "", t.init["sha256"][:12])
-
-
-def _init_lineage(init: dict[str, Any]) -> dict[str, str]:
-    return {"init_weights": str(init["path"]), "init_sha256": str(init["sha256"])} if init else {}
-
-
-def _resume(t: Trainer, out: Path) -> int | None:
-    """Restore the run in `out`; the epoch to continue from, or None when there is no checkpoint."""
-    path = out / LATEST
-    if not path.is_file():
-        logger.info("no checkpoint at %s: starting a new run", path)
-        return None
-    state = load_checkpoint(path, map_location=t.dist.device)
-    missing = {"config", "epoch", "student", "teacher", "optimizer", "scaler", "dino_loss"} - set(state)
-    if missing:
-        raise CheckpointError(f"{path} is not a training checkpoint of this project (it lacks {sorted(missing)})")
-    _check_resume_config(path, state["config"], t.cfg)
-    t.student_module.load_state_dict(state["student"])
-    t.teacher_module.load_state_dict(state["teacher"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scaler.load_state_dict(state["scaler"])
-    t.loss.load_state_dict(state["dino_loss"])
-    _keep_init_record(t, state)
-    logger.info("resumed from %s at epoch %d", path, state["epoch"])
-    return int(state["epoch"])
-
-
-def _keep_init_record(t: Trainer, state: dict[str, Any]) -> None:
-    """A resumed run's weights come from the checkpoint: train.init_* as given now are ignored, and the
-    checkpoint's record of the initial weights is carried on (older checkpoints have none)."""
-    saved = state["config"].get("train", {})
-    kept = {key: saved.get(key, getattr(RunConfig(), key)) for key in ("init_weights", "init_parts")}
-    if t.cfg.train.init_weights and t.cfg.train.init_weights != kept["init_weights"] and t.dist.is_main:
-        logger.warning("train.init_weights=%s is ignored: the run resumes from its checkpoint (which started from %s)",
-                       t.cfg.train.init_weights, kept["init_weights"] or "a random initialisation")
-    t.cfg = dataclasses.replace(t.cfg, train=dataclasses.replace(t.cfg.train, **kept))
-    t.init = dict(state.get("init") or {})
-
-
-def _check_resume_config(path: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:
-    """Refuse to continue a checkpoint with other optimisation settings, unless told to; model changes never."""
-    changes = resume_changes(saved, cfg)
-    model = {k: v for k, v in changes.items() if k.startswith("model.")}
-    if model:
-        raise CheckpointError(f"{path} was trained with another model: {describe_changes(model)}; "
-                              f"resume with the checkpoint's model settings or use a new train.output_dir")
-    if not changes:
-        return
-    if not cfg.train.allow_config_change:
-        raise ConfigError(
-            f"{path} was trained with other settings: {describe_changes(changes)}; resume with the "
-            f"checkpoint's values, or pass --allow-config-change (train.allow_config_change=true) to continue "
-            f"with the new ones")
-    logger.warning("resuming %s with changed settings (train.allow_config_change): %s", path,
-                   describe_changes(changes))
-
-
-def drop_metrics_from(path: Path, epoch: int) -> int:
-    """Remove records of epochs >= `epoch` (and torn lines) from a metrics file, atomically; how many went."""
-    if not path.is_file():
-        return 0
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if _record_epoch(line) is not None and _record_epoch(line) < epoch]
-    if len(kept) < len(lines):
-        write_text_atomic("".join(f"{line}\n" for line in kept), path)
-        logger.info("dropped %d record(s) of epoch %d onwards from %s: those epochs run again",
-                    len(lines) - len(kept), epoch, path)
-    return len(lines) - len(kept)
-
-
-def _record_epoch(line: str) -> int | None:
-    """The epoch of one metrics line; None for a line torn by a killed write."""
-    try:
-        return int(json.loads(line)["epoch"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _write_output(write: Callable[[], Any], path: Path) -> None:

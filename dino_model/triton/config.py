@@ -61,10 +61,13 @@ def _shown(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+DEFAULT_MODEL_NAME = "dino"  # the model's folder in a repository, and the name Triton serves it under
+
+
 @dataclass
 class RepositoryOptions:
     flavour: str = "gpu"  # gpu | cpu
-    model_name: str = "dino"
+    model_name: str = DEFAULT_MODEL_NAME
     max_batch_size: int = 64
     dynamic_batching: bool = True
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
@@ -80,6 +83,8 @@ class RepositoryOptions:
     tensorrt_cache_path: str = "/tmp/triton-trt-cache"  # mount a persistent volume here on the cluster
     intra_op_threads: int = 0  # cpu only: onnxruntime threads per instance; 0: the serving machine's usable CPUs
     #                            shared out among the instances, chosen by each instance when it loads
+    entry_points: bool = True  # the image-bytes and drift-monitored ensembles beside the model (ensemble.py)
+    image_preprocess: str = "auto"  # python | dali | auto (dali on the gpu flavour where DALI is installed)
 
     def validate(self) -> None:
         check_model_name(self.model_name)
@@ -101,6 +106,10 @@ class RepositoryOptions:
             raise ConfigError("the TensorRT accelerator needs the gpu flavour (onnxruntime backend) on a GPU")
         if self.max_queue_delay_us is not None and self.max_queue_delay_us < 0:
             raise ConfigError(f"max_queue_delay_us={self.max_queue_delay_us} must be >= 0")
+        if self.image_preprocess not in ("auto", "python", "dali"):
+            raise ConfigError(f"image_preprocess={self.image_preprocess!r} is not one of auto, python, dali")
+        if self.image_preprocess == "dali" and self.kind != "KIND_GPU":
+            raise ConfigError("DALI preprocessing (image_preprocess=dali) needs the gpu flavour on GPUs")
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision={self.tensorrt_precision!r} is not one of FP16, FP32")
 

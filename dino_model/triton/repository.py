@@ -9,13 +9,18 @@ that record (dino_model/export/lineage.py, signing.py), and a file that contradi
 refused. Model names and versions are checked before any path is built from them
 (triton_config.check_model_name / check_version).
 The export's drift reference (`<stem>.drift.npz` beside the file) is copied in as `drift.npz` when
-present: the `cpu` flavour's backend exports the embedding drift statistic from it.
+present: the drift step of the entry points reads the served version's.
+
+Beside the model, `write_entry_points` writes the ensembles of ensemble.py and their steps, each as
+version 1 with the files its stub runs (python_backend/*.py, renamed `model.py` where Triton expects
+it), so the repository is self-contained: nothing served imports the project. They follow the
+model's contract, which a deploy never changes, so a deploy leaves them alone; rewriting the
+repository replaces their version folder in one rename.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -36,6 +41,8 @@ from dino_model.export.lineage import (
 )
 from dino_model.export.onnx import read_contract
 from dino_model.monitoring.drift import drift_path
+from dino_model.runtime import atomic
+from dino_model.triton import ensemble
 from dino_model.triton.config import (
     RepositoryOptions,
     build_model_config,
@@ -50,7 +57,16 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.pbtxt"
 ONNX_FILE = "model.onnx"
 DRIFT_FILE = "drift.npz"
-PYTHON_MODEL = Path(__file__).parent / "python_backend" / "model.py"
+BACKEND_FILES = Path(__file__).parent / "python_backend"
+PYTHON_MODEL = BACKEND_FILES / "model.py"
+PREPROCESS_MODEL = BACKEND_FILES / "preprocess_model.py"
+DRIFT_MODEL = BACKEND_FILES / "drift_model.py"
+# the files of each step's version folder: {name in the folder: source}
+PREPROCESS_FILES = {"model.py": PREPROCESS_MODEL, "preprocessing.py": BACKEND_FILES / "preprocessing.py",
+                    "versions.py": BACKEND_FILES / "versions.py"}
+DRIFT_FILES = {"model.py": DRIFT_MODEL, "versions.py": BACKEND_FILES / "versions.py"}
+UNPACK_FILES = {"model.py": BACKEND_FILES / "unpack_model.py", "preprocessing.py": BACKEND_FILES / "preprocessing.py",
+                "versions.py": BACKEND_FILES / "versions.py"}
 
 
 def version_folders(model_dir: str | Path) -> list[int]:
@@ -92,12 +108,7 @@ def write_config(model_dir: str | Path, config: dict[str, Any]) -> Path:
     """Write config.pbtxt atomically (validated against Triton's schema first)."""
     path = Path(model_dir) / CONFIG_FILE
     text = config_to_text(config)
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    Path(tmp).chmod(0o644)
-    Path(tmp).replace(path)
-    return path
+    return atomic.write_text(path, text, mode=0o644)
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:
@@ -190,8 +201,61 @@ def write_model_repository(onnx_path: str | Path, repository: str | Path, opts: 
     version = version or next_version(model_dir)
     version_dir = write_version(onnx_path, model_dir, version, flavour=opts.flavour)
     config_path = write_config(model_dir, config)
+    entry_points = write_entry_points(repository, contract, opts) if opts.entry_points else []
     logger.info("wrote %s version %d (%s flavour) under %s", opts.model_name, version, opts.flavour, repository)
     return {"repository": str(repository), "model": opts.model_name, "version": version, "flavour": opts.flavour,
             "config": str(config_path), "version_dir": str(version_dir),
-            "lineage_verified": contract.lineage.get(VERIFIED_KEY, "")}
+            "lineage_verified": contract.lineage.get(VERIFIED_KEY, ""), "entry_points": entry_points}
+
+
+def write_entry_points(repository: str | Path, contract: ModelContract, opts: RepositoryOptions) -> list[str]:
+    """Write the preprocessing and drift steps and the ensembles of ensemble.py beside `opts.model_name`.
+
+    Returns the model names written, in the order to load them.
+    """
+    repository = Path(repository)
+    dali = ensemble.uses_dali(opts)
+    with tempfile.TemporaryDirectory(prefix="dino-dali-") as scratch:
+        if dali:
+            from dino_model.triton.dali import DALI_FILE, serialize_pipeline
+
+            preprocess = [(ensemble.unpack_config(opts), UNPACK_FILES),
+                          (ensemble.dali_preprocess_config(contract, opts),
+                           {DALI_FILE: serialize_pipeline(contract, Path(scratch) / DALI_FILE,
+                                                          max_batch_size=opts.max_batch_size)})]
+        else:
+            shutil.rmtree(repository / ensemble.EntryPoints(opts.model_name).unpack, ignore_errors=True)
+            preprocess = [(ensemble.preprocess_config(contract, opts), PREPROCESS_FILES)]
+        steps = [*preprocess, (ensemble.drift_config(contract, opts), DRIFT_FILES),
+                 (ensemble.images_config(contract, opts, dali=dali), {}),
+                 (ensemble.monitored_config(contract, opts), {})]
+        for config, files in steps:
+            model_dir = repository / config["name"]
+            replace_version_one(model_dir, files)
+            write_config(model_dir, config)
+    logger.info("wrote the entry points of %s (image preprocessing: %s)", opts.model_name,
+                "DALI" if dali else "Python step")
+    return [config["name"] for config, _ in steps]
+
+
+def replace_version_one(model_dir: Path, files: dict[str, Path]) -> Path:
+    """`<model_dir>/1/` holding `files` ({name: source}), swapped in by renames (an ensemble's is empty)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    target = model_dir / "1"
+    staging = Path(tempfile.mkdtemp(prefix=".1.", dir=model_dir))
+    try:
+        for name, source in files.items():
+            shutil.copyfile(source, staging / name)
+        staging.chmod(0o755)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=".1.", dir=model_dir))
+            target.rename(retired / "1")
+            staging.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 

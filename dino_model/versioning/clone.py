@@ -5,17 +5,23 @@ A pipeline step runs in a pod whose image holds no repository. It clones the dat
 config or a command line), points it at the remote the cluster provides (a mounted directory or an
 S3-compatible bucket) and pulls exactly the requested version. A missing repository, revision or
 remote object fails the step with one line: no fallback to any default data set.
+
+`retrain check` reads a data repository the same way: `data_repository` is a local checkout as it is,
+or a scratch clone of a git URL removed afterwards. git itself runs through runtime/git.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import re
-import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from dino_model.errors import DataError
+from dino_model.runtime import git
+from dino_model.runtime.git import CLONE_TIMEOUT_S, GitError, git_environment, public_url  # noqa: F401 - re-exported
 from dino_model.versioning.remotes import add_remote
 from dino_model.versioning.sync import checkout_version
 from dino_model.versioning.versions import DataVersion
@@ -23,24 +29,6 @@ from dino_model.versioning.versions import DataVersion
 logger = logging.getLogger(__name__)
 
 PIPELINE_REMOTE = "pipeline"  # the remote a step adds to its clone, in .dvc/config.local
-CLONE_TIMEOUT_S = 600.0
-# git asks this helper for credentials over HTTPS; it reads them from the environment at that moment
-_CREDENTIAL_HELPER = ('!f() { test "$1" = get || exit 0; echo "username=${DINO_GIT_USERNAME:-git}"; '
-                      'echo "password=${DINO_GIT_TOKEN}"; }; f')
-
-
-def public_url(url: str) -> str:
-    """`url` without any user:password part, for logs, errors and lineage."""
-    return re.sub(r"(?<=://)[^/@]*@", "", url)
-
-
-def git_environment() -> dict[str, str]:
-    """The process environment plus, when DINO_GIT_TOKEN is set, a credential helper that serves it."""
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    if os.environ.get("DINO_GIT_TOKEN"):
-        env |= {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "credential.helper",
-                "GIT_CONFIG_VALUE_0": _CREDENTIAL_HELPER}
-    return env
 
 
 def clone(url: str, dest: Path, *, timeout_s: float = CLONE_TIMEOUT_S) -> Path:
@@ -48,13 +36,10 @@ def clone(url: str, dest: Path, *, timeout_s: float = CLONE_TIMEOUT_S) -> Path:
     if not url:
         raise DataError("no data repository given: set the pipeline's data_repo to the git URL of the data repository")
     try:
-        subprocess.run(["git", "clone", "--quiet", url, str(dest)], env=git_environment(), check=True,
-                       capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.CalledProcessError as exc:
-        detail = (exc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DataError(f"cannot clone data repository {public_url(url)}: {detail}") from None
-    except subprocess.TimeoutExpired:
-        raise DataError(f"cloning data repository {public_url(url)} took over {timeout_s:.0f} s") from None
+        git.run(["clone", "--quiet", url, str(dest)], timeout_s=timeout_s)
+    except GitError as exc:
+        reason = exc.detail or f"it took over {timeout_s:.0f} s"
+        raise DataError(f"cannot clone data repository {public_url(url)}: {reason}") from None
     if not (dest / ".dvc").is_dir():
         raise DataError(f"{public_url(url)} is not a DVC repository (no .dvc/ at its default branch)")
     return dest
@@ -85,5 +70,31 @@ def fetch_data_version(url: str, version: str, workdir: str | Path, *, remote_ur
 
 
 def _head(root: Path) -> str:
-    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return git.output(["rev-parse", "HEAD"], cwd=root).strip()
+
+
+def is_git_url(repo: str) -> bool:
+    """True for what git clones over a transport (https://, ssh://, file://, user@host:path), not a local path."""
+    return "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo) is not None
+
+
+@contextlib.contextmanager
+def data_repository(repo: str, *, workdir: str | Path = "", timeout_s: float = CLONE_TIMEOUT_S,
+                    fetch: bool = False) -> Iterator[Path]:
+    """A local checkout as it is (fetched first on request), or a fresh clone of a git URL removed afterwards."""
+    if not is_git_url(repo):
+        root = Path(repo).resolve()
+        if fetch:
+            git.run(["fetch", "--quiet"], cwd=root, timeout_s=timeout_s)
+        yield root
+        return
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="retrain-", dir=workdir or None) as scratch:
+        yield clone(repo, Path(scratch) / "repo", timeout_s=timeout_s)
+
+
+def tracked_rev(root: Path, rev: str) -> str:
+    """In a fresh clone only the default branch is local: branch NAME is refs/remotes/origin/NAME."""
+    ref = f"refs/remotes/origin/{rev}"
+    return ref if git.succeeds(["show-ref", "--verify", "--quiet", ref], cwd=root) else rev

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dino_model.errors import DataError
-from dino_model.versioning.layout import DATA_DIR, DVC_FILE, write_atomic  # noqa: F401 - re-exported
+from dino_model.runtime import atomic
+from dino_model.runtime import git as run_git
+from dino_model.runtime.git import GitError
+from dino_model.versioning.layout import DATA_DIR, DVC_FILE  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -174,28 +175,23 @@ def _quiet_dvc_logging() -> None:
 
 
 def git(root: str | Path, *args: str, check: bool = True) -> str:
-    """Run `git -C root args...` and return its stdout; a failure becomes DataError with git's message."""
-    if shutil.which("git") is None:
-        raise DataError("git is not installed; data versions are git revisions of data.dvc (apt-get install git)")
-    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise DataError(f"`git {' '.join(args)}` failed in {root}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
+    """The stdout of `git -C root args...` (runtime/git.py); a failure is a DataError with git's message."""
+    return run_git.output(args, cwd=root, check=check)
 
 
 def _ignore_in_git(root: Path, path: Path) -> None:
     rel = "/" + path.relative_to(root).as_posix() + "/"
-    if subprocess.run(["git", "-C", str(root), "check-ignore", "-q", rel.strip("/") + "/x"], check=False).returncode:
+    if not run_git.succeeds(["check-ignore", "-q", rel.strip("/") + "/x"], cwd=root):
         gitignore = root / ".gitignore"
         text = gitignore.read_text() if gitignore.exists() else ""
         gitignore.write_text(text + ("" if not text or text.endswith("\n") else "\n") + rel + "\n")
 
 
 def _git_root(path: Path) -> Path | None:
-    if shutil.which("git") is None:
+    try:
+        proc = run_git.run(["rev-parse", "--show-toplevel"], cwd=path, check=False)
+    except GitError:  # git is not installed, or did not answer
         return None
-    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True,
-                          text=True, check=False)
     return Path(proc.stdout.strip()) if proc.returncode == 0 else None
 
 
@@ -209,4 +205,4 @@ def restore_text(path: Path, text: str | None) -> None:
     if text is None:
         path.unlink(missing_ok=True)
     else:
-        write_atomic(path, text)
+        atomic.write_text(path, text)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from dino_model.errors import DataError
 from dino_model.versioning.remotes import get_remote
-from dino_model.versioning.switch import pause_point
+from dino_model.versioning.switch import PAUSE
 from dino_model.versioning.versions import DataVersion
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def fetch(repo: Repo, version: DataVersion, *, remote: str | None = None) -> Tre
             the workspace has not been touched.
     """
     tree = load_tree(repo, version, remote=remote)
-    pause_point("listing-fetched")
+    PAUSE.at("listing-fetched")
     missing = missing_objects(repo, tree)
     if not missing:
         return tree

@@ -22,7 +22,7 @@ work on data/ at once. The rename needs data/ and `.dvc/tmp` on one file system 
 folder: when data/ is a mount point or a symbolic link, `can_swap` is False and the caller falls back to
 DVC's in-place checkout.
 
-`DINO_MLOPS_DATA_PAUSE_AT=<phase>` stops a pull at a named phase (see PHASES) until it is killed, so that
+`DINO_DATA_PAUSE_AT=<phase>` (runtime/pause.py) stops a pull at a named phase (see PHASES) until it is killed, so that
 tests (and operators rehearsing a failure) can kill it at a known moment.
 """
 
@@ -32,12 +32,13 @@ import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dino_model.errors import DataError
-from dino_model.versioning.layout import DATA_DIR, DVC_FILE, write_atomic
+from dino_model.runtime import atomic
+from dino_model.runtime.pause import PausePoints
+from dino_model.versioning.layout import DATA_DIR, DVC_FILE
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -47,21 +48,11 @@ logger = logging.getLogger(__name__)
 
 SWITCH_DIR = Path(".dvc") / "tmp" / "data-switch"  # relative to the repository root; git-ignored with .dvc/tmp
 JOURNAL = "journal.json"
-PAUSE_ENV = "DINO_MLOPS_DATA_PAUSE_AT"
 PHASES = ("listing-fetched", "fetched", "staging", "staged", "journal-written", "moved-aside", "renamed",
           "recorded")
-
-
-def pause_point(phase: str) -> None:
-    """Stop here, until the process is killed, when DINO_MLOPS_DATA_PAUSE_AT names `phase`."""
-    if os.environ.get(PAUSE_ENV) != phase:
-        return
-    logger.warning("pausing at data switch phase %r (%s is set); kill the process to continue the rehearsal",
-                   phase, PAUSE_ENV)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    while True:
-        time.sleep(3600)
+PAUSE = PausePoints("DINO_DATA_PAUSE_AT", PHASES,
+                    "pausing at data switch phase {point!r} ({env} is set); kill the process to continue the rehearsal")
+PAUSE_ENV = PAUSE.env
 
 
 def switch_dir(root: Path) -> Path:
@@ -96,9 +87,9 @@ def switch(repo: Repo, root: Path, tree: Tree, dvc_text: str, workspace: Tree | 
             raise DataError(f"checking out data version {tree.hash_info.value} from the cache into {base / 'new'} "
                             f"failed: {exc}; data/ and data.dvc were left as they were") from exc
         raise
-    pause_point("staged")
-    write_atomic(base / JOURNAL, json.dumps({"md5": tree.hash_info.value, "data_dvc": dvc_text}))
-    pause_point("journal-written")
+    PAUSE.at("staged")
+    atomic.write_text(base / JOURNAL, json.dumps({"md5": tree.hash_info.value, "data_dvc": dvc_text}))
+    PAUSE.at("journal-written")
     _complete_or_roll_back(root, base)
     _remember_hashes(repo, root / DATA_DIR, tree)
 
@@ -136,7 +127,7 @@ def _stage(repo: Repo, tree: Tree, staging: Path, *, reuse: Tree | None) -> None
         def relative_update(self, inc: int = 1) -> None:
             super().relative_update(inc)
             if self.size and self.value * 2 >= self.size:
-                pause_point("staging")
+                PAUSE.at("staging")
 
     with _PauseHalfWay(desc="Checkout", unit="file") as callback:
         checkout(str(staging), localfs, tree, repo.cache.local, force=True, old=reuse, progress_callback=callback)
@@ -204,13 +195,13 @@ def _complete(root: Path, base: Path) -> str:
                                 f"exist beside the staged copy {new}; keep the one you want as {data_dir}, delete "
                                 f"{base} and run `dino-mlops data pull`")
             data_dir.rename(old)
-            pause_point("moved-aside")
+            PAUSE.at("moved-aside")
         new.rename(data_dir)
-        pause_point("renamed")
+        PAUSE.at("renamed")
     dvc_file = root / DVC_FILE
     if not dvc_file.exists() or dvc_file.read_text() != dvc_text:
-        write_atomic(dvc_file, dvc_text)
-    pause_point("recorded")
+        atomic.write_text(dvc_file, dvc_text)
+    PAUSE.at("recorded")
     journal_path.unlink()
     shutil.rmtree(base)
     return md5

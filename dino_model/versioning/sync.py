@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from dino_model.errors import DataError
+from dino_model.runtime import atomic
 from dino_model.versioning.remotes import get_remote
 from dino_model.versioning.repo import (
     DATA_DIR,
@@ -24,7 +25,6 @@ from dino_model.versioning.repo import (
     open_repo,
     repo_lock,
     restore_text,
-    write_atomic,
 )
 from dino_model.versioning.store import (
     UNCHANGED,
@@ -34,7 +34,7 @@ from dino_model.versioning.store import (
     version_of_tree,
     workspace_tree,
 )
-from dino_model.versioning.switch import can_swap, pause_point, switch
+from dino_model.versioning.switch import PAUSE, can_swap, switch
 from dino_model.versioning.versions import DataVersion, parse_dvc_file, recorded_version, resolve_version
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def checkout_version(root: str | Path, version: str | DataVersion | None = None,
             logger.info("data/ already holds version %s", target.short)
             return target
         tree = fetch(repo, target, remote=remote)
-        pause_point("fetched")
+        PAUSE.at("fetched")
         target = version_of_tree(repo, tree, rev=target.rev, path=target.path)
         if workspace is not None and ws_md5 == (recorded.md5 if recorded else None) and missing_objects(
                 repo, workspace):
@@ -165,14 +165,14 @@ def _dvc_text(root: Path, version: DataVersion) -> str:
 def _record(root: Path, version: DataVersion, before: str | None) -> None:
     text = _dvc_text(root, version)
     if before is None or parse_dvc_file(before, source=DVC_FILE).md5 != version.md5 or (version.rev and text != before):
-        write_atomic(root / DVC_FILE, text)
+        atomic.write_text(root / DVC_FILE, text)
 
 
 def _apply(root: Path, text: str, before: str | None, *, had_data: bool, site_cache_dir: str | Path | None) -> None:
     """Write data.dvc and check it out from the (complete) local cache; undo both on failure."""
     data_dir, dvc_file = root / DATA_DIR, root / DVC_FILE
     try:
-        write_atomic(dvc_file, text)
+        atomic.write_text(dvc_file, text)
         with open_repo(root, site_cache_dir=site_cache_dir) as repo:
             repo.checkout(targets=[str(dvc_file)], force=True)
     except BaseException as exc:

@@ -6,7 +6,9 @@ one thing not here (pods are played from the manifests elsewhere).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,35 @@ def test_a_pipeline_component_runs_in_the_image_through_kfp_docker_runner(
     assert task.output == "deploy"
     task = quality_gate(knn_top1=41.5, min_top1=50.0, require_not_worse=False, triton_url="", model_name="dino")
     assert task.output == "hold"
+
+
+def test_the_build_recorded_what_it_built(image: str, docker) -> None:
+    """scripts/image.sh records the image ID; with no registry there is no manifest digest, so the
+    components keep referencing the tag (docs/operations.md, "Images by digest")."""
+    from components._image import image_cache, recorded_digest
+
+    record = image_cache() / "digests" / re.sub(r"[/:@]", "_", image)
+    fields = dict(line.split(" ", 1) for line in record.read_text().splitlines())
+    out = docker("image", "inspect", "--format", "{{json .}}", image)
+    assert out.returncode == 0, out.stderr
+    inspected = json.loads(out.stdout)
+    assert fields["image"] == image and fields["id"] == inspected["Id"]
+    assert ("registry" in fields) == bool(inspected.get("RepoDigests"))
+    assert recorded_digest(image) is None and "@" not in image
+
+
+def test_the_image_holds_exactly_the_locked_versions(image: str, docker) -> None:
+    """Every installed distribution but the project itself is the lock's pin, and pip finds nothing missing."""
+    out = docker(*POD_LIKE, image, "bash", "-c",
+                 "python -c 'import sys; print(\"%d%d\" % sys.version_info[:2])'; pip check; pip freeze --all")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    lock = Path(__file__).resolve().parents[2] / "requirements" / f"image-py{lines[0]}.lock"
+    pins = dict(re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", lock.read_text(), flags=re.M))
+    pins = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in pins.items()}
+    installed = dict(re.findall(r"^([A-Za-z0-9._-]+)==(\S+)$", "\n".join(lines[1:]), flags=re.M))
+    installed = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in installed.items()}
+    installed.pop("dino-mlops", None)  # the project itself (`name==version` or `name @ file://...`)
+    assert re.search(r"^dino[-_]mlops( @ file://|==)", out.stdout, flags=re.M), out.stdout
+    assert installed == pins, {k: (installed.get(k), pins.get(k)) for k in set(installed) ^ set(pins) | {
+        k for k in set(installed) & set(pins) if installed[k] != pins[k]}}

@@ -35,17 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 from fixtures import kube_play
+from fixtures.ddp_equivalence import BATCH, assert_trains_like_one_process, digits_subset, one_epoch_config
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = REPO_ROOT / "k8s" / "overlays" / "dev" / "pretrain"
-BATCH = 8  # per process; the single-process reference uses 2 x BATCH
-IMAGES = 76  # 10 classes x 7 + 6: a few steps, not a whole number of batches
 TIMEOUT_S = 600
 
 Resource = dict[str, Any]
@@ -67,33 +65,11 @@ def _one(resources: list[Resource], kind: str) -> Resource:
 
 
 
-def _config(rendered_text: str, batch_size: int) -> str:
-    cfg = yaml.safe_load(rendered_text)
-    # fp32: the comparison is of DDP against one process (auto picks bf16 on CPUs with bf16 units)
-    cfg["train"].update(epochs=1, batch_size=batch_size, precision="fp32")
-    return yaml.safe_dump(cfg)
-
-
-def _digits_subset(digits_root: Path, data: Path) -> Path:
-    """76 digits images under data/digits/train, where the dev config reads them, readable by any user."""
-    train = data / "digits" / "train"
-    for class_dir in sorted((digits_root / "train").iterdir()):
-        (train / class_dir.name).mkdir(parents=True)
-        for png in sorted(class_dir.iterdir())[:7]:
-            shutil.copy(png, train / class_dir.name)
-    (train / "extra").mkdir()
-    for png in sorted((digits_root / "train" / "0").iterdir())[7:13]:
-        shutil.copy(png, train / "extra")
-    for path in [data, *data.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return data
-
-
 def _input(resources: list[Resource]) -> list[Resource]:
     """The rendered resources with the test's config: one epoch, BATCH per process."""
     resources = copy.deepcopy(resources)
     configmap = _one(resources, "ConfigMap")
-    configmap["data"]["config.yaml"] = _config(configmap["data"]["config.yaml"], BATCH)
+    configmap["data"]["config.yaml"] = one_epoch_config(configmap["data"]["config.yaml"], BATCH)
     return resources
 
 
@@ -108,10 +84,6 @@ def _wait(podman: Podman, container: str) -> tuple[int, str]:
     return int(waited.stdout.strip()), logs.stdout + logs.stderr
 
 
-def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
 def _single_process(podman: Podman, image: str, job: Resource, configmap: Resource, data_volume: str,
                     work: Path) -> Path:
     """The same image, config (batch 2 x BATCH) and data, one process, no torchrun: the reference. Its output
@@ -120,7 +92,7 @@ def _single_process(podman: Podman, image: str, job: Resource, configmap: Resour
     config_arg = container["args"][container["args"].index("--config") + 1]
     config_dir = work / "config"
     config_dir.mkdir(parents=True)
-    (config_dir / Path(config_arg).name).write_text(_config(configmap["data"]["config.yaml"], 2 * BATCH))
+    (config_dir / Path(config_arg).name).write_text(one_epoch_config(configmap["data"]["config.yaml"], 2 * BATCH))
     config_dir.chmod(0o755)
     name = f"dino-pretrain-single-{uuid.uuid4().hex[:8]}"
     assert podman("volume", "create", name).returncode == 0
@@ -140,7 +112,6 @@ def test_master_and_worker_pods_train_like_one_process(podman: Podman, image: st
                                                        tmp_path: Path) -> None:
     """Training Operator v1.9 env, two pods of the dev overlay, gloo: one checkpoint equal to a single process."""
     from dino_model.config import load_config_text
-    from dino_model.runtime.checkpoint import load_checkpoint
 
     resources = _render()
     job, configmap = _one(resources, "PyTorchJob"), _one(resources, "ConfigMap")
@@ -153,7 +124,7 @@ def test_master_and_worker_pods_train_like_one_process(podman: Podman, image: st
     options = kube_play.Options(suffix=uuid.uuid4().hex[:8], workdir=tmp_path, network="host", restart_policy="Never")
     plan = kube_play.translate(_input(resources), "PyTorchJob", job["metadata"]["name"], options)
     with kube_play.provisioned(podman, plan):
-        _digits_subset(digits_root, kube_play.volume_root(podman, plan, "dino-datasets"))
+        digits_subset(digits_root, kube_play.volume_root(podman, plan, "dino-datasets"))
         with kube_play.running(podman, plan, tmp_path / "pytorchjob-pods.yaml"):
             exits = {name: _wait(podman, name) for name in _container_names(plan)}
         for name, (code, logs) in exits.items():
@@ -165,15 +136,4 @@ def test_master_and_worker_pods_train_like_one_process(podman: Podman, image: st
         assert (runs / output / "checkpoint.pth").is_file()
         single = _single_process(podman, image, job, configmap, plan.volumes["dino-datasets"], tmp_path / "single")
 
-    # the worker pod writes nothing of its own into the shared folder: the same files as one process
-    assert _files(runs / output) == _files(single / output)
-    two = load_checkpoint(runs / output / "checkpoint.pth")
-    one = load_checkpoint(single / output / "checkpoint.pth")
-    worst = max((two["teacher"][k] - v).abs().max().item() for k, v in one["teacher"].items())
-    logger.info("two pods: iteration %d, single process: iteration %d, largest teacher difference %.2e",
-                two["iteration"], one["iteration"], worst)
-    assert two["iteration"] == one["iteration"] == IMAGES // (2 * BATCH)
-    assert two["teacher"].keys() == one["teacher"].keys()
-    for key, ref in one["teacher"].items():
-        torch.testing.assert_close(two["teacher"][key], ref, atol=1e-5, rtol=0, msg=key)
-    torch.testing.assert_close(two["dino_loss"]["center"], one["dino_loss"]["center"], atol=1e-5, rtol=0)
+    assert_trains_like_one_process(runs / output / "checkpoint.pth", single / output / "checkpoint.pth")

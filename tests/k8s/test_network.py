@@ -256,13 +256,18 @@ def test_only_admitted_pods_reach_triton(worlds, env: str, topology: str, capsys
 @CASES
 def test_project_workloads_reach_what_they_need_and_no_more(worlds, env: str, topology: str, capsys) -> None:
     checks = [
-        # retraining check: KFP API, Pushgateway, git host and DVC remote, DNS; nothing else
+        # retraining check: KFP API, Pushgateway, the git host (GitHub's git ranges by default), DNS; nothing
+        # else: not the DVC remote (it reads data.dvc from git), not any other address on 443
         Check("retrain", "ml-pipeline", 8888, True),
         Check("retrain", "pushgateway", 9091, True),
         Check("retrain", GIT_HOST, 443, True),
-        Check("retrain", DVC_REMOTE, 443, True),
+        Check("retrain", "192.30.255.113", 443, True),
+        Check("retrain", DVC_REMOTE, 443, False),
+        Check("retrain", "8.8.8.8", 443, False),
+        Check("retrain", "140.82.128.1", 443, False),
         Check("retrain", "dns", 53, True, "UDP"),
         Check("retrain", "dns", 123, False, "UDP"),
+        Check("retrain", "8.8.8.8", 53, False, "UDP"),  # names only through the cluster DNS
         Check("retrain", GIT_HOST, 80, False),
         Check("retrain", "prometheus", 9091, False),
         Check("retrain", "minio", 9000, False),
@@ -333,12 +338,13 @@ def test_nca_finds_nothing_to_warn_about(worlds, env: str, topology: str) -> Non
     assert not findings, f"{env}/{topology}: nca --sanity:\n" + "\n".join(findings)
 
 
-def test_an_overlay_narrows_the_retraining_checks_https_to_its_endpoints(rendered, compiled, tmp_path, capsys) -> None:
-    """The documented patch of retrain-https (docs/operations.md) limits HTTPS to the listed ranges."""
+def test_an_overlay_sets_the_retraining_checks_https_endpoints(rendered, compiled, tmp_path, capsys) -> None:
+    """The documented patch of retrain-https (docs/operations.md) replaces the default (GitHub's ranges) with
+    the overlay's git host and DVC remote, and only those."""
     overlay = tmp_path / "narrowed"
     overlay.mkdir()
     patch = [{"op": "replace", "path": "/spec/egress/0/to",
-              "value": [{"ipBlock": {"cidr": "140.82.112.0/20"}}, {"ipBlock": {"cidr": f"{DVC_REMOTE}/32"}}]}]
+              "value": [{"ipBlock": {"cidr": "203.0.113.0/24"}}, {"ipBlock": {"cidr": f"{DVC_REMOTE}/32"}}]}]
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                      "resources": [os.path.relpath(INSTALLS["prod-gpu"], overlay)],
                      "patches": [{"target": {"kind": "NetworkPolicy", "name": "retrain-https"},
@@ -348,11 +354,12 @@ def test_an_overlay_narrows_the_retraining_checks_https_to_its_endpoints(rendere
     pods, world, policies = _world_of(namespace, "multi-user", render(overlay), rendered["prod-gpu/pretrain"], compiled)
     narrowed = World("prod-gpu + narrowed retrain-https", "multi-user", namespace, pods,
                      analyze(policies, world, tmp_path / "nca"), [])
-    checks = [Check("retrain", GIT_HOST, 443, True), Check("retrain", DVC_REMOTE, 443, True),
-              Check("retrain", "52.216.8.11", 443, False), Check("retrain", "8.8.8.8", 443, False),
-              Check("retrain", GIT_HOST, 22, False), Check("retrain", "ml-pipeline", 8888, True),
+    checks = [Check("retrain", "203.0.113.9", 443, True), Check("retrain", DVC_REMOTE, 443, True),
+              Check("retrain", GIT_HOST, 443, False), Check("retrain", "52.216.8.11", 443, False),
+              Check("retrain", "8.8.8.8", 443, False), Check("retrain", "203.0.113.9", 22, False),
+              Check("retrain", "ml-pipeline", 8888, True),
               Check("kfp-step", "8.8.8.8", 443, True)]  # the pipeline's own pods are not narrowed
-    _assert_checks(narrowed, "HTTPS narrowed to 140.82.112.0/20 and the DVC remote", checks, capsys)
+    _assert_checks(narrowed, "HTTPS set to 203.0.113.0/24 and the DVC remote", checks, capsys)
 
 
 @pytest.mark.parametrize(("text", "port", "protocol", "allowed"), [

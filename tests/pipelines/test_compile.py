@@ -44,11 +44,38 @@ def test_caching_and_data_md5_flow(ir):
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["resolve-data-version"]["cachingOptions"] == {}  # enableCache absent = disabled
     assert tasks["quality-gate"]["cachingOptions"] == {}
-    pretrain = tasks["pretrain"]
+    pretrain, branches = _nested(spec, "pretrain")  # in the one-node branch of `nodes`
     assert pretrain["cachingOptions"]["enableCache"] is True
-    md5_input = pretrain["inputs"]["parameters"]["data_md5"]["taskOutputParameter"]
+    md5_input = _source(pretrain, branches, "data_md5")
     assert md5_input == {"outputParameterKey": "md5", "producerTask": "resolve-data-version"}
     assert "pipeline_job_uuid" in str(pretrain["inputs"]["parameters"]["run_id"])
+
+
+def _nested(spec: dict, name: str) -> tuple[dict, list[dict]]:
+    """The task `name` anywhere in the pipeline, and the condition tasks (outermost first) that hold it."""
+    def walk(tasks: dict, chain: list[dict]) -> tuple[dict, list[dict]] | None:
+        for task_name, task in tasks.items():
+            if task_name == name:
+                return task, chain
+            inner = spec["components"].get(task["componentRef"]["name"], {}).get("dag")
+            if inner and (found := walk(inner["tasks"], [*chain, task])):
+                return found
+        return None
+
+    found = walk(spec["root"]["dag"]["tasks"], [])
+    assert found, f"no task {name}"
+    return found
+
+
+def _source(task: dict, chain: list[dict], parameter: str) -> dict:
+    """Where a task's parameter comes from, followed out through the condition tasks that pass it in."""
+    ref = task["inputs"]["parameters"][parameter]
+    for holder in reversed(chain):
+        key = ref.get("componentInputParameter")
+        if key not in holder["inputs"].get("parameters", {}):
+            break
+        ref = holder["inputs"]["parameters"][key]
+    return ref.get("taskOutputParameter", ref)
 
 
 def _condition(spec: dict, needle: str) -> str:

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from dino_model.cli.main import main
-from dino_model.cli.retrain import is_git_url
+from dino_model.versioning.clone import is_git_url
 from dino_model.versioning.sync import snapshot
 from pipelines.retrain import read_state
 

@@ -1,7 +1,8 @@
-"""The drift gauges on a real tritonserver: the `cpu` flavour's backend serves them on the metrics port.
+"""The drift gauges on a real tritonserver: the entry points' drift step serves them on the metrics port.
 
-The rollout case is the one that used to hang tritonserver: versions N and N+1 loaded together, each
-registering the same metric families, then N unloaded.
+Traffic reaches the step through both ensembles (`dino_monitored`, which `EmbeddingClient.infer`
+uses, and `dino_images`, image bytes); requests sent straight to `dino` are not counted. After a
+rollout the step reads the new version's reference and relabels its gauges.
 """
 
 from __future__ import annotations
@@ -34,12 +35,30 @@ def test_triton_exports_the_drift_gauges(tiny_export, tiny_onnx: Path, cpu_repos
     assert (cpu_repository / "dino" / "1" / "drift.npz").is_file()
     server = start_server(cpu_repository)
     client = EmbeddingClient(server.grpc_url, "dino")
+    assert client.served.monitored == "dino_monitored"
     rng = np.random.default_rng(0)
+    for _ in range(reference.window // 8):
+        client.infer(rng.standard_normal((8, 3, 32, 32)).astype(np.float32) * 3, model_version="1")  # not counted
+    assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2") is None
     for _ in range(reference.window // 8):  # exactly one full window: the first value is computed
         client.infer(rng.standard_normal((8, 3, 32, 32)).astype(np.float32) * 3)
     value = _gauge(server.metrics_url, "dino_embedding_drift_mmd2")
     assert value is not None and value > reference.threshold  # noise images are far from the digits
     assert _gauge(server.metrics_url, "dino_embedding_drift_threshold") == pytest.approx(reference.threshold)
+    assert _gauge(server.metrics_url, "dino_embedding_drift_monitor_up") == 1
+
+
+def test_image_bytes_feed_the_same_gauges(tiny_export, tiny_onnx: Path, cpu_repository: Path, start_server,
+                                          digits_root: Path) -> None:
+    """The image entry point's embeddings go through the same drift step: digits stay below the threshold."""
+    reference = DriftReference.load(drift_path(tiny_onnx))
+    server = start_server(cpu_repository)
+    client = EmbeddingClient(server.grpc_url, "dino")
+    files = sorted((digits_root / "val").rglob("*.png"))[: 4 * reference.window]
+    for start in range(0, len(files), 16):
+        client.infer_encoded([p.read_bytes() for p in files[start:start + 16]])
+    value = _gauge(server.metrics_url, "dino_embedding_drift_mmd2")
+    assert value is not None and value < reference.threshold  # held-out digits: the training distribution
     assert _gauge(server.metrics_url, "dino_embedding_drift_monitor_up") == 1
 
 
@@ -76,14 +95,12 @@ def test_a_rollout_hands_the_gauges_to_the_new_version(tiny_export, tiny_onnx: P
     assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "1") is not None
     deploy(tiny_onnx, cpu_repository, url=server.grpc_url)  # loads 2 beside 1, smoke-tests, unloads 1
     assert ready_versions(EmbeddingClient(server.grpc_url, headers=server.admin_headers)) == [2]
-    # Triton retires version 1 asynchronously after the switch: it gives the gauges up once unloaded
+    # the step asks which version serves at its next update (every 64 embeddings), then reads version 2's
+    # reference, drops version 1's gauges and publishes version 2's
     deadline = time.monotonic() + 60
-    while _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "1") is not None:
-        assert time.monotonic() < deadline, "version 1 kept the gauges a minute after it was retired"
-        time.sleep(0.5)
-    # the server still answers, and version 2 takes the gauges at its next update (every 64 embeddings;
-    # its first may have fallen within the deploy's smoke requests, while version 1 still held them)
-    serve_a_window()
-    serve_a_window()
-    assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "2") is not None
+    while _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "2") is None:
+        assert time.monotonic() < deadline, "the drift step did not follow version 2 within a minute of traffic"
+        serve_a_window()
     assert _gauge(server.metrics_url, "dino_embedding_drift_mmd2", "1") is None
+    assert _gauge(server.metrics_url, "dino_embedding_drift_monitor_up", "1") is None
+    assert _gauge(server.metrics_url, "dino_embedding_drift_monitor_up", "2") == 1

@@ -17,7 +17,7 @@ from dino_model.errors import ConfigError
 from dino_model.eval.knn import weighted_vote as torch_weighted_vote
 from dino_model.export.contract import ModelContract
 from dino_model.serving.images import Preprocess, transform_for
-from dino_model.serving.inference import EmbeddingResult, knn_predict, weighted_vote
+from dino_model.serving.inference import EmbeddingResult, predict_labels, weighted_vote_numpy
 
 # (width, height): square, landscape, portrait, odd sizes, an extreme strip, already at the resize size
 SIZES = [(32, 32), (50, 20), (20, 50), (37, 41), (8, 100), (301, 199), (36, 60)]
@@ -72,7 +72,7 @@ def test_the_numpy_vote_equals_the_evaluation_vote(n: int, k: int, classes: int,
     rng = np.random.default_rng(n + k)
     sims = rng.uniform(-1, 1, (n, k)).astype(np.float32)
     labels = rng.integers(0, classes, (n, k))
-    ours = weighted_vote(sims, labels, classes, temperature)
+    ours = weighted_vote_numpy(sims, labels, classes, temperature)
     reference = torch_weighted_vote(torch.from_numpy(sims), torch.from_numpy(labels), classes, temperature).numpy()
     assert ours.dtype == np.float32 and ours.shape == (n, classes)
     np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=0)
@@ -80,7 +80,7 @@ def test_the_numpy_vote_equals_the_evaluation_vote(n: int, k: int, classes: int,
 
 def test_the_vote_by_hand() -> None:
     """Neighbours (0.5, class 1), (0.2, class 1), (0.4, class 0) at T = 0.1: e^5 + e^2 for class 1, e^4 for 0."""
-    votes = weighted_vote(np.array([[0.5, 0.2, 0.4]]), np.array([[1, 1, 0]]), 3, 0.1)
+    votes = weighted_vote_numpy(np.array([[0.5, 0.2, 0.4]]), np.array([[1, 1, 0]]), 3, 0.1)
     np.testing.assert_allclose(votes, [[np.exp(4), np.exp(5) + np.exp(2), 0.0]], rtol=1e-12)
 
 
@@ -99,6 +99,6 @@ def test_knn_labels_equal_the_torch_top_k_vote(tmp_path: Path) -> None:
         sims, idx = (torch.from_numpy(queries) @ torch.from_numpy(bank).T).topk(min(k, 60), dim=1)
         votes = torch_weighted_vote(sims, torch.from_numpy(labels)[idx], 5, 0.07)
         expected = [str(classes[i]) for i in votes.argmax(dim=1).tolist()]
-        assert knn_predict(result, tmp_path / "index.npz", k=k, temperature=0.07) == expected
+        assert predict_labels(result, tmp_path / "index.npz", k=k, temperature=0.07) == expected
     with pytest.raises(ConfigError, match="k >= 1"):
-        knn_predict(result, tmp_path / "index.npz", k=0)
+        predict_labels(result, tmp_path / "index.npz", k=0)

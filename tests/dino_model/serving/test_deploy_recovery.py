@@ -40,10 +40,14 @@ from dino_model.serving.rollout import (
     recover,
 )
 from dino_model.triton.config import config_parameters
+from dino_model.triton.ensemble import EntryPoints
 from dino_model.triton.repository import read_config, version_folders
 from pipelines.retrain import deployed_data_version
 
 pytestmark = pytest.mark.triton
+
+# the models `triton-repo` writes beside `dino` (no unpack step: the cpu flavour preprocesses in Python)
+ENTRY_POINTS = [name for name in EntryPoints("dino").all if name != EntryPoints("dino").unpack]
 
 ROLLED_FORWARD = ("promoted", "final-written", "final-loaded")  # the new version had passed the candidate test
 SWITCHED = ("final-loaded",)  # killed after unpinned requests had been switched to the new version
@@ -108,8 +112,8 @@ def _check_recovered(server, repository: Path, before: dict, point: str, onnx_pa
     expected = new if point in ROLLED_FORWARD else old
     assert ready_versions(client) == [expected]
     index = client.call("index", client.raw.get_model_repository_index, as_json=True).get("models", [])
-    assert not [m for m in index if m["name"] != "dino" and m.get("state") == "READY"], index
-    assert after["root"] == ["dino"]  # the candidate model's folder is gone
+    assert not [m for m in index if m["name"] not in ("dino", *ENTRY_POINTS) and m.get("state") == "READY"], index
+    assert after["root"] == sorted(["dino", *ENTRY_POINTS])  # the candidate model's folder is gone
     folders = [*before["folders"], new] if expected == new else before["folders"]
     assert after["folders"] == folders
     assert after["files"] == sorted(["config.pbtxt", *map(str, folders)])  # no journal, staging or temp files

@@ -16,7 +16,7 @@ from dino_model.export.onnx import read_contract
 from dino_model.models.loading import load_backbone
 from dino_model.runtime.processes import free_ports
 from dino_model.serving.client import EmbeddingClient
-from dino_model.serving.inference import embed_images, knn_predict, write_embeddings
+from dino_model.serving.inference import embed_images, predict_labels, write_embeddings
 
 pytestmark = pytest.mark.triton
 
@@ -53,8 +53,8 @@ def test_output_files_and_knn_labels(served, val_subset: Path, tmp_path: Path) -
     result = embed_images([val_subset], client, batch_size=16)
     index = write_embeddings(result, tmp_path / "index.npz")
     # k = 1 against itself: every image's nearest neighbour is the image (similarity 1), so its own label
-    assert knn_predict(result, index, k=1) == result.labels
-    result.predictions = knn_predict(result, index, k=20)
+    assert predict_labels(result, index, k=1) == result.labels
+    result.predictions = predict_labels(result, index, k=20)
     np.testing.assert_array_equal(np.load(write_embeddings(result, tmp_path / "e.npy")), result.embeddings)
     saved = json.loads(write_embeddings(result, tmp_path / "e.json", model="dino").read_text())
     assert [i["path"] for i in saved["items"]] == result.paths

@@ -23,9 +23,13 @@ from dino_model.serving.loadtest import LoadGenerator
 from dino_model.serving.rollout import RolloutError, deploy, promote, ready_versions, with_contract
 from dino_model.serving.smoke import smoke_images
 from dino_model.triton.config import config_parameters
+from dino_model.triton.ensemble import EntryPoints
 from dino_model.triton.repository import read_config, served_contract
 
 pytestmark = pytest.mark.triton
+
+# the models `triton-repo` writes beside `dino` (no unpack step: the cpu flavour preprocesses in Python)
+ENTRY_POINTS = [name for name in EntryPoints("dino").all if name != EntryPoints("dino").unpack]
 
 
 def _client(server) -> EmbeddingClient:
@@ -122,7 +126,7 @@ def test_a_good_version_replaces_n_with_zero_failed_requests(live, tiny_onnx_fp1
     assert (result["status"], result["version"], result["previous_versions"]) == ("deployed", 2, [1])
     assert result["candidate_smoke"]["passed"] and result["smoke"]["passed"]
     assert ready_versions(client) == [2] and not client.raw.is_model_ready("dino", "1")
-    assert sorted(p.name for p in repository.iterdir()) == ["dino"]  # the candidate model is gone
+    assert sorted(p.name for p in repository.iterdir()) == sorted(["dino", *ENTRY_POINTS])  # the candidate is gone
     params = config_parameters(read_config(repository / "dino"))
     assert params["onnx_sha256"] == file_sha256(tiny_onnx_fp16) and params["dino.precision"] == "fp16"
     assert json.loads(params["metrics"])

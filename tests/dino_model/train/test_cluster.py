@@ -1,5 +1,5 @@
 """`dino-mlops pretrain --cluster` and the pipeline's `pretrain_on_cluster`: the PyTorchJob they build and how
-they follow it.
+they follow it (the TrainJob of Kubeflow Trainer v2: test_trainjob.py).
 
 The jobs are built from the real dev and prod-gpu overlays as `kubectl kustomize` renders them, and checked on
 the fields Kubeflow Training Operator v1.9 reads (name, nprocPerNode, Master/Worker replicas, the `pytorch`
@@ -266,7 +266,10 @@ def test_the_launcher_role_grants_exactly_what_the_code_calls(rendered) -> None:
     adopted = FakeCustom([SUCCEEDED], existing={"metadata": {"name": "dino-pretrain-r1", "uid": "u"},
                                                 "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob"})
     _launch(rendered, adopted, FakeCore(existing=True))
-    called = set(custom.calls + core.calls + adopted.calls)
+    trainjobs = FakeCustom([CREATED, {"type": "Complete", "reason": "JobsCompleted", "message": "done"}])
+    cluster.launch(rendered["dev"], JobOptions(name="dino-pretrain-r2"), operator="trainer-v2",
+                   clients=cluster.Clients(custom=trainjobs, core=FakeCore()), poll_s=0)
+    called = set(custom.calls + core.calls + adopted.calls + trainjobs.calls)
     role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d["kind"] == "Role")
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
@@ -310,7 +313,7 @@ def test_cli_bad_values_fail_with_one_line(capsys, argv) -> None:
 
 def test_cli_launches_waits_and_prints_the_checkpoint(rendered, monkeypatch, capsys, tmp_path) -> None:
     custom, core = FakeCustom([CREATED, SUCCEEDED]), FakeCore()
-    monkeypatch.setattr(cluster, "connect", lambda: cluster.Clients(custom=custom, core=core))
+    monkeypatch.setattr(cluster.launcher, "connect", lambda: cluster.Clients(custom=custom, core=core))
     template = tmp_path / "job.yaml"
     template.write_text(yaml.safe_dump_all(rendered["prod-gpu"]))
     code = main(["pretrain", "--cluster", "--template", str(template), "--run-id", "kfp-77", "--nodes", "3",

@@ -1,7 +1,7 @@
 """Interrupted and refused runs: a SIGKILLed run resumes cleanly, a full disk is one line, settings stay put.
 
 The killed run is a real training process: a hook in it only waits inside the second checkpoint's
-fsync (after the temporary file is written, before the rename), so the SIGKILL lands there every time.
+file fsync (after the temporary file is written, before the rename), so the SIGKILL lands there every time.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from dino_model.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dino_model.logs import read_jsonl
 from dino_model.loss import DINOLoss
-from dino_model.runtime import checkpoint as checkpoint_module
+from dino_model.runtime import atomic as atomic_module
 from dino_model.runtime.checkpoint import load_checkpoint, save_atomic
 from dino_model.train.loop import fit
 
@@ -30,14 +30,15 @@ from .conftest import small_cfg
 SMALL = ["model.out_dim=128", "train.batch_size=8", "train.saveckp_freq=0"]
 
 STALL_IN_SECOND_FSYNC = """
-import os, sys, time
+import os, stat, sys, time
 marker, argv = sys.argv[1], sys.argv[2:]
 real_fsync, calls = os.fsync, []
 def fsync(fd):
-    calls.append(fd)
-    if len(calls) == 2:  # epoch 1's checkpoint: written to its temporary, not yet renamed
-        open(marker, "w").close()
-        time.sleep(600)
+    if stat.S_ISREG(os.fstat(fd).st_mode):  # a file's fsync, not its folder's after the rename
+        calls.append(fd)
+        if len(calls) == 2:  # epoch 1's checkpoint: written to its temporary, not yet renamed
+            open(marker, "w").close()
+            time.sleep(600)
     real_fsync(fd)
 os.fsync = fsync
 from dino_model.cli.main import main
@@ -141,7 +142,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp_p
     save_atomic({"epoch": 1, "w": torch.zeros(10)}, path)
     before = path.read_bytes()
     real_fdopen = os.fdopen
-    monkeypatch.setattr(checkpoint_module.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode), 4096))
+    monkeypatch.setattr(atomic_module.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode), 4096))
     with pytest.raises(CheckpointError, match=r"cannot write .*checkpoint\.pth: No space left on device; "
                                               r"the previous checkpoint\.pth is kept unchanged"):
         save_atomic({"epoch": 2, "w": torch.ones(100_000)}, path)

@@ -190,3 +190,21 @@ def test_queue_delay_defaults_per_flavour(tmp_path: Path, tiny_onnx: Path) -> No
         assert int(batching.get("max_queue_delay_microseconds", 0)) == delay, name
     with pytest.raises(ConfigError, match="max_queue_delay_us=-1 must be >= 0"):
         RepositoryOptions(flavour="cpu", max_queue_delay_us=-1).validate()
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_every_model_of_the_repository_gets_at_least_one_instance(tmp_path: Path, tiny_onnx: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   flavour: str) -> None:
+    """instance_count 0 means "from the CPUs" for every Python step too, never a count of 0 in a config."""
+    monkeypatch.setattr(triton_config, "usable_cpus", lambda: 2)
+    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour=flavour, image_preprocess="python"))
+    configs = {p.parent.name: read_config(p.parent) for p in tmp_path.glob("*/config.pbtxt")}
+    assert len(configs) > 1  # the model and its entry points
+    for name, config in configs.items():
+        for group in config.get("instance_group", []):
+            assert int(group.get("count", 0)) >= 1, name
+        batching = config.get("dynamic_batching")
+        if batching is not None and flavour == "cpu" and name == "dino":
+            assert int(batching.get("max_queue_delay_microseconds", 0)) == 0
+    assert configs["dino"]["instance_group"][0]["count"] == (2 if flavour == "cpu" else 1)

@@ -1,10 +1,12 @@
-"""The Python backend's drift gauges, run in-process with a stand-in for Triton's pb_utils.
+"""The drift step's gauges (python_backend/drift_model.py), run in-process with a stand-in for Triton's pb_utils.
 
-The backend repeats the statistic of dino_model/monitoring/drift.py (it cannot import the package):
+The step repeats the statistic of dino_model/monitoring/drift.py (it cannot import the package):
 its gauge must equal that module's MMD^2 of the same window, be updated every DRIFT_UPDATE_EVERY
-embeddings rather than every request, and be absent when the version carries no reference. A
-reference the statistic cannot use (the same files drift.py refuses) still serves embeddings but
-reports the monitor down (dino_embedding_drift_monitor_up 0), never a NaN statistic read as "no drift".
+embeddings rather than every request, and be absent when the served version carries no reference. A
+reference the statistic cannot use (the same files drift.py refuses) still passes embeddings through
+but reports the monitor down (dino_embedding_drift_monitor_up 0), never a NaN statistic read as "no
+drift". The step reads the reference of the version Triton reports ready (the stand-in's `READY`), and
+follows a rollout to the next one. The embedding model's own backend computes no drift any more.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import types
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from dino_model.errors import ConfigError
 from dino_model.monitoring.drift import DriftReference, drift_path, window_mmd2
 from dino_model.triton.config import RepositoryOptions
-from dino_model.triton.repository import PYTHON_MODEL, read_config, write_model_repository
+from dino_model.triton.repository import DRIFT_MODEL, PYTHON_MODEL, read_config, write_model_repository
 
 MMD2, THRESHOLD, UP = "dino_embedding_drift_mmd2", "dino_embedding_drift_threshold", "dino_embedding_drift_monitor_up"
 
@@ -47,6 +50,7 @@ class _MetricFamily:
 
 
 LOGGED: list[tuple[str, str]] = []
+READY: set[tuple[str, str]] = set()  # (model, version) that the stand-in server reports ready
 
 
 def _pb_utils() -> types.ModuleType:
@@ -58,37 +62,67 @@ def _pb_utils() -> types.ModuleType:
     pb.InferenceResponse = lambda output_tensors, error=None: types.SimpleNamespace(tensors=output_tensors, error=error)
     pb.TritonError = lambda message, code=None: types.SimpleNamespace(message=message)
     pb.get_input_tensor_by_name = lambda request, name: types.SimpleNamespace(as_numpy=lambda: request)
+    pb.is_model_ready = lambda model_name, model_version="": (model_name, model_version) in READY
     return pb
 
 
+def _module(path: Path, name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
-def backend(monkeypatch: pytest.MonkeyPatch):
-    """load(version_dir) -> an initialised TritonPythonModel of the backend file, on the stand-in pb_utils."""
+def backend(monkeypatch: pytest.MonkeyPatch, tiny_onnx: Path):
+    """load(version_dir) -> the drift step of the repository holding `version_dir`, initialised on the stand-in
+    pb_utils, with that version ready; `embed` runs the embedding model's own backend (no drift)."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _pb_utils())
     _MetricFamily.created.clear()
     LOGGED.clear()
-    spec = importlib.util.spec_from_file_location("dino_python_backend_under_test", PYTHON_MODEL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    READY.clear()
+    module = _module(DRIFT_MODEL, "dino_drift_step_under_test")
+    embedder = _module(PYTHON_MODEL, "dino_python_backend_under_test")
+    loaded = []
+    monkeypatch.setitem(_EMBEDDER, "session", ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]))
 
-    def load(version_dir: Path):
-        model = module.TritonPythonModel()
-        config = read_config(version_dir.parent)
-        model.initialize({"model_config": json.dumps(config), "model_repository": str(version_dir.parent),
-                          "model_version": version_dir.name, "model_name": version_dir.parent.name})
+    def initialised(cls, model_dir: Path, version: str):
+        model = cls()
+        model.initialize({"model_config": json.dumps(read_config(model_dir)), "model_repository": str(model_dir),
+                          "model_version": version, "model_name": model_dir.name})
         return model
 
-    return types.SimpleNamespace(load=load, module=module)
+    def load(version_dir: Path):
+        READY.add((version_dir.parent.name, version_dir.name))
+        step = initialised(module.TritonPythonModel, version_dir.parent.parent / "dino_drift", "1")
+        step._follow_served_version()  # what its first request does
+        loaded.append(step)
+        return step
+
+    def embed(version_dir: Path, images: np.ndarray) -> np.ndarray:
+        (response,) = initialised(embedder.TritonPythonModel, version_dir.parent, version_dir.name).execute([images])
+        return next(t.array for t in response.tensors if t.name == "embedding")
+
+    yield types.SimpleNamespace(load=load, module=module, embedder=embedder, embed=embed)
+    for step in loaded:  # give the gauges' lock back, whatever the test left
+        step.finalize()
 
 
 def _gauges(version: str = "1") -> dict[str, _Gauge]:
-    """The gauges the backend created for `version`, by family name."""
+    """The gauges the step created for `version`, by family name."""
     return {g.family.name: g for g in _MetricFamily.created if g.labels["version"] == version}
 
 
 def _embeddings(model, images: np.ndarray) -> np.ndarray:
-    (response,) = model.execute([images])
-    return next(t.array for t in response.tensors if t.name == "embedding")
+    """The drift step's answer for the tiny model's embeddings of `images` (as the ensemble feeds it)."""
+    (embeddings,) = _EMBEDDER["session"].run(["embedding"], {"images": images})
+    (response,) = model.execute([embeddings])
+    (tensor,) = response.tensors
+    assert tensor.name == "embedding" and np.array_equal(tensor.array, embeddings)  # passed through unchanged
+    return tensor.array
+
+
+_EMBEDDER: dict = {}  # "session": onnxruntime on the tiny model, set by the `backend` fixture
 
 
 def test_gauges_hold_the_drift_statistic_of_the_last_window(backend, tiny_export, tiny_onnx: Path,
@@ -209,22 +243,52 @@ def test_an_invalid_reference_serves_with_the_monitor_down_and_the_package_refus
     assert [level for level, message in LOGGED if "drift.npz is invalid" in message] == ["error"]
 
 
-def test_one_loaded_version_at_a_time_owns_the_gauges(backend, tiny_export, tiny_onnx: Path, tmp_path: Path) -> None:
-    """Versions N and N+1 loaded together (a rollout): one set of families, handed over when N unloads."""
-
-    def version() -> Path:
-        written = write_model_repository(tiny_onnx, tmp_path / "repo", RepositoryOptions(flavour="cpu"))
-        return Path(written["version_dir"])
-
-    first, second = backend.load(version()), backend.load(version())
+def test_one_loaded_step_at_a_time_owns_the_gauges(backend, tiny_export, tiny_onnx: Path, tmp_path: Path) -> None:
+    """Two stubs of the drift step loaded together (the step reloaded): one set of families, handed over when
+    the first unloads."""
+    version_dir = Path(write_model_repository(tiny_onnx, tmp_path / "repo", RepositoryOptions(flavour="cpu"))
+                       ["version_dir"])
+    first, second = backend.load(version_dir), backend.load(version_dir)
     every = backend.module.DRIFT_UPDATE_EVERY
-    images = np.zeros((max(first.drift.size, every), 3, 32, 32), np.float32)
+    images = np.random.default_rng(0).standard_normal((max(first.drift.size, every), 3, 32, 32)).astype(np.float32)
     _embeddings(first, images)
     _embeddings(second, images)
-    assert [g.labels["version"] for g in _MetricFamily.created] == ["1"] * 3  # version 2 computes, publishes nothing
+    assert len(_MetricFamily.created) == 3  # the second computes, publishes nothing
     first.finalize()
     _embeddings(second, images[:every])
-    assert [g.labels["version"] for g in _MetricFamily.created] == ["1"] * 3 + ["2"] * 3
-    assert _gauges("2")[MMD2].values == [pytest.approx(second.drift.value)]
-    assert _gauges("2")[UP].values == [1.0]
+    assert len(_MetricFamily.created) == 6
+    assert [g.labels for g in _MetricFamily.created[-3:]] == [{"model": "dino", "version": "1"}] * 3
+    assert _gauges()[MMD2].values == [pytest.approx(second.drift.value)]  # the second's own window
+    assert _gauges()[UP].values == [1.0]
     second.finalize()
+
+
+def test_the_step_follows_a_rollout_to_the_new_versions_reference(backend, tiny_export, tiny_onnx: Path,
+                                                                  tmp_path: Path) -> None:
+    """After `deploy` makes version 2 the ready one, the step reads version 2's reference and relabels its gauges."""
+    repo = tmp_path / "repo"
+    one = Path(write_model_repository(tiny_onnx, repo, RepositoryOptions(flavour="cpu"))["version_dir"])
+    step = backend.load(one)
+    every, reference = backend.module.DRIFT_UPDATE_EVERY, DriftReference.load(drift_path(tiny_onnx))
+    rng = np.random.default_rng(0)
+    _embeddings(step, rng.standard_normal((reference.window, 3, 32, 32)).astype(np.float32))
+    assert _gauges("1")[MMD2].values and step.version == 1
+    two = Path(write_model_repository(tiny_onnx, repo, RepositoryOptions(flavour="cpu"))["version_dir"])
+    _corrupted(drift_path(tiny_onnx), two / "drift.npz", threshold=np.float64(reference.threshold * 2))
+    READY.clear()
+    READY.add(("dino", two.name))  # the switch: 2 serves, 1 is retired
+    served = [_embeddings(step, rng.standard_normal((every, 3, 32, 32)).astype(np.float32))]
+    assert step.version == 2 and step.drift.gauges.labels == {"model": "dino", "version": "2"}
+    assert step.drift.gauges.gauges is not None and _gauges("2")[THRESHOLD].values == [
+        pytest.approx(reference.threshold * 2)]  # version 2's own reference
+    assert step.drift.seen == every >= reference.window  # a new window: version 1's embeddings are not counted
+    assert _gauges("2")[MMD2].values == [pytest.approx(window_mmd2(served[0][-reference.window:], reference),
+                                                       abs=1e-9)]
+
+
+def test_the_embedding_model_computes_no_drift(backend, tiny_export, tiny_onnx: Path, tmp_path: Path) -> None:
+    version_dir = Path(write_model_repository(tiny_onnx, tmp_path / "repo", RepositoryOptions(flavour="cpu"))
+                       ["version_dir"])
+    _MetricFamily.created.clear()
+    assert backend.embed(version_dir, np.zeros((70, 3, 32, 32), np.float32)).shape == (70, 64)
+    assert _MetricFamily.created == [] and not hasattr(backend.embedder, "DriftWindow")

@@ -12,7 +12,15 @@ from dino_model.errors import ConfigError
 from dino_model.export.lineage import code_revision, file_sha256
 from dino_model.export.onnx import read_contract
 from dino_model.triton.config import RepositoryOptions, config_parameters, flavour_of
-from dino_model.triton.repository import PYTHON_MODEL, read_config, version_folders, write_model_repository
+from dino_model.triton.repository import (
+    BACKEND_FILES,
+    DRIFT_MODEL,
+    PREPROCESS_MODEL,
+    PYTHON_MODEL,
+    read_config,
+    version_folders,
+    write_model_repository,
+)
 
 
 def test_gpu_repository(tmp_path: Path, tiny_onnx: Path) -> None:
@@ -73,8 +81,74 @@ def test_python_backend_model_is_self_contained() -> None:
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    stdlib = {"fcntl", "gc", "json", "math", "os", "pathlib", "tempfile"}
-    assert imported == stdlib | {"numpy", "onnxruntime", "triton_python_backend_utils"}
+    assert imported == {"json", "math", "os", "pathlib", "numpy", "onnxruntime", "triton_python_backend_utils"}
+
+
+@pytest.mark.parametrize(("source", "allowed"), [
+    (PREPROCESS_MODEL, {"importlib", "json", "sys", "pathlib", "triton_python_backend_utils"}),
+    (BACKEND_FILES / "preprocessing.py", {"__future__", "io", "os", "dataclasses", "numpy", "PIL"}),
+    (DRIFT_MODEL, {"fcntl", "gc", "importlib", "json", "os", "sys", "tempfile", "pathlib", "numpy",
+                   "triton_python_backend_utils"}),
+    (BACKEND_FILES / "versions.py", {"pathlib"}),
+])
+def test_the_entry_point_steps_are_self_contained(source: Path, allowed: set[str]) -> None:
+    """The steps' stubs import their files from the version folder: no project code, nothing beyond numpy and PIL."""
+    tree = ast.parse(source.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == allowed
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_the_entry_points_are_written_beside_the_model(tmp_path: Path, tiny_onnx: Path, flavour: str) -> None:
+    result = write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour=flavour, max_batch_size=16,
+                                                                                preferred_batch_sizes=[8],
+                                                                                image_preprocess="python"))
+    assert result["entry_points"] == ["dino_preprocess", "dino_drift", "dino_images", "dino_monitored"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["dino", *result["entry_points"]])
+    images, monitored = read_config(tmp_path / "dino_images"), read_config(tmp_path / "dino_monitored")
+    assert images["platform"] == monitored["platform"] == "ensemble"
+    assert images["input"] == [{"name": "image_bytes", "data_type": "TYPE_STRING", "dims": ["1"]}]
+    assert monitored["input"] == read_config(tmp_path / "dino")["input"]  # the model's own tensor input
+    for config in (images, monitored):
+        assert config["max_batch_size"] == 16
+        assert [o["name"] for o in config["output"]] == ["embedding", "patch_tokens"]
+        steps = config["ensemble_scheduling"]["step"]
+        assert all(step["model_version"] == "-1" for step in steps)  # the latest ready version: follows a deploy
+        assert [s["model_name"] for s in steps][-2:] == ["dino", "dino_drift"]
+        assert steps[-1]["output_map"] == {"embedding": "embedding"}  # embeddings leave through the drift step
+    assert [s["model_name"] for s in images["ensemble_scheduling"]["step"]] == ["dino_preprocess", "dino",
+                                                                                 "dino_drift"]
+    preprocess, drift = read_config(tmp_path / "dino_preprocess"), read_config(tmp_path / "dino_drift")
+    assert preprocess["backend"] == drift["backend"] == "python"
+    assert preprocess["instance_group"][0]["kind"] == drift["instance_group"][0]["kind"] == "KIND_CPU"
+    assert drift["instance_group"][0]["count"] == 1  # one window per server
+    params = config_parameters(preprocess)
+    contract = read_contract(tiny_onnx)
+    assert (int(params["image_size"]), int(params["resize_size"])) == (contract.image_size, contract.resize_size)
+    assert json.loads(params["mean"]) == list(contract.mean) and json.loads(params["std"]) == list(contract.std)
+    assert config_parameters(drift)["embedding_model"] == params["embedding_model"] == "dino"
+    assert sorted(p.name for p in (tmp_path / "dino_preprocess" / "1").iterdir()) == ["model.py", "preprocessing.py",
+                                                                                     "versions.py"]
+    assert (tmp_path / "dino_preprocess" / "1" / "model.py").read_bytes() == PREPROCESS_MODEL.read_bytes()
+    assert (tmp_path / "dino_drift" / "1" / "model.py").read_bytes() == DRIFT_MODEL.read_bytes()
+    assert list((tmp_path / "dino_images" / "1").iterdir()) == []
+
+
+def test_rewriting_the_repository_replaces_the_steps_and_keeps_the_model_versions(tmp_path: Path,
+                                                                                  tiny_onnx: Path) -> None:
+    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="cpu"))
+    (tmp_path / "dino_preprocess" / "1" / "model.py").write_text("an older step")
+    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="cpu"))
+    assert version_folders(tmp_path / "dino") == [1, 2] and version_folders(tmp_path / "dino_preprocess") == [1]
+    assert (tmp_path / "dino_preprocess" / "1" / "model.py").read_bytes() == PREPROCESS_MODEL.read_bytes()
+    assert not [p for p in (tmp_path / "dino_preprocess").iterdir() if p.name.startswith(".")]
+
+
+def test_entry_points_can_be_left_out(tmp_path: Path, tiny_onnx: Path) -> None:
+    result = write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="cpu", entry_points=False))
+    assert result["entry_points"] == [] and [p.name for p in tmp_path.iterdir()] == ["dino"]
 
 
 def test_versions_are_added_never_overwritten(tmp_path: Path, tiny_onnx: Path) -> None:

@@ -1,7 +1,7 @@
 """Data integrity on real git + DVC repositories: corrupt remote objects, pulls killed with SIGKILL, secrets' mode.
 
 The pulls that are killed are real `dino-mlops data pull` processes. They are stopped either at a named
-phase (DINO_MLOPS_DATA_PAUSE_AT, switch.PHASES) or the moment the test sees data.dvc or data/ change on
+phase (DINO_DATA_PAUSE_AT, switch.PHASES) or the moment the test sees data.dvc or data/ change on
 disk, then killed with SIGKILL; the next command must find one whole version, recorded by data.dvc.
 """
 

@@ -1,0 +1,90 @@
+"""Triton Python-backend step of the image entry point: encoded images in, the embedding model's input out.
+
+Copied as `model.py` into the version folder of `<model>_preprocess`, beside `preprocessing.py`, the
+very file the client (`dino-mlops infer`) preprocesses with, so an embedding of image bytes served
+here equals the client's bit for bit. The stub imports both files on its own: numpy and PIL only.
+
+One request carries a batch of encoded images (BYTES, one item per image, any size, JPEG/PNG/WebP or
+any format PIL reads). An item that cannot be decoded, or whose header declares more pixels than the
+pixel cap (DINO_MAX_IMAGE_PIXELS in the server's environment, the project's default otherwise), fails
+its request alone with INVALID_ARG naming the item and the reason; the other requests of the same
+dynamic batch are answered, and the instance keeps serving.
+
+`received` is where the raw bytes of every request pass with the model version, before they are
+decoded: the one place to hook a capture of served inputs.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+
+def _sibling(name):
+    """The module `name`.py shipped beside this file (the stub does not put this folder on sys.path)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+preprocessing = _sibling("preprocessing")
+versions = _sibling("versions")
+
+
+class TritonPythonModel:
+    """Decode, resize, crop and normalise each item of each request, as the contract in the config says."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.transform = preprocessing.Preprocess(
+            int(params["image_size"]), int(params["resize_size"]),
+            tuple(json.loads(params["mean"])), tuple(json.loads(params["std"])))
+        self.max_pixels = preprocessing.pixel_cap_from_environment()
+        (spec,) = config["input"]
+        (out,) = config["output"]
+        self.input_name, self.output_name = spec["name"], out["name"]
+        self.embedding_model = params["embedding_model"]
+        self.repository = Path(args["model_repository"]).parent
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            items = [bytes(item) for item in
+                     pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)]
+            self.received(items)
+            try:
+                pixels = preprocessing.preprocess_encoded(items, self.transform, self.max_pixels)
+            except preprocessing.UnreadableImageError as exc:
+                error = _invalid_argument(f"input '{self.input_name}': {exc}")
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, pixels)]))
+        return responses
+
+    def received(self, items):
+        """The raw encoded images of one request, before they are decoded.
+
+        Does nothing: the place where a capture of served inputs hooks in. `self.served_version()`
+        says which version of the embedding model answers them.
+        """
+
+    def served_version(self):
+        """The version of the embedding model that unpinned requests reach now (None when none is ready)."""
+        return versions.served_version(pb_utils, self.repository, self.embedding_model)
+
+    def finalize(self):
+        self.transform = None
+
+
+def _invalid_argument(message):
+    """A TritonError with the INVALID_ARG code where the stub supports codes (Triton >= 23.08)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
