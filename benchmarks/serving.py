@@ -234,6 +234,7 @@ def measure(args: argparse.Namespace, onnx_path: Path, contract: ModelContract, 
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     cells = parse_cells(args.cells or CELLS[args.model])
     opts = RepositoryOptions(flavour="cpu", max_batch_size=max(64, *(b for b, _ in cells)), preferred_batch_sizes=[],
+                             entry_points=False,  # the model alone: the ensembles' steps are not measured here
                              **({"instance_count": args.instances} if args.instances else {}),
                              **({"intra_op_threads": args.intra_op_threads} if args.intra_op_threads is not None
                                 else {}),
