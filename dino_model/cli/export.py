@@ -62,10 +62,11 @@ def _register_repo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, default=_option("max_batch_size"))
     p.add_argument("--preferred-batch-sizes", type=int, nargs="*", default=_option("preferred_batch_sizes"))
     p.add_argument("--queue-delay-us", type=int, default=_option("max_queue_delay_us"),
-                   help="dynamic batching max_queue_delay_microseconds")
+                   help="dynamic batching max_queue_delay_microseconds (default: gpu 100, cpu 0)")
     p.add_argument("--no-dynamic-batching", action="store_true")
     p.add_argument("--instances", type=int, default=_option("instance_count"),
-                   help="model instances (instance_group count)")
+                   help="model instances (instance_group count; default: gpu 1, cpu one per usable CPU here, "
+                        "at most 4)")
     p.add_argument("--instance-kind", choices=("gpu", "cpu"), default=_option("instance_kind"),
                    help="override the flavour's instance kind (gpu flavour on CPUs: NVIDIA's image without GPUs)")
     p.add_argument("--keep-versions", type=int, default=_option("keep_versions"),
@@ -76,7 +77,8 @@ def _register_repo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensorrt-cache", default=_option("tensorrt_cache_path"),
                    help="engine cache path (mount a volume)")
     p.add_argument("--intra-op-threads", type=int, default=_option("intra_op_threads"),
-                   help="cpu: onnxruntime threads per instance")
+                   help="cpu: onnxruntime threads per instance (default 0: the serving machine's usable CPUs "
+                        "shared out among the instances)")
     p.add_argument("--image-preprocess", choices=("auto", "python", "dali"), default=_option("image_preprocess"),
                    help="preprocessing step of the image entry point <model>_images: auto = DALI on the gpu flavour "
                         "where nvidia-dali is installed, else the Python step")

@@ -22,6 +22,7 @@ from typing import Any
 
 from dino_model.errors import ConfigError
 from dino_model.export.contract import INPUT_NAME, ModelContract
+from dino_model.runtime.cpus import default_instances, usable_cpus
 
 FLAVOURS = ("gpu", "cpu")
 CANDIDATE_SUFFIX = "_candidate"  # `dino-mlops deploy` tests a new file as the model `<name>_candidate`
@@ -70,15 +71,18 @@ class RepositoryOptions:
     max_batch_size: int = 64
     dynamic_batching: bool = True
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
-    max_queue_delay_us: int = 100
-    instance_count: int = 1
+    # None: the flavour's; gpu 100 (a GPU gains from fuller batches), cpu 0 (measured: the delay was most of
+    # a batch-1 request's queue time, while under load batches still form as requests wait for an instance)
+    max_queue_delay_us: int | None = None
+    instance_count: int = 0  # 0: gpu 1; cpu one per usable CPU of this machine (runtime/cpus.py), at most 4
     instance_kind: str = ""  # gpu | cpu; default: the flavour's. gpu flavour + cpu = onnxruntime backend on CPUs
     keep_versions: int = 1  # version_policy latest { num_versions }
     warmup: bool = True
     tensorrt: bool = False  # gpu only: ORT's TensorRT execution provider
     tensorrt_precision: str = "FP16"
     tensorrt_cache_path: str = "/tmp/triton-trt-cache"  # mount a persistent volume here on the cluster
-    intra_op_threads: int = 0  # cpu only: onnxruntime threads per instance; 0 = onnxruntime's default
+    intra_op_threads: int = 0  # cpu only: onnxruntime threads per instance; 0: the serving machine's usable CPUs
+    #                            shared out among the instances, chosen by each instance when it loads
     entry_points: bool = True  # the image-bytes and drift-monitored ensembles beside the model (ensemble.py)
     image_preprocess: str = "auto"  # python | dali | auto (dali on the gpu flavour where DALI is installed)
 
@@ -91,21 +95,37 @@ class RepositoryOptions:
         too_big = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if too_big:
             raise ConfigError(f"preferred batch sizes {too_big} must lie in 1..max_batch_size={self.max_batch_size}")
-        if self.keep_versions < 1 or self.instance_count < 1:
-            raise ConfigError(
-                f"keep_versions={self.keep_versions} and instance_count={self.instance_count} must be >= 1")
+        if self.keep_versions < 1 or self.instance_count < 0 or self.intra_op_threads < 0:
+            raise ConfigError(f"keep_versions={self.keep_versions} must be >= 1, instance_count={self.instance_count} "
+                              f"and intra_op_threads={self.intra_op_threads} >= 0 (0 chooses from the CPUs)")
         if self.instance_kind not in ("", "gpu", "cpu"):
             raise ConfigError(f"instance_kind={self.instance_kind!r} is not one of gpu, cpu")
         if self.flavour == "cpu" and self.instance_kind == "gpu":
             raise ConfigError("the cpu flavour (Python backend) runs on CPUs only; use the gpu flavour for GPUs")
         if self.tensorrt and self.kind != "KIND_GPU":
             raise ConfigError("the TensorRT accelerator needs the gpu flavour (onnxruntime backend) on a GPU")
+        if self.max_queue_delay_us is not None and self.max_queue_delay_us < 0:
+            raise ConfigError(f"max_queue_delay_us={self.max_queue_delay_us} must be >= 0")
         if self.image_preprocess not in ("auto", "python", "dali"):
             raise ConfigError(f"image_preprocess={self.image_preprocess!r} is not one of auto, python, dali")
         if self.image_preprocess == "dali" and self.kind != "KIND_GPU":
             raise ConfigError("DALI preprocessing (image_preprocess=dali) needs the gpu flavour on GPUs")
         if self.tensorrt_precision not in ("FP16", "FP32"):
             raise ConfigError(f"tensorrt_precision={self.tensorrt_precision!r} is not one of FP16, FP32")
+
+    @property
+    def queue_delay_us(self) -> int:
+        """max_queue_delay_us, or the flavour's default."""
+        if self.max_queue_delay_us is not None:
+            return self.max_queue_delay_us
+        return 0 if self.flavour == "cpu" else 100
+
+    @property
+    def instances(self) -> int:
+        """instance_count, or its default: 1 on GPUs, one per usable CPU (at most 4) for the cpu flavour."""
+        if self.instance_count:
+            return self.instance_count
+        return default_instances(usable_cpus()) if self.flavour == "cpu" else 1
 
     @property
     def kind(self) -> str:
@@ -127,18 +147,18 @@ def build_model_config(contract: ModelContract, opts: RepositoryOptions) -> dict
         "parameters": {k: {"string_value": v} for k, v in contract.to_properties().items()},
     }
     if opts.dynamic_batching:
-        config["dynamic_batching"] = {"max_queue_delay_microseconds": opts.max_queue_delay_us}
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": opts.queue_delay_us}
         if opts.preferred_batch_sizes:
             config["dynamic_batching"]["preferred_batch_size"] = sorted(opts.preferred_batch_sizes)
     if opts.flavour == "gpu":
         config["platform"] = "onnxruntime_onnx"
-        config["instance_group"] = [{"kind": opts.kind, "count": opts.instance_count}]
+        config["instance_group"] = [{"kind": opts.kind, "count": opts.instances}]
         if opts.tensorrt:
             accelerators = {"gpu_execution_accelerator": [_tensorrt(contract, opts)]}
             config["optimization"] = {"execution_accelerators": accelerators}
     else:
         config["backend"] = "python"
-        config["instance_group"] = [{"kind": opts.kind, "count": opts.instance_count}]
+        config["instance_group"] = [{"kind": opts.kind, "count": opts.instances}]
         config["parameters"]["intra_op_threads"] = {"string_value": str(opts.intra_op_threads)}
     if opts.warmup:
         sizes = [1] if opts.flavour == "cpu" else sorted({1, max(opts.preferred_batch_sizes, default=1)})

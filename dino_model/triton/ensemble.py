@@ -78,7 +78,7 @@ def uses_dali(opts: RepositoryOptions) -> bool:
 
 
 def _batching(opts: RepositoryOptions) -> dict[str, Any]:
-    return {"max_queue_delay_microseconds": opts.max_queue_delay_us} if opts.dynamic_batching else {}
+    return {"max_queue_delay_microseconds": opts.queue_delay_us} if opts.dynamic_batching else {}
 
 
 def _string_parameters(values: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -92,7 +92,7 @@ def preprocess_config(contract: ModelContract, opts: RepositoryOptions) -> dict[
         "name": names.preprocess, "backend": "python", "max_batch_size": opts.max_batch_size,
         "input": [{"name": BYTES_INPUT, "data_type": "TYPE_STRING", "dims": [1]}],
         "output": [{"name": PIXELS, "data_type": "TYPE_FP32", "dims": list(contract.input_shape)}],
-        "instance_group": [{"kind": "KIND_CPU", "count": opts.instance_count}],
+        "instance_group": [{"kind": "KIND_CPU", "count": opts.instances}],
         "parameters": _string_parameters({
             "image_size": str(contract.image_size), "resize_size": str(contract.resize_size),
             "mean": list(contract.mean), "std": list(contract.std), "embedding_model": opts.model_name}),
@@ -109,7 +109,7 @@ def unpack_config(opts: RepositoryOptions) -> dict[str, Any]:
         "name": EntryPoints(opts.model_name).unpack, "backend": "python", "max_batch_size": opts.max_batch_size,
         "input": [{"name": BYTES_INPUT, "data_type": "TYPE_STRING", "dims": [1]}],
         "output": [{"name": ENCODED, "data_type": "TYPE_UINT8", "dims": [-1]}],
-        "instance_group": [{"kind": "KIND_CPU", "count": opts.instance_count}],
+        "instance_group": [{"kind": "KIND_CPU", "count": opts.instances}],
         "parameters": _string_parameters({"embedding_model": opts.model_name}),
     }
     to_proto(config)
@@ -122,7 +122,7 @@ def dali_preprocess_config(contract: ModelContract, opts: RepositoryOptions) -> 
         "name": EntryPoints(opts.model_name).preprocess, "backend": "dali", "max_batch_size": opts.max_batch_size,
         "input": [{"name": ENCODED, "data_type": "TYPE_UINT8", "dims": [-1], "allow_ragged_batch": True}],
         "output": [{"name": PIXELS, "data_type": "TYPE_FP32", "dims": list(contract.input_shape)}],
-        "instance_group": [{"kind": "KIND_GPU", "count": opts.instance_count}],
+        "instance_group": [{"kind": "KIND_GPU", "count": opts.instances}],
     }
     if opts.dynamic_batching:
         config["dynamic_batching"] = _batching(opts)

@@ -58,7 +58,7 @@ def test_gpu_repository(tmp_path: Path, tiny_onnx: Path) -> None:
 
 
 def test_cpu_repository_runs_the_same_file_in_the_python_backend(tmp_path: Path, tiny_onnx: Path) -> None:
-    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="cpu", intra_op_threads=2))
+    write_model_repository(tiny_onnx, tmp_path, RepositoryOptions(flavour="cpu", instance_count=1, intra_op_threads=2))
     model_dir = tmp_path / "dino"
     config = read_config(model_dir)
     assert config["backend"] == "python" and "platform" not in config and flavour_of(config) == "cpu"
@@ -81,7 +81,7 @@ def test_python_backend_model_is_self_contained() -> None:
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported == {"json", "pathlib", "numpy", "onnxruntime", "triton_python_backend_utils"}
+    assert imported == {"json", "math", "os", "pathlib", "numpy", "onnxruntime", "triton_python_backend_utils"}
 
 
 @pytest.mark.parametrize(("source", "allowed"), [
