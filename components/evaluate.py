@@ -28,9 +28,8 @@ def eval_knn(model: Input[Model], data_ref: str, train_subdir: str, val_subdir: 
              ) -> float:
     """Weighted k-NN (DINO protocol) on frozen teacher features; returns top-1 (%) at k = 20.
     """
-    from pathlib import Path
-
     from dino_model.eval.knn_run import run_knn_eval
+    from dino_model.eval.report import publish
     from dino_model.eval.settings import pipeline_eval_config
     from dino_model.versioning.mirror import local_folders
 
@@ -39,11 +38,8 @@ def eval_knn(model: Input[Model], data_ref: str, train_subdir: str, val_subdir: 
     data = local_folders(data_ref, train_subdir, val_subdir)
     result = run_knn_eval(checkpoint, cfg.eval, train_dir=f"{data}/{train_subdir}",
                           val_dir=f"{data}/{val_subdir}", output=report_json.path)
-    for name, value in result["metrics"].items():
-        metrics.log_metric(name, value)
     confusion.log_confusion_matrix(result["details"]["classes"], result["details"]["confusion_matrix"])
-    Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
-    return float(result["metrics"]["knn_top1"])
+    return publish(result, metrics, report.path, "knn_top1")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -54,10 +50,9 @@ def eval_linear(model: Input[Model], data_ref: str, train_subdir: str, val_subdi
 
     `lr` is per 256 images (official: 0.001 for ImageNet; small sets with cached features need ~1.0).
     """
-    from pathlib import Path
-
     from dino_model.eval.linear import LinearProbeConfig
     from dino_model.eval.linear_run import run_linear_eval
+    from dino_model.eval.report import publish
     from dino_model.eval.settings import pipeline_eval_config
     from dino_model.versioning.mirror import local_folders
 
@@ -67,10 +62,7 @@ def eval_linear(model: Input[Model], data_ref: str, train_subdir: str, val_subdi
     data = local_folders(data_ref, train_subdir, val_subdir)
     result = run_linear_eval(checkpoint, cfg.eval, train_dir=f"{data}/{train_subdir}",
                              val_dir=f"{data}/{val_subdir}", probe=probe, output=report_json.path)
-    for name, value in result["metrics"].items():
-        metrics.log_metric(name, value)
-    Path(report.path).write_text(Path(report_json.path).with_suffix(".md").read_text())
-    return float(result["metrics"]["linear_top1"])
+    return publish(result, metrics, report.path, "linear_top1")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -91,17 +83,13 @@ def eval_davis(model: Input[Model], davis_root: str, short_side: int, max_frames
 
     `short_side`/`max_frames` of 0 keep the official full resolution and every frame.
     """
-    from pathlib import Path
-
     from dino_model.eval.davis.config import DavisConfig
     from dino_model.eval.davis.run import run_davis_eval
+    from dino_model.eval.report import publish
 
     cfg = DavisConfig(short_side=short_side or 480, max_frames=max_frames or None)
     result = run_davis_eval(f"{model.path}/checkpoint.pth", cfg, davis_root=davis_root, output_dir=results.path)
-    for name, value in result["metrics"].items():
-        metrics.log_metric(name, value)
-    Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
-    return float(result["metrics"]["davis_jf_mean"])
+    return publish(result, metrics, report.path, "davis_jf_mean")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -111,8 +99,7 @@ def eval_retrieval(model: Input[Model], data_ref: str, val_subdir: str, config: 
     """Leave-one-out image retrieval on the labelled validation folder (frozen teacher CLS features,
     relevance = same class); returns the mAP (%).
     """
-    from pathlib import Path
-
+    from dino_model.eval.report import publish
     from dino_model.eval.retrieval_run import run_retrieval_eval
     from dino_model.eval.settings import pipeline_eval_config
     from dino_model.versioning.mirror import local_folders
@@ -122,10 +109,7 @@ def eval_retrieval(model: Input[Model], data_ref: str, val_subdir: str, config: 
     data = local_folders(data_ref, val_subdir)
     result = run_retrieval_eval(checkpoint, cfg.eval, database_dir=f"{data}/{val_subdir}",
                                 output=report_json.path)
-    for name, value in result["metrics"].items():
-        metrics.log_metric(name, value)
-    Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
-    return float(result["metrics"]["retrieval_map"])
+    return publish(result, metrics, report.path, "retrieval_map")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -135,9 +119,8 @@ def eval_copydetection(model: Input[Model], data_ref: str, image_subdir: str, or
     """Copy detection on `image_subdir`: `originals` seeded images edited into queries, the rest distractors
     (CLS + GeM features, whitening learned on the distractors); returns the mAP (%).
     """
-    from pathlib import Path
-
     from dino_model.eval.copydetection_run import run_copydetection_eval
+    from dino_model.eval.report import publish
     from dino_model.eval.search_settings import CopyDetectionConfig
     from dino_model.eval.settings import pipeline_eval_config
     from dino_model.versioning.mirror import local_folders
@@ -147,7 +130,4 @@ def eval_copydetection(model: Input[Model], data_ref: str, image_subdir: str, or
     data = local_folders(data_ref, image_subdir)
     result = run_copydetection_eval(checkpoint, cfg.eval, images_dir=f"{data}/{image_subdir}",
                                     settings=CopyDetectionConfig(originals=originals), output=report_json.path)
-    for name, value in result["metrics"].items():
-        metrics.log_metric(name, value)
-    Path(report.path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
-    return float(result["metrics"]["copydetection_map"])
+    return publish(result, metrics, report.path, "copydetection_map")

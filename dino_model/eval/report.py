@@ -38,3 +38,13 @@ def write_report(report: dict[str, Any], json_path: str | Path, markdown: str | 
 def metrics_table(metrics: dict[str, float]) -> str:
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
     return f"| metric | value |\n|---|---|\n{rows}\n"
+
+
+def publish(result: dict[str, Any], metrics: Any, markdown_path: str | Path, score: str) -> float:
+    """Hand an evaluation's result to its pipeline step's outputs: every metric logged to `metrics` (a KFP
+    Metrics artifact, anything with `log_metric`), the Markdown report copied to `markdown_path`; returns
+    the metric `score`, the step's output."""
+    for name, value in result["metrics"].items():
+        metrics.log_metric(name, value)
+    Path(markdown_path).write_text(Path(result["report_path"]).with_suffix(".md").read_text())
+    return float(result["metrics"][score])
