@@ -11,7 +11,7 @@ import argparse
 import os
 from datetime import UTC, datetime
 
-from dino_model.cli.options import print_result
+from dino_model.cli.options import data_repo_root, print_result
 
 STORE_ENV = "DINO_CAPTURE_STORE"
 
@@ -98,10 +98,9 @@ def run_expire(args: argparse.Namespace) -> int:
 
 
 def run_snapshot(args: argparse.Namespace) -> int:
-    from dino_model.cli.data import _root
     from dino_model.versioning.captured import checkpoint_embedder, snapshot_captured
 
-    root = _root(args)
+    root = data_repo_root(args)
     report = snapshot_captured(root, _store(args), checkpoint_embedder(args.checkpoint, device=args.device),
                                days=args.day, similarity=args.similarity, message=args.message,
                                remote=args.remote)

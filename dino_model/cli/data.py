@@ -5,9 +5,8 @@ captured from serving (`data capture ...`, dino_model/cli/capture.py)."""
 from __future__ import annotations
 
 import argparse
-import os
 
-from dino_model.cli.options import print_result
+from dino_model.cli.options import data_repo_root, print_result
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,32 +81,10 @@ def _register_remote(data: argparse._SubParsersAction, common: argparse.Argument
     p.set_defaults(func=run_remote_default)
 
 
-def _root(args: argparse.Namespace, *, search: str = "required"):
-    """--repo, else the nearest repository above the working directory ("required"), else the working
-    directory itself ("fallback": found or not; "none": never searched)."""
-    from pathlib import Path
-
-    from dino_model.errors import DataError
-    from dino_model.versioning import find_repo_root
-
-    if args.site_cache_dir:
-        os.environ["DVC_SITE_CACHE_DIR"] = args.site_cache_dir
-    if args.repo:
-        return Path(args.repo).resolve()
-    if search == "none":
-        return Path.cwd()
-    try:
-        return find_repo_root()
-    except DataError:
-        if search == "fallback":
-            return Path.cwd()
-        raise
-
-
 def run_init(args: argparse.Namespace) -> int:
     from dino_model.versioning import init_repo
 
-    root = init_repo(_root(args, search="none"), remote_dir=args.remote_dir)
+    root = init_repo(data_repo_root(args, search="none"), remote_dir=args.remote_dir)
     print_result({"repo": str(root), "config": str(root / ".dvc" / "config")})
     return 0
 
@@ -115,35 +92,35 @@ def run_init(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from dino_model.versioning import status
 
-    print_result(status(_root(args), remote=args.remote, limit=args.limit))
+    print_result(status(data_repo_root(args), remote=args.remote, limit=args.limit))
     return 0
 
 
 def run_snapshot(args: argparse.Namespace) -> int:
     from dino_model.versioning import snapshot
 
-    print_result(snapshot(_root(args), args.message, remote=args.remote).to_dict())
+    print_result(snapshot(data_repo_root(args), args.message, remote=args.remote).to_dict())
     return 0
 
 
 def run_pull(args: argparse.Namespace) -> int:
     from dino_model.versioning import checkout_version
 
-    print_result(checkout_version(_root(args), args.version, remote=args.remote, force=args.force).to_dict())
+    print_result(checkout_version(data_repo_root(args), args.version, remote=args.remote, force=args.force).to_dict())
     return 0
 
 
 def run_diff(args: argparse.Namespace) -> int:
     from dino_model.versioning import diff
 
-    print_result(diff(_root(args), args.old, args.new, remote=args.remote).to_dict(limit=args.limit))
+    print_result(diff(data_repo_root(args), args.old, args.new, remote=args.remote).to_dict(limit=args.limit))
     return 0
 
 
 def run_log(args: argparse.Namespace) -> int:
     from dino_model.versioning import history
 
-    entries = history(_root(args), max_count=args.max_count)
+    entries = history(data_repo_root(args), max_count=args.max_count)
     print_result({"versions": [{**e.version.to_dict(), "date": e.date, "subject": e.subject} for e in entries]})
     return 0
 
@@ -151,7 +128,7 @@ def run_log(args: argparse.Namespace) -> int:
 def run_ensure(args: argparse.Namespace) -> int:
     from dino_model.versioning import default_data_root, ensure_default_data
 
-    root = _root(args, search="fallback")
+    root = data_repo_root(args, search="fallback")
     version = ensure_default_data(root, source=args.source, remote=args.remote)
     print_result({**version.to_dict(), "data_root": str(default_data_root(root, args.source))})
     return 0
@@ -182,7 +159,7 @@ def run_remote_add(args: argparse.Namespace) -> int:
 
     from dino_model.versioning import add_remote
 
-    info = add_remote(_root(args), args.name, args.url, endpoint_url=args.endpoint_url, default=args.default,
+    info = add_remote(data_repo_root(args), args.name, args.url, endpoint_url=args.endpoint_url, default=args.default,
                       local=args.local, store_credentials=args.store_credentials, region=args.region)
     print_result(asdict(info))
     return 0
@@ -193,13 +170,13 @@ def run_remote_list(args: argparse.Namespace) -> int:
 
     from dino_model.versioning import list_remotes
 
-    print_result({"remotes": [asdict(r) for r in list_remotes(_root(args))]})
+    print_result({"remotes": [asdict(r) for r in list_remotes(data_repo_root(args))]})
     return 0
 
 
 def run_remote_default(args: argparse.Namespace) -> int:
     from dino_model.versioning.remotes import set_default_remote
 
-    set_default_remote(_root(args), args.name, local=args.local)
+    set_default_remote(data_repo_root(args), args.name, local=args.local)
     print_result({"default": args.name})
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -72,3 +73,25 @@ def lineage_from_args(args: argparse.Namespace) -> dict[str, str]:
     if args.metrics:
         lineage["metrics"] = json.dumps(read_metrics(args.metrics), sort_keys=True)
     return lineage
+
+
+def data_repo_root(args: argparse.Namespace, *, search: str = "required"):
+    """--repo, else the nearest repository above the working directory ("required"), else the working
+    directory itself ("fallback": found or not; "none": never searched)."""
+    from pathlib import Path
+
+    from dino_model.errors import DataError
+    from dino_model.versioning import find_repo_root
+
+    if args.site_cache_dir:
+        os.environ["DVC_SITE_CACHE_DIR"] = args.site_cache_dir
+    if args.repo:
+        return Path(args.repo).resolve()
+    if search == "none":
+        return Path.cwd()
+    try:
+        return find_repo_root()
+    except DataError:
+        if search == "fallback":
+            return Path.cwd()
+        raise
