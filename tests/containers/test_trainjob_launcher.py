@@ -60,8 +60,26 @@ def _operator(api: kube_api.KubeApi, client: Any, runtime: dict[str, Any], home:
     return run
 
 
+def _digits_version(digits_root: Path, tmp_path: Path, monkeypatch) -> str:
+    """The digits as a DVC version on a local remote, by reference: how the pipeline's steps receive data."""
+    import shutil
+
+    from dino_model.versioning.mirror import LOCAL_CACHE_ENV
+    from dino_model.versioning.reference import reference_of
+    from dino_model.versioning.repo import init_repo
+    from dino_model.versioning.sync import snapshot
+
+    shutil.copytree(digits_root, tmp_path / "version" / "data")
+    init_repo(tmp_path / "version")
+    version = snapshot(tmp_path / "version")
+    monkeypatch.setenv(LOCAL_CACHE_ENV, str(tmp_path / "data-cache"))
+    return reference_of(version.md5, remote_url=str(tmp_path / "version" / ".dvc-remote"),
+                        nfiles=version.nfiles).to_json()
+
+
 def test_launcher_step_in_its_container_hands_evaluation_a_trained_model(
-        image: str, docker_env: dict[str, str], digits_root: Path, tmp_path: Path, monkeypatch) -> None:
+        image: str, docker_env: dict[str, str], digits_root: Path, tmp_path: Path, monkeypatch,
+        dvc_site_cache) -> None:
     from kfp import dsl, local
     from kubeflow.trainer import ContainerBackendConfig, TrainerClient, TrainingRuntimeSource
 
@@ -128,8 +146,7 @@ def test_launcher_step_in_its_container_hands_evaluation_a_trained_model(
         ("report_json", dsl.Artifact))}
     out.mkdir()
     top1 = eval_knn.python_func(
-        model=dsl.Model(name="model", uri=model.path), data=dsl.Dataset(name="data", uri=str(digits_root)),
-        train_subdir="train", val_subdir="val", config="", config_yaml="", overrides=[], pushgateway="",
-        run_id=run_id, **artifacts)
+        model=dsl.Model(name="model", uri=model.path), data_ref=_digits_version(digits_root, tmp_path, monkeypatch),
+        train_subdir="train", val_subdir="val", config="", config_yaml="", overrides=[], **artifacts)
     logger.info("k-NN top-1 of the TrainJob's model on the digits: %.1f%%", top1)
     assert 10.0 < top1 <= 100.0 and artifacts["metrics"].metadata["knn_top1"] == top1
