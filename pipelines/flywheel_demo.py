@@ -7,9 +7,9 @@ in service, and the numbers that say whether it helped.
    real tritonserver (the `cpu` flavour, with its drift monitor); a real Prometheus scrapes it with the
    project's rules, the drift alert's `for` cut from 15 minutes to `alert_for` so the run takes minutes.
 2. A shifted stream (the training digits inverted: white strokes on black become black on white) is
-   sent as the client would, and each image's bytes are offered to the capture library
-   (dino_model.capture), as the images-in entry point will do once it serves; the tensor request
-   itself cannot be captured as an image.
+   sent as image bytes to the image entry point `dino_images`, whose first step captures them into the
+   capture store (switched on for this server by DINO_CAPTURE_* in its environment): capture happens
+   on the server, as in a deployment; the tensor input could not be captured as an image.
 3. The retraining check's flywheel step sees the alert firing and snapshots the capture store into a
    new DVC data version of the data repository (`data/captured/<day>/`, duplicates dropped).
 4. Retraining continues from the served model's weights (`train.init_weights`, recorded in the
@@ -25,7 +25,6 @@ The report (JSON on stdout, and `<work>/flywheel.json`) holds the numbers docs/m
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -159,11 +158,6 @@ def drift_ratio(metrics_url: str, version: str) -> float | None:
     return None if mmd2 is None or not threshold else mmd2 / threshold
 
 
-def _rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def wait_retired(metrics_url: str, version: str, timeout_s: float = 120.0) -> None:
     """Until the retired version gives up the drift gauges (Triton unloads it after the switch)."""
     deadline = time.monotonic() + timeout_s
@@ -173,27 +167,29 @@ def wait_retired(metrics_url: str, version: str, timeout_s: float = 120.0) -> No
         time.sleep(0.5)
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
-def send_stream(server: Any, paths: list[Path], *, version: str, sampler: Any | None) -> None:
-    """Send the images as a client does (preprocessed tensors, batches of 8); offer each one's bytes
-    (the client's encoded image, which the images-in entry point will receive)."""
+def send_stream(server: Any, paths: list[Path]) -> None:
+    """Send the image files' bytes to the image entry point (`dino_images`), batches of 8, as any
+    Triton client can: the server preprocesses them, measures drift, and captures them when on."""
     from dino_model.serving.client import EmbeddingClient
-    from dino_model.serving.images import transform_for
 
     client = EmbeddingClient(server.grpc_url, "dino")
-    transform = transform_for(client.served.contract)
     for start in range(0, len(paths), 8):
-        images = [_rgb(p) for p in paths[start:start + 8]]
-        client.infer(np.stack([transform(im) for im in images]).astype(np.float32))
-        if sampler is not None:
-            score = drift_ratio(server.metrics_url, version)
-            for image in images:
-                sampler.offer(png_bytes(image), model_version=version, drift_score=score)
+        client.infer_encoded([p.read_bytes() for p in paths[start:start + 8]])
+
+
+def wait_for_captures(store: Path, expected: int, timeout_s: float = 60.0, settle_s: float = 3.0) -> int:
+    """The images the server's capture wrote (its writer thread runs behind the requests): once `expected`
+    are there, or the count has not moved for `settle_s`."""
+    from dino_model.capture import CaptureStore
+
+    deadline, last, moved = time.monotonic() + timeout_s, -1, time.monotonic()
+    while True:
+        count = sum(1 for _ in CaptureStore(store).iter_records()) if store.is_dir() else 0
+        if count != last:
+            last, moved = count, time.monotonic()
+        if count >= expected or time.monotonic() - moved >= settle_s or time.monotonic() > deadline:
+            return count
+        time.sleep(0.25)
 
 
 @contextmanager
@@ -224,7 +220,30 @@ def wait_for_alert(url: str, timeout_s: float) -> datetime:
     raise TimeoutError(f"DinoEmbeddingDrift did not fire within {timeout_s:.0f} s")
 
 
-def serve_first(work: Path, onnx: Path) -> Any:
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables set for the block (a server started in it inherits them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def capture_environment(store: Path, stream_images: int) -> dict[str, str]:
+    """Capture switched on for this deployment, as an operator does (docs/operations.md, "Image capture"):
+    every image of the stream is sampled (rate 1, so a short run captures enough to learn from) and the
+    writer's queue holds the whole stream (a full queue drops images rather than slowing requests)."""
+    return {"DINO_CAPTURE_ENABLED": "1", "DINO_CAPTURE_STORE": str(store), "DINO_CAPTURE_RATE": "1",
+            "DINO_CAPTURE_QUEUE_SIZE": str(max(256, stream_images))}
+
+
+def serve_first(work: Path, onnx: Path, capture: dict[str, str]) -> Any:
     from dino_model.runtime.processes import free_ports
     from dino_model.serving.server import TritonServer
     from dino_model.triton.config import RepositoryOptions
@@ -234,19 +253,13 @@ def serve_first(work: Path, onnx: Path) -> Any:
     write_model_repository(onnx, repository, RepositoryOptions(flavour="cpu", max_batch_size=16,
                                                                preferred_batch_sizes=[]))
     http, grpc, metrics = free_ports(3)
-    return TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics).start()
-
-
-def capture_settings_for(store: Path) -> Any:
-    from dino_model.capture import CaptureSettings
-
-    # every image of the stream is offered; rate 1 so a short run captures enough to learn from
-    return CaptureSettings(enabled=True, store=str(store), rate=1.0)
+    with environment(capture):
+        return TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics).start()
 
 
 def run(work: Path, settings: DemoSettings) -> DemoReport:
     """The whole loop (module docstring); servers it starts are stopped when it returns."""
-    from dino_model.capture import CaptureStore, Sampler
+    from dino_model.capture import CaptureStore
     from dino_model.serving.gate import decide as gate_decide
     from dino_model.serving.release import release
     from dino_model.versioning.captured import checkpoint_embedder, snapshot_captured
@@ -266,13 +279,12 @@ def run(work: Path, settings: DemoSettings) -> DemoReport:
     onnx_v1 = export(v1, work / "export" / "v1" / "model.onnx")
     store = work / "capture-store"
     with ExitStack() as stack:
-        server = stack.enter_context(serve_first(work, onnx_v1))
+        server = stack.enter_context(serve_first(work, onnx_v1, capture_environment(store, settings.stream_images)))
         prom = stack.enter_context(prometheus(work, server, settings.alert_for))
         stream = shuffled(sorted((shifted / "train").rglob("*.png")))[: settings.stream_images]
         sent = time.monotonic()
-        with Sampler(capture_settings_for(store)) as sampler:
-            send_stream(server, stream, version="1", sampler=sampler)
-        report.capture = dict(sampler.counts)
+        send_stream(server, stream)
+        report.capture = {"sent": len(stream), "stored": wait_for_captures(store, len(stream))}
         report.drift_ratio["v1_on_shifted"] = drift_ratio(server.metrics_url, "1")
         alert_since = wait_for_alert(prom, settings.alert_timeout_s)
         report.seconds["stream_to_alert"] = round(time.monotonic() - sent, 1)
@@ -303,7 +315,7 @@ def run(work: Path, settings: DemoSettings) -> DemoReport:
             report.seconds["alert_to_new_version_serving"] = round(time.monotonic() - alerted, 1)
             wait_retired(server.metrics_url, "1")
             for _ in range(2):  # version 2 takes the gauges at its first update after version 1 let go
-                send_stream(server, stream, version="2", sampler=None)
+                send_stream(server, stream)  # captured again? no: the same bytes, de-duplicated by hash
             report.drift_ratio["v2_on_shifted"] = drift_ratio(server.metrics_url, "2")
     report.seconds["total"] = round(time.monotonic() - began, 1)
     return report
