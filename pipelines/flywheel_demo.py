@@ -260,8 +260,8 @@ def serve_first(work: Path, onnx: Path, capture: dict[str, str]) -> Any:
 def run(work: Path, settings: DemoSettings) -> DemoReport:
     """The whole loop (module docstring); servers it starts are stopped when it returns."""
     from dino_model.capture import CaptureStore
+    from dino_model.serving.deploy import deploy
     from dino_model.serving.gate import decide as gate_decide
-    from dino_model.serving.release import release
     from dino_model.versioning.captured import checkpoint_embedder, snapshot_captured
     from pipelines.flywheel import FlywheelSettings, flywheel_check
 
@@ -311,7 +311,7 @@ def run(work: Path, settings: DemoSettings) -> DemoReport:
         report.gate = gate.to_dict() | {"tolerance": settings.tolerance}
         if gate.decision == "deploy":
             onnx_v2 = export(v2, work / "export" / "v2" / "model.onnx")
-            release(onnx_v2, server.repository, url=server.grpc_url, flavour="cpu", headers=server.admin_headers)
+            deploy(onnx_v2, server.repository, url=server.grpc_url, flavour="cpu", headers=server.admin_headers)
             report.seconds["alert_to_new_version_serving"] = round(time.monotonic() - alerted, 1)
             wait_retired(server.metrics_url, "1")
             for _ in range(2):  # version 2 takes the gauges at its first update after version 1 let go
