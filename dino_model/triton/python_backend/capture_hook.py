@@ -5,8 +5,10 @@ import no project code, and with capture off (the default) this stays true: the 
 from the model's `capture_enabled` parameter and the `DINO_CAPTURE_ENABLED` environment variable (the
 environment wins, as in dino_model/capture/settings.py). Only a deployment that switches capture on
 imports `dino_model.capture`, which ships in both installs (`dino-mlops` and `dino-mlops-client`),
-so a Triton image with either has it. When it is missing, or the capture settings are refused, the
-step logs one error and serves without capture: a capture problem never fails a request.
+so a Triton image with either has it. When it is missing the step logs one error and serves without
+capture; a setting the library refuses (no store, a rate out of range) stops the step's start with its
+one-line message, as a deployment's other bad settings do. Once serving, a capture problem (a full
+queue, a failing store) never fails a request.
 
 The drift score of an image's window is computed by the drift step, after the embedding model, in
 another process; this first step cannot know it when it offers an image, so captures from the
@@ -37,7 +39,7 @@ def switched_on(model_config, env=None):
 
 
 def open_sampler(model_config, log_error, env=None):
-    """The capture sampler for this step, or None when capture is off or cannot run (logged once)."""
+    """The capture sampler for this step, or None when capture is off or its library is missing (logged)."""
     if not switched_on(model_config, env):
         return None
     try:
@@ -46,11 +48,7 @@ def open_sampler(model_config, log_error, env=None):
         log_error(f"capture is switched on but dino_model.capture cannot be imported ({exc}); serving "
                   "without capture: install dino-mlops-client (or dino-mlops) in the Triton image")
         return None
-    try:
-        return sampler_from_model_config(model_config, env)
-    except Exception as exc:  # a refused setting: one line, and serving goes on
-        log_error(f"capture is switched on but its settings are refused ({exc}); serving without capture")
-        return None
+    return sampler_from_model_config(model_config, env)  # a refused setting stops the step's start, one line
 
 
 class Capture:

@@ -49,10 +49,14 @@ def test_a_missing_capture_library_logs_one_error_and_serving_goes_on(hook, monk
     assert len(errors) == 1 and "install dino-mlops-client" in errors[0]
 
 
-def test_refused_settings_log_one_error_and_serving_goes_on(hook) -> None:
-    errors: list[str] = []
-    assert hook.open_sampler(_config(), errors.append, env={"DINO_CAPTURE_ENABLED": "1"}) is None  # no store
-    assert len(errors) == 1 and "no store is set" in errors[0]
+def test_refused_settings_stop_the_start_with_one_line(hook) -> None:
+    from dino_model.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no store is set"):
+        hook.open_sampler(_config(), [].append, env={"DINO_CAPTURE_ENABLED": "1"})
+    with pytest.raises(ConfigError, match="environment variable DINO_CAPTURE_RATE"):
+        hook.open_sampler(_config(capture_store="/tmp/x"), [].append,
+                          env={"DINO_CAPTURE_ENABLED": "1", "DINO_CAPTURE_RATE": "often"})
 
 
 def test_a_failing_sampler_never_raises_and_logs_once(hook, tmp_path: Path) -> None:
