@@ -66,6 +66,7 @@ class DemoReport:
     served_before: dict[str, float] = field(default_factory=dict)
     served_after: dict[str, float] = field(default_factory=dict)
     capture: dict[str, int] = field(default_factory=dict)
+    capture_versions: list[str] = field(default_factory=list)  # the served versions the server recorded
     snapshot: dict[str, Any] = field(default_factory=dict)
     flywheel_decision: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
@@ -285,6 +286,7 @@ def run(work: Path, settings: DemoSettings) -> DemoReport:
         sent = time.monotonic()
         send_stream(server, stream)
         report.capture = {"sent": len(stream), "stored": wait_for_captures(store, len(stream))}
+        report.capture_versions = sorted({r.model_version for r in CaptureStore(store).iter_records()})
         report.drift_ratio["v1_on_shifted"] = drift_ratio(server.metrics_url, "1")
         alert_since = wait_for_alert(prom, settings.alert_timeout_s)
         report.seconds["stream_to_alert"] = round(time.monotonic() - sent, 1)
