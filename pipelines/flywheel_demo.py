@@ -53,8 +53,9 @@ class DemoSettings:
 
     config: str = "digits_vit_tiny"
     overrides: tuple[str, ...] = ()
-    retrain_overrides: tuple[str, ...] = ("train.epochs=4", "optim.warmup_epochs=0")
-    stream_images: int = 512  # shifted images sent (and offered to capture)
+    # 4 epochs from the served weights with the config's own warm-up and learning rate (docs/monitoring.md)
+    retrain_overrides: tuple[str, ...] = ("train.epochs=4",)
+    stream_images: int = 512  # shifted images sent to the image entry point (all captured: rate 1)
     alert_for: str = "10s"  # the drift alert's `for` in this run's Prometheus (15m in rules.yml)
     tolerance: float = 5.0  # k-NN top-1 points the fixed set may lose before the gate refuses
     min_knn_top1: float = 0.0
