@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="rounds, each one block per server, alternating")
     parser.add_argument("--clients", type=int, default=2, help="concurrent closed-loop clients")
     parser.add_argument("--rate", type=float, default=CaptureSettings().rate, help="the capture rate")
+    parser.add_argument("--on-first", action="store_true", help="start the capture-on server first")
     parser.add_argument("--onnx", help="an exported model.onnx (default: the tiny config, random weights)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -124,10 +125,12 @@ def main() -> None:
         onnx = Path(args.onnx) if args.onnx else tiny_onnx(work)
         store = work / "store"
         on_env = {"DINO_CAPTURE_ENABLED": "1", "DINO_CAPTURE_STORE": str(store), "DINO_CAPTURE_RATE": str(args.rate)}
-        off = start_server(onnx, work / "repo-off", {"DINO_CAPTURE_ENABLED": "0"})
-        servers.append(off)
-        on = start_server(onnx, work / "repo-on", on_env)
-        servers.append(on)
+        envs = {"off": {"DINO_CAPTURE_ENABLED": "0"}, "on": on_env}
+        started = {}
+        for name in (("on", "off") if args.on_first else ("off", "on")):  # the start order, to see its bias
+            started[name] = start_server(onnx, work / f"repo-{name}", envs[name])
+            servers.append(started[name])
+        off, on = started["off"], started["on"]
         images = request_images(args.requests * (args.rounds + 1) * 2)
         serve_block(off.grpc_url, images[:args.requests], args.clients)  # warm-up of both, not counted
         serve_block(on.grpc_url, images[args.requests:2 * args.requests], args.clients)
@@ -147,7 +150,8 @@ def main() -> None:
         result = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                   "load_average_1m": [round(load_before[0], 2), round(load_after[0], 2)],
                   "requests_per_block": args.requests, "rounds": args.rounds, "clients": args.clients,
-                  "rate": args.rate, "off_rps": round(float(np.median(off_rps)), 1),
+                  "rate": args.rate, "started_first": "on" if args.on_first else "off",
+                  "off_rps": round(float(np.median(off_rps)), 1),
                   "on_rps": round(float(np.median(on_rps)), 1),
                   "ratio_on_off": round(float(np.median(np.array(on_rps) / np.array(off_rps))), 4),
                   "ratio_quartiles": [round(float(q), 4) for q in
