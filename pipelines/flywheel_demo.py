@@ -7,9 +7,9 @@ in service, and the numbers that say whether it helped.
    real tritonserver (the `cpu` flavour, with its drift monitor); a real Prometheus scrapes it with the
    project's rules, the drift alert's `for` cut from 15 minutes to `alert_for` so the run takes minutes.
 2. A shifted stream (the training digits inverted: white strokes on black become black on white) is
-   sent as the client would, and each image's bytes are offered to the capture library
-   (dino_model.capture), as the images-in entry point will do once it serves; the tensor request
-   itself cannot be captured as an image.
+   sent as image bytes to the image entry point `dino_images`, whose first step captures them into the
+   capture store (switched on for this server by DINO_CAPTURE_* in its environment): capture happens
+   on the server, as in a deployment; the tensor input could not be captured as an image.
 3. The retraining check's flywheel step sees the alert firing and snapshots the capture store into a
    new DVC data version of the data repository (`data/captured/<day>/`, duplicates dropped).
 4. Retraining continues from the served model's weights (`train.init_weights`, recorded in the
@@ -25,7 +25,6 @@ The report (JSON on stdout, and `<work>/flywheel.json`) holds the numbers docs/m
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -54,8 +53,9 @@ class DemoSettings:
 
     config: str = "digits_vit_tiny"
     overrides: tuple[str, ...] = ()
-    retrain_overrides: tuple[str, ...] = ("train.epochs=4", "optim.warmup_epochs=0")
-    stream_images: int = 512  # shifted images sent (and offered to capture)
+    # 4 epochs from the served weights with the config's own warm-up and learning rate (docs/monitoring.md)
+    retrain_overrides: tuple[str, ...] = ("train.epochs=4",)
+    stream_images: int = 512  # shifted images sent to the image entry point (all captured: rate 1)
     alert_for: str = "10s"  # the drift alert's `for` in this run's Prometheus (15m in rules.yml)
     tolerance: float = 5.0  # k-NN top-1 points the fixed set may lose before the gate refuses
     min_knn_top1: float = 0.0
@@ -67,6 +67,7 @@ class DemoReport:
     served_before: dict[str, float] = field(default_factory=dict)
     served_after: dict[str, float] = field(default_factory=dict)
     capture: dict[str, int] = field(default_factory=dict)
+    capture_versions: list[str] = field(default_factory=list)  # the served versions the server recorded
     snapshot: dict[str, Any] = field(default_factory=dict)
     flywheel_decision: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +135,25 @@ def export(checkpoint: Path, output: Path) -> Path:
     return output
 
 
+def held_out_folder(target: Path, source: Path, exclude: list[Path]) -> Path:
+    """The labelled folder `source` without the images in `exclude` (symbolic links, same class folders):
+    a k-NN memory bank that no training run saw."""
+    left_out = {p.resolve() for p in exclude}
+    for path in sorted(source.rglob("*.png")):
+        if path.resolve() not in left_out:
+            link = target / path.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
+    return target
+
+
+def shifted_scores(checkpoint: Path, shifted: Path, held_out_bank: Path, out: Path) -> dict[str, float]:
+    """k-NN on the shifted queries (inverted `val`, held out from every training run) with two memory
+    banks: all inverted `train` (the stream's images included), and only its images never streamed."""
+    return {"knn_shifted": knn(checkpoint, shifted / "train", shifted / "val", out),
+            "knn_shifted_held_out_bank": knn(checkpoint, held_out_bank, shifted / "val")}
+
+
 def union_folder(target: Path, digits_train: Path, captured: Path) -> Path:
     """One image folder of the digits' classes plus one folder per captured day (symbolic links)."""
     for source, prefix in [(d, "") for d in sorted(digits_train.iterdir()) if d.is_dir()] + \
@@ -159,11 +179,6 @@ def drift_ratio(metrics_url: str, version: str) -> float | None:
     return None if mmd2 is None or not threshold else mmd2 / threshold
 
 
-def _rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def wait_retired(metrics_url: str, version: str, timeout_s: float = 120.0) -> None:
     """Until the retired version gives up the drift gauges (Triton unloads it after the switch)."""
     deadline = time.monotonic() + timeout_s
@@ -173,27 +188,29 @@ def wait_retired(metrics_url: str, version: str, timeout_s: float = 120.0) -> No
         time.sleep(0.5)
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
-def send_stream(server: Any, paths: list[Path], *, version: str, sampler: Any | None) -> None:
-    """Send the images as a client does (preprocessed tensors, batches of 8); offer each one's bytes
-    (the client's encoded image, which the images-in entry point will receive)."""
+def send_stream(server: Any, paths: list[Path]) -> None:
+    """Send the image files' bytes to the image entry point (`dino_images`), batches of 8, as any
+    Triton client can: the server preprocesses them, measures drift, and captures them when on."""
     from dino_model.serving.client import EmbeddingClient
-    from dino_model.serving.images import transform_for
 
     client = EmbeddingClient(server.grpc_url, "dino")
-    transform = transform_for(client.served.contract)
     for start in range(0, len(paths), 8):
-        images = [_rgb(p) for p in paths[start:start + 8]]
-        client.infer(np.stack([transform(im) for im in images]).astype(np.float32))
-        if sampler is not None:
-            score = drift_ratio(server.metrics_url, version)
-            for image in images:
-                sampler.offer(png_bytes(image), model_version=version, drift_score=score)
+        client.infer_encoded([p.read_bytes() for p in paths[start:start + 8]])
+
+
+def wait_for_captures(store: Path, expected: int, timeout_s: float = 60.0, settle_s: float = 3.0) -> int:
+    """The images the server's capture wrote (its writer thread runs behind the requests): once `expected`
+    are there, or the count has not moved for `settle_s`."""
+    from dino_model.capture import CaptureStore
+
+    deadline, last, moved = time.monotonic() + timeout_s, -1, time.monotonic()
+    while True:
+        count = sum(1 for _ in CaptureStore(store).iter_records()) if store.is_dir() else 0
+        if count != last:
+            last, moved = count, time.monotonic()
+        if count >= expected or time.monotonic() - moved >= settle_s or time.monotonic() > deadline:
+            return count
+        time.sleep(0.25)
 
 
 @contextmanager
@@ -224,7 +241,30 @@ def wait_for_alert(url: str, timeout_s: float) -> datetime:
     raise TimeoutError(f"DinoEmbeddingDrift did not fire within {timeout_s:.0f} s")
 
 
-def serve_first(work: Path, onnx: Path) -> Any:
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables set for the block (a server started in it inherits them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def capture_environment(store: Path, stream_images: int) -> dict[str, str]:
+    """Capture switched on for this deployment, as an operator does (docs/operations.md, "Image capture"):
+    every image of the stream is sampled (rate 1, so a short run captures enough to learn from) and the
+    writer's queue holds the whole stream (a full queue drops images rather than slowing requests)."""
+    return {"DINO_CAPTURE_ENABLED": "1", "DINO_CAPTURE_STORE": str(store), "DINO_CAPTURE_RATE": "1",
+            "DINO_CAPTURE_QUEUE_SIZE": str(max(256, stream_images))}
+
+
+def serve_first(work: Path, onnx: Path, capture: dict[str, str]) -> Any:
     from dino_model.runtime.processes import free_ports
     from dino_model.serving.server import TritonServer
     from dino_model.triton.config import RepositoryOptions
@@ -234,21 +274,15 @@ def serve_first(work: Path, onnx: Path) -> Any:
     write_model_repository(onnx, repository, RepositoryOptions(flavour="cpu", max_batch_size=16,
                                                                preferred_batch_sizes=[]))
     http, grpc, metrics = free_ports(3)
-    return TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics).start()
-
-
-def capture_settings_for(store: Path) -> Any:
-    from dino_model.capture import CaptureSettings
-
-    # every image of the stream is offered; rate 1 so a short run captures enough to learn from
-    return CaptureSettings(enabled=True, store=str(store), rate=1.0)
+    with environment(capture):
+        return TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics).start()
 
 
 def run(work: Path, settings: DemoSettings) -> DemoReport:
     """The whole loop (module docstring); servers it starts are stopped when it returns."""
-    from dino_model.capture import CaptureStore, Sampler
+    from dino_model.capture import CaptureStore
+    from dino_model.serving.deploy import deploy
     from dino_model.serving.gate import decide as gate_decide
-    from dino_model.serving.release import release
     from dino_model.versioning.captured import checkpoint_embedder, snapshot_captured
     from pipelines.flywheel import FlywheelSettings, flywheel_check
 
@@ -260,19 +294,19 @@ def run(work: Path, settings: DemoSettings) -> DemoReport:
     shifted = write_shifted(digits / "train", work / "shifted" / "train").parent
     write_shifted(digits / "val", shifted / "val")
     v1, _ = train(settings, work / "runs" / "v1", data_root=digits / "train", version=md5)
+    stream = shuffled(sorted((shifted / "train").rglob("*.png")))[: settings.stream_images]
+    bank = held_out_folder(work / "shifted" / "train-not-streamed", shifted / "train", stream)
     report.served_before = {"knn_fixed": knn(v1, digits / "train", digits / "val"),
-                            "knn_shifted": knn(v1, shifted / "train", shifted / "val",
-                                               work / "eval" / "v1-shifted.json")}
+                            **shifted_scores(v1, shifted, bank, work / "eval" / "v1-shifted.json")}
     onnx_v1 = export(v1, work / "export" / "v1" / "model.onnx")
     store = work / "capture-store"
     with ExitStack() as stack:
-        server = stack.enter_context(serve_first(work, onnx_v1))
+        server = stack.enter_context(serve_first(work, onnx_v1, capture_environment(store, settings.stream_images)))
         prom = stack.enter_context(prometheus(work, server, settings.alert_for))
-        stream = shuffled(sorted((shifted / "train").rglob("*.png")))[: settings.stream_images]
         sent = time.monotonic()
-        with Sampler(capture_settings_for(store)) as sampler:
-            send_stream(server, stream, version="1", sampler=sampler)
-        report.capture = dict(sampler.counts)
+        send_stream(server, stream)
+        report.capture = {"sent": len(stream), "stored": wait_for_captures(store, len(stream))}
+        report.capture_versions = sorted({r.model_version for r in CaptureStore(store).iter_records()})
         report.drift_ratio["v1_on_shifted"] = drift_ratio(server.metrics_url, "1")
         alert_since = wait_for_alert(prom, settings.alert_timeout_s)
         report.seconds["stream_to_alert"] = round(time.monotonic() - sent, 1)
@@ -292,18 +326,20 @@ def run(work: Path, settings: DemoSettings) -> DemoReport:
                             extra=(f"train.init_weights={v1}", *settings.retrain_overrides))
         report.init_lineage = lineage
         report.served_after = {"knn_fixed": knn(v2, digits / "train", digits / "val"),
-                               "knn_shifted": knn(v2, shifted / "train", shifted / "val",
-                                                  work / "eval" / "v2-shifted.json")}
+                               **shifted_scores(v2, shifted, bank, work / "eval" / "v2-shifted.json")}
         gate = gate_decide(report.served_after["knn_fixed"], threshold=settings.min_knn_top1,
                            serving=report.served_before["knn_fixed"], tolerance=settings.tolerance)
         report.gate = gate.to_dict() | {"tolerance": settings.tolerance}
         if gate.decision == "deploy":
             onnx_v2 = export(v2, work / "export" / "v2" / "model.onnx")
-            release(onnx_v2, server.repository, url=server.grpc_url, flavour="cpu", headers=server.admin_headers)
+            deploy(onnx_v2, server.repository, url=server.grpc_url, flavour="cpu", headers=server.admin_headers)
             report.seconds["alert_to_new_version_serving"] = round(time.monotonic() - alerted, 1)
+            # the drift step follows the served version at its next update, so traffic comes first: the first
+            # pass moves the window to version 2's reference, the second fills it (the same bytes again:
+            # capture keeps none of them twice)
+            send_stream(server, stream)
             wait_retired(server.metrics_url, "1")
-            for _ in range(2):  # version 2 takes the gauges at its first update after version 1 let go
-                send_stream(server, stream, version="2", sampler=None)
+            send_stream(server, stream)
             report.drift_ratio["v2_on_shifted"] = drift_ratio(server.metrics_url, "2")
     report.seconds["total"] = round(time.monotonic() - began, 1)
     return report

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The data flywheel end to end on this machine (pipelines/flywheel_demo.py): a digits model serves on a
-# real tritonserver, a shifted stream (inverted digits) is sent and captured, the drift alert fires in a
-# real Prometheus, the capture store becomes a new DVC data version, retraining starts from the served
-# weights, the gate checks the fixed held-out set, the new version is deployed, and the drift gauge is
-# read again. Everything it starts is stopped when it ends; the report is <work>/flywheel.json.
+# real tritonserver, a shifted stream (inverted digits) is sent as image bytes and captured by the
+# server, the drift alert fires in a real Prometheus, the capture store becomes a new DVC data version,
+# retraining starts from the served weights, the gate checks the fixed held-out set, the new version
+# is deployed, and the drift gauge is read again. Everything it starts is stopped when it ends; the report is <work>/flywheel.json.
 #   bash scripts/flywheel.sh                       # runs/flywheel, the digits_vit_tiny config (minutes)
-#   bash scripts/flywheel.sh --work /tmp/fw --config tiny --stream-images 128 --alert-for 2s
+#   bash scripts/flywheel.sh --work /tmp/fw --override train.epochs=6 --alert-for 2s   # the test's run (~6 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh

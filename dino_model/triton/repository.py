@@ -63,10 +63,10 @@ PREPROCESS_MODEL = BACKEND_FILES / "preprocess_model.py"
 DRIFT_MODEL = BACKEND_FILES / "drift_model.py"
 # the files of each step's version folder: {name in the folder: source}
 PREPROCESS_FILES = {"model.py": PREPROCESS_MODEL, "preprocessing.py": BACKEND_FILES / "preprocessing.py",
-                    "versions.py": BACKEND_FILES / "versions.py"}
+                    "versions.py": BACKEND_FILES / "versions.py", "capture_hook.py": BACKEND_FILES / "capture_hook.py"}
 DRIFT_FILES = {"model.py": DRIFT_MODEL, "versions.py": BACKEND_FILES / "versions.py"}
 UNPACK_FILES = {"model.py": BACKEND_FILES / "unpack_model.py", "preprocessing.py": BACKEND_FILES / "preprocessing.py",
-                "versions.py": BACKEND_FILES / "versions.py"}
+                "versions.py": BACKEND_FILES / "versions.py", "capture_hook.py": BACKEND_FILES / "capture_hook.py"}
 
 
 def version_folders(model_dir: str | Path) -> list[int]:

@@ -11,7 +11,8 @@ its request alone with INVALID_ARG naming the item and the reason; the other req
 dynamic batch are answered, and the instance keeps serving.
 
 `received` is where the raw bytes of every request pass with the model version, before they are
-decoded: the one place to hook a capture of served inputs.
+decoded: where capture_hook.py offers them to the capture store when the deployment switches capture
+on (off by default; docs/operations.md, "Image capture").
 """
 
 import importlib.util
@@ -35,6 +36,7 @@ def _sibling(name):
 
 preprocessing = _sibling("preprocessing")
 versions = _sibling("versions")
+capture_hook = _sibling("capture_hook")
 
 
 class TritonPythonModel:
@@ -52,6 +54,8 @@ class TritonPythonModel:
         self.input_name, self.output_name = spec["name"], out["name"]
         self.embedding_model = params["embedding_model"]
         self.repository = Path(args["model_repository"]).parent
+        sampler = capture_hook.open_sampler(config, _log_error)
+        self.capture = None if sampler is None else capture_hook.Capture(sampler, self.served_version, _log_error)
 
     def execute(self, requests):
         responses = []
@@ -71,9 +75,11 @@ class TritonPythonModel:
     def received(self, items):
         """The raw encoded images of one request, before they are decoded.
 
-        Does nothing: the place where a capture of served inputs hooks in. `self.served_version()`
-        says which version of the embedding model answers them.
+        Offered to the capture sampler when the deployment switches capture on (capture_hook.py),
+        with `self.served_version()`, the version of the embedding model that answers them.
         """
+        if self.capture is not None:
+            self.capture.offer(items)
 
     def served_version(self):
         """The version of the embedding model that unpinned requests reach now (None when none is ready)."""
@@ -81,6 +87,8 @@ class TritonPythonModel:
 
     def finalize(self):
         self.transform = None
+        if self.capture is not None:
+            self.capture.close()
 
 
 def _invalid_argument(message):
@@ -88,3 +96,8 @@ def _invalid_argument(message):
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
+
+def _log_error(message):
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_error(message)

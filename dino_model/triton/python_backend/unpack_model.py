@@ -29,6 +29,7 @@ def _sibling(name):
 
 preprocessing = _sibling("preprocessing")
 versions = _sibling("versions")
+capture_hook = _sibling("capture_hook")
 
 
 class TritonPythonModel:
@@ -43,6 +44,8 @@ class TritonPythonModel:
         self.input_name, self.output_name = spec["name"], out["name"]
         self.embedding_model = params["embedding_model"]
         self.repository = Path(args["model_repository"]).parent
+        sampler = capture_hook.open_sampler(config, _log_error)
+        self.capture = None if sampler is None else capture_hook.Capture(sampler, self.served_version, _log_error)
 
     def execute(self, requests):
         responses = []
@@ -60,14 +63,26 @@ class TritonPythonModel:
         return responses
 
     def received(self, items):
-        """The raw encoded images of one request, before anything reads them: where a capture hooks in."""
+        """The raw encoded images of one request, before anything reads them: offered to capture when on."""
+        if self.capture is not None:
+            self.capture.offer(items)
 
     def served_version(self):
         """The version of the embedding model that unpinned requests reach now (None when none is ready)."""
         return versions.served_version(pb_utils, self.repository, self.embedding_model)
+
+    def finalize(self):
+        if self.capture is not None:
+            self.capture.close()
 
 
 def _invalid_argument(message):
     """A TritonError with the INVALID_ARG code where the stub supports codes (Triton >= 23.08)."""
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
+def _log_error(message):
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_error(message)

@@ -90,6 +90,7 @@ def test_python_backend_model_is_self_contained() -> None:
     (DRIFT_MODEL, {"fcntl", "gc", "importlib", "json", "os", "sys", "tempfile", "pathlib", "numpy",
                    "triton_python_backend_utils"}),
     (BACKEND_FILES / "versions.py", {"pathlib"}),
+    (BACKEND_FILES / "capture_hook.py", {"os", "time", "dino_model"}),
 ])
 def test_the_entry_point_steps_are_self_contained(source: Path, allowed: set[str]) -> None:
     """The steps' stubs import their files from the version folder: no project code, nothing beyond numpy and PIL."""
@@ -98,6 +99,15 @@ def test_the_entry_point_steps_are_self_contained(source: Path, allowed: set[str
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported == allowed
+
+
+def test_the_capture_hook_imports_project_code_only_when_capture_is_switched_on() -> None:
+    """dino_model is imported inside open_sampler, after the switch: a step with capture off loads no project code."""
+    tree = ast.parse((BACKEND_FILES / "capture_hook.py").read_text())
+    top_level = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    (opener,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "open_sampler"]
+    inside = {node.module for node in ast.walk(opener) if isinstance(node, ast.ImportFrom)}
+    assert top_level == {"os", "time"} and inside == {"dino_model.capture"}
 
 
 @pytest.mark.parametrize("flavour", ["cpu", "gpu"])
@@ -129,8 +139,8 @@ def test_the_entry_points_are_written_beside_the_model(tmp_path: Path, tiny_onnx
     assert (int(params["image_size"]), int(params["resize_size"])) == (contract.image_size, contract.resize_size)
     assert json.loads(params["mean"]) == list(contract.mean) and json.loads(params["std"]) == list(contract.std)
     assert config_parameters(drift)["embedding_model"] == params["embedding_model"] == "dino"
-    assert sorted(p.name for p in (tmp_path / "dino_preprocess" / "1").iterdir()) == ["model.py", "preprocessing.py",
-                                                                                     "versions.py"]
+    assert sorted(p.name for p in (tmp_path / "dino_preprocess" / "1").iterdir()) == [
+        "capture_hook.py", "model.py", "preprocessing.py", "versions.py"]
     assert (tmp_path / "dino_preprocess" / "1" / "model.py").read_bytes() == PREPROCESS_MODEL.read_bytes()
     assert (tmp_path / "dino_drift" / "1" / "model.py").read_bytes() == DRIFT_MODEL.read_bytes()
     assert list((tmp_path / "dino_images" / "1").iterdir()) == []
