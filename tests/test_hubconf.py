@@ -52,4 +52,5 @@ print(json.dumps({{"at_import": at_import, "after": after, "deps": hubconf.depen
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["at_import"] == [] and seen["deps"] == ["torch", "timm", "safetensors"]
     assert set(seen["after"]) == {"dino_model", "dino_model.errors", "dino_model.export",
-                                  "dino_model.export.safetensors"}
+                                  "dino_model.export.safetensors",
+                                  "dino_model.runtime", "dino_model.runtime.atomic"}  # the standard library only
