@@ -86,6 +86,8 @@ FRACTIONS = {  # key: whether 1 itself is excluded
 @dataclass
 class DataConfig:
     root: str = "data/digits/train"  # image folder: class sub-folders, or flat when unlabelled
+    # image folders trained on beside `root` (any layout, labels unused): the flywheel's captured images
+    extra_roots: List[str] = field(default_factory=list)
     knn_train: str = ""  # labelled folder for the k-NN memory bank ("" = skip k-NN)
     knn_val: str = ""  # labelled folder that k-NN is scored on
     num_workers: int = 0
@@ -303,7 +305,7 @@ def _pair(key: str, values: Sequence[float]) -> tuple[float, float]:
 # The initial weights only matter at epoch 0: a resumed run ignores train.init_* and keeps the
 # checkpoint's values, so its lineage still names the weights the run started from.
 RESUME_MAY_CHANGE = (
-    "data.root", "data.knn_train", "data.knn_val", "data.num_workers", "data.revision",
+    "data.root", "data.extra_roots", "data.knn_train", "data.knn_val", "data.num_workers", "data.revision",
     "train.output_dir", "train.device", "train.log_every_steps", "train.saveckp_freq", "train.stop_after_epochs",
     "train.channels_last", "train.compile", "train.allow_config_change", "train.init_weights", "train.init_parts",
     "monitor.", "eval.",

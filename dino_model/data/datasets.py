@@ -6,7 +6,7 @@ install); this module adds the Dataset the training and evaluation loaders read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +56,33 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[Sample], int]:
     """(class names, readable samples, number of skipped files) for an image folder."""
     scan = scan_folder(root)
     return scan.classes, scan.samples, len(scan.skipped)
+
+
+class ImageFolders:
+    """Several image folders read as one, in order: what training sees when `data.extra_roots` are set.
+
+    The same surface as ImageFolderDataset (len(), n_skipped, samples, load, items) over the
+    concatenated samples. Labels stay each folder's own scan and mean nothing across folders: DINO
+    trains without them, and a folder of captured images (`<day>/` sub-folders) has none to give.
+    """
+
+    def __init__(self, folders: Sequence[ImageFolderDataset]) -> None:
+        self.folders = list(folders)
+        self.root = self.folders[0].root  # named in the loaders' messages
+        self.transform = self.folders[0].transform
+        self.samples = [s for f in self.folders for s in f.samples]
+        self.skipped = [s for f in self.folders for s in f.skipped]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+    def load(self, index: int) -> Image.Image:
+        return load_rgb(self.samples[index].path)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.load(index)
+        return (self.transform(image) if self.transform else image), self.samples[index].label

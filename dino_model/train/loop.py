@@ -79,6 +79,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
         cfg.data.root, MultiCropTransform(cfg.crops), seed=cfg.train.seed, batch_size=cfg.train.batch_size,
         rank=dist.rank, world_size=dist.world_size, num_workers=cfg.data.num_workers,
         pin_memory=dist.device.type == "cuda", open_folder=ImageFolderDataset, encoded=cfg.crops.backend == "gpu",
+        extra_roots=cfg.data.extra_roots,
     )
     trainer = build_trainer(cfg, dist, steps_per_epoch=len(loader))
     start_epoch = starting_epoch(trainer, out, resume=resume)
