@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from dino_model.config import TrainConfig, config_from_dict
-from dino_model.data.datasets import ImageFolderDataset
+from dino_model.data.datasets import ImageFolderDataset, ImageFolders
 from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from dino_model.errors import ExportError
 from dino_model.eval.features import extract
@@ -95,21 +96,28 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
 
 
 def write_drift_reference(backbone, contract: ModelContract, train_cfg: TrainConfig | None, output: Path,
-                          *, images: str | None = None, size: int = REFERENCE_SIZE) -> dict[str, Any] | None:
+                          *, images: Sequence[str] = (), size: int = REFERENCE_SIZE) -> dict[str, Any] | None:
     """`<stem>.drift.npz` from the embeddings of up to `size` training images; its record, or None.
 
     Serving compares its requests' embeddings with this sample (dino_model/monitoring/drift.py).
-    `images` is the training folder (default: the checkpoint's data.root); skipped, with a warning, when
-    it does not exist here or the checkpoint carries no evaluation settings (official weights).
+    `images` are the training folders (default: the checkpoint's data.root and data.extra_roots), sampled
+    uniformly over their union, so a model trained on train/ plus captured/ images is compared with both
+    in the proportion it saw them. Skipped, with a warning, when no folder exists here or the checkpoint
+    carries no evaluation settings (official weights); a folder missing here is left out with a warning.
     """
-    root = Path(images) if images else Path(train_cfg.data.root) if train_cfg is not None else None
-    if root is None or train_cfg is None or not root.is_dir():
-        logger.warning("no training image folder (%s) here: no drift reference written for %s", root, output)
+    roots = [Path(r) for r in (images or (_trained_roots(train_cfg) if train_cfg is not None else ()))]
+    present = [r for r in roots if r.is_dir()]
+    for absent in sorted(set(roots) - set(present)):
+        logger.warning("training image folder %s is not here: the drift reference of %s leaves it out", absent, output)
+    if not present or train_cfg is None:
+        logger.warning("no training image folder (%s) here: no drift reference written for %s",
+                       ", ".join(map(str, roots)) or None, output)
         return None
     eval_cfg = replace(train_cfg.eval, image_size=contract.image_size, resize_size=contract.resize_size)
-    dataset = ImageFolderDataset(root, transform=eval_transform(eval_cfg))
+    dataset = ImageFolders([ImageFolderDataset(r, transform=eval_transform(eval_cfg)) for r in present])
+    source = ", ".join(map(str, present))
     if len(dataset) < 4:
-        logger.warning("%s holds %d images: too few for a drift reference of %s", root, len(dataset), output)
+        logger.warning("%s holds %d images: too few for a drift reference of %s", source, len(dataset), output)
         return None
     picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:size].tolist()
     loader = DataLoader(Subset(dataset, sorted(picked)), batch_size=eval_cfg.batch_size)
@@ -117,9 +125,13 @@ def write_drift_reference(backbone, contract: ModelContract, train_cfg: TrainCon
     reference = build_reference(features.numpy(), size=size)
     path = reference.save(drift_path(output))
     logger.info("drift reference of %d training images from %s: window %d, MMD^2 threshold %.3g -> %s",
-                len(picked), root, reference.window, reference.threshold, path)
-    return {"path": str(path), "sha256": file_sha256(path), "images": len(picked), "source": str(root),
+                len(picked), source, reference.window, reference.threshold, path)
+    return {"path": str(path), "sha256": file_sha256(path), "images": len(picked), "source": source,
             "window": reference.window, "threshold": reference.threshold, "bandwidth": reference.bandwidth}
+
+
+def _trained_roots(cfg: TrainConfig) -> list[str]:
+    return [cfg.data.root, *cfg.data.extra_roots]
 
 
 def build_contract(backbone, model_cfg, train_cfg: TrainConfig | None, opts: ExportOptions, *,

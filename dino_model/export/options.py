@@ -28,7 +28,9 @@ class ExportOptions:
     tolerance: float = FP32_TOLERANCE
     metrics_reports: list[str] = field(default_factory=list)  # default: <run>/eval/*.json
     data_version: str = ""  # default: the checkpoint's
-    drift_images: str | None = None  # training images for the drift reference; default: the checkpoint's data.root
+    # training image folders the drift reference samples (their union); default: the checkpoint's data.root
+    # and data.extra_roots, so the reference holds what the model was trained on
+    drift_images: list[str] = field(default_factory=list)
 
 
 def onnx_only_set(options: ExportOptions) -> list[str]:

@@ -216,6 +216,12 @@ def holds_shards(ref: DataReference, subdir: str, *, root: str | Path | None = N
     return f"{subdir.strip('/')}/{INDEX_NAME}" in listing_of(ref, root=root)
 
 
+def holds_folder(ref: DataReference, subdir: str, *, root: str | Path | None = None) -> bool:
+    """Whether the version holds any file under `subdir` (e.g. the flywheel's `captured/`); reads the listing only."""
+    prefix = f"{subdir.strip('/')}/"
+    return bool(subdir.strip("/")) and any(path.startswith(prefix) for path in listing_of(ref, root=root))
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     with path.open("a") as handle:
@@ -233,6 +239,17 @@ def training_root(reference: str, subdir: str) -> str:
     if holds_shards(ref, subdir):
         return stream_root(ref, subdir)
     return str(materialize(ref, subdirs=[subdir]).path / subdir)
+
+
+def extra_training_roots(reference: str, subdir: str) -> list[str]:
+    """data.extra_roots for `subdir` of the referenced version: its materialised folder when the version
+    holds it, else none (the flywheel's `captured/` exists only once images were captured; "" asks for none)."""
+    ref = DataReference.from_json(reference)
+    if not holds_folder(ref, subdir):
+        logger.info("data version %s holds no %s/ folder: training on its training folder alone", ref.short,
+                    subdir.strip("/") or "extra")
+        return []
+    return [str(materialize(ref, subdirs=[subdir]).path / subdir.strip("/"))]
 
 
 def local_folders(reference: str, *subdirs: str) -> Path:

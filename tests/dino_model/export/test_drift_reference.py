@@ -45,3 +45,28 @@ def test_repository_version_carries_the_reference_when_present(tiny_export, tiny
     bare = exported_copy(tiny_onnx, tmp_path / "bare")  # the ONNX file and its report, no reference
     written = write_model_repository(bare, tmp_path / "repo", opts)
     assert not (Path(written["version_dir"]) / DRIFT_FILE).exists()
+
+
+def test_the_reference_samples_every_training_folder_and_leaves_out_one_not_here(tiny_checkpoint: Path,
+                                                                                 tmp_path: Path) -> None:
+    """A retrained model's reference holds train/ and captured/ (data.extra_roots), in proportion."""
+    import shutil
+    from types import SimpleNamespace
+
+    from dino_model.config import config_from_dict
+    from dino_model.export.export_run import write_drift_reference
+    from dino_model.models.loading import load_backbone
+    from dino_model.runtime.checkpoint import load_checkpoint
+
+    train = tiny_checkpoint.parent.parent / "train"
+    captured = tmp_path / "captured" / "2024-05-01"
+    captured.mkdir(parents=True)
+    for image in sorted(train.rglob("*.png"))[:6]:
+        shutil.copy(image, captured / image.name)
+    backbone, _ = load_backbone(tiny_checkpoint)
+    cfg = config_from_dict(load_checkpoint(tiny_checkpoint)["config"])
+    contract = SimpleNamespace(image_size=32, resize_size=32)
+    folders = [str(train), str(tmp_path / "captured"), str(tmp_path / "gone")]
+    record = write_drift_reference(backbone, contract, cfg, tmp_path / "model.onnx", images=folders)
+    assert record["images"] == 80 + 6 == len(DriftReference.load(record["path"]).sample)
+    assert record["source"] == f"{train}, {tmp_path / 'captured'}"

@@ -164,3 +164,19 @@ def test_training_reads_a_folder_from_the_cache_and_shards_as_a_stream(repo, tmp
     (tmp_path / "claim").mkdir()
     monkeypatch.setenv(SHARED_CACHE_ENV, str(tmp_path / "claim"))
     assert cache_root() == tmp_path / "claim"  # a mounted, writable shared claim wins
+
+
+def test_captured_images_become_extra_roots_only_when_the_version_holds_them(repo, tmp_path, write_images,
+                                                                             monkeypatch):
+    from dino_model.versioning.mirror import LOCAL_CACHE_ENV, SHARED_CACHE_ENV, extra_training_roots, holds_folder
+
+    monkeypatch.setenv(SHARED_CACHE_ENV, str(tmp_path / "no-claim"))
+    monkeypatch.setenv(LOCAL_CACHE_ENV, str(tmp_path / "pod"))
+    write_images(repo / "data" / "captured" / "2024-05-01", {"": 2}, seed=3)
+    url = _publish(repo, tmp_path)
+    ref = resolve_data_reference(url, "", tmp_path / "step", remote_url=str(repo / ".dvc-remote"))
+    assert holds_folder(ref, "captured") and holds_folder(ref, "toy") and not holds_folder(ref, "capt")
+    assert not holds_folder(ref, "") and not holds_folder(ref, "elsewhere")
+    (extra,) = extra_training_roots(ref.to_json(), "captured")
+    assert Path(extra).is_relative_to(tmp_path / "pod") and len(list(Path(extra).rglob("*.png"))) == 2
+    assert extra_training_roots(ref.to_json(), "") == extra_training_roots(ref.to_json(), "elsewhere") == []
