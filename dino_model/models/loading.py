@@ -5,7 +5,8 @@ pickled `argparse.Namespace`; backbone-only files are plain ViT or ResNet state 
 with `weights_only=True` (the Namespace is allow-listed). The head's legacy weight-norm names
 `last_layer.weight_g/weight_v` map to the parametrisation names used here.
 
-`init_student_teacher` starts a new training run from such a file. Every mismatch with the run's
+`init_student_teacher` starts a new training run from such a file, or from the backbone-only
+`.safetensors` file of an export (timm's names, which are ours). Every mismatch with the run's
 model (arch, patch size, width, depth, head out_dim, any other shape) is refused before a weight is
 copied, naming both values, because a silently partial load would train a different model than the
 one asked for. Position embeddings stored for another image size are the one exception: they are
@@ -125,7 +126,7 @@ def init_student_teacher(path: str | Path, student: nn.Module, teacher: nn.Modul
     source's epoch and data version where it has them.
     """
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    ckpt = read_weights(path)
     full = is_full_checkpoint(ckpt)
     parts = ("all" if full else "backbone") if parts == "auto" else parts
     if parts == "all" and not full:
@@ -151,6 +152,21 @@ def init_student_teacher(path: str | Path, student: nn.Module, teacher: nn.Modul
     if ckpt.get("data_version"):
         record["source_data_version"] = str(ckpt["data_version"])
     return record
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """A checkpoint, or the backbone-only `.safetensors` file an export writes (and a Triton version folder
+    holds): the flywheel's retraining starts from the served model's weights."""
+    if path.suffix != ".safetensors":
+        return load_checkpoint(path)
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure to parse means a corrupt file
+        raise CheckpointError(f"weights file {path} cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 _CLASSIFIER_KEYS = ("head.", "fc.")  # supervised classifiers in backbone files; never part of a DINO backbone

@@ -153,3 +153,22 @@ def test_init_keys_are_validated_and_never_block_a_resume() -> None:
     saved = load_config("tiny", overrides=["train.init_weights=/w/a.pth", "train.init_parts=backbone"]).to_dict()
     assert resume_changes(saved, load_config("tiny")) == {}
     assert resume_changes(saved, load_config("tiny", overrides=["train.epochs=2"])) == {"train.epochs": (1, 2)}
+
+
+def test_training_starts_from_the_safetensors_weights_an_export_serves(few_digits: Path, tmp_path: Path,
+                                                                       official_files: dict[str, Path],
+                                                                       epoch_start: dict[int, dict]) -> None:
+    """The flywheel's retraining starts from the served version's backbone.safetensors (fresh heads)."""
+    from safetensors.torch import save_file
+
+    plain = torch.load(official_files["backbone"], weights_only=True)
+    path = tmp_path / "served" / "backbone.safetensors"
+    path.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in plain.items()}, str(path))
+    result = fit(small_cfg(few_digits, tmp_path / "run", f"train.init_weights={path}"))
+    start = epoch_start[0]["teacher"]
+    _assert_equal({k.removeprefix("backbone."): v for k, v in start.items() if k.startswith("backbone.")}, plain)
+    init = load_checkpoint(result.checkpoint)["init"]
+    assert init["parts"] == "backbone" and result.lineage["init_weights"] == str(path.resolve())
+    with pytest.raises(CheckpointError, match="does not exist"):
+        fit(small_cfg(few_digits, tmp_path / "again", f"train.init_weights={tmp_path / 'gone.safetensors'}"))
