@@ -23,8 +23,8 @@ PREFIX = "dino."
 # lineage keys, unprefixed in ONNX metadata and Triton parameters (dino_model/serving/gate.py reads "metrics"
 # when "lineage_verified" names the export record that vouched for it and "lineage_signature", made by
 # the export's key "lineage_key_id", signs "onnx_sha256" and the lineage: dino_model/export/signing.py)
-LINEAGE_KEYS = ("data_version", "data_revision", "code_revision", "metrics", "checkpoint", "onnx_sha256",
-                "lineage_verified", "lineage_signature", "lineage_key_id")
+LINEAGE_KEYS = ("data_version", "data_revision", "code_revision", "metrics", "checkpoint", "init_weights",
+                "init_sha256", "onnx_sha256", "lineage_verified", "lineage_signature", "lineage_key_id")
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     train_cfg = config_from_dict(ckpt["config"]) if "config" in ckpt else None
     backbone, model_cfg = load_backbone(checkpoint)
     contract = build_contract(backbone, model_cfg, train_cfg, opts, checkpoint=checkpoint,
-                              data_version=opts.data_version or str(ckpt.get("data_version", "")))
+                              data_version=opts.data_version or str(ckpt.get("data_version", "")),
+                              init=ckpt.get("init"))
     del ckpt
     fp32 = EmbeddingModel(backbone, patch_tokens=opts.patch_tokens)
     with tempfile.TemporaryDirectory(prefix="dino-parity-") as scratch:
@@ -135,8 +136,9 @@ def _trained_roots(cfg: TrainConfig) -> list[str]:
 
 
 def build_contract(backbone, model_cfg, train_cfg: TrainConfig | None, opts: ExportOptions, *,
-                   checkpoint: str | Path, data_version: str) -> ModelContract:
-    """Sizes from the checkpoint's eval config (or the override), ImageNet statistics, lineage."""
+                   checkpoint: str | Path, data_version: str, init: dict[str, Any] | None = None) -> ModelContract:
+    """Sizes from the checkpoint's eval config (or the override), ImageNet statistics, lineage (with `init`,
+    the checkpoint's record of the weights its run started from)."""
     if train_cfg is not None and opts.image_size in (None, train_cfg.eval.image_size):
         size, resize = train_cfg.eval.image_size, train_cfg.eval.resize_size
     else:
@@ -148,7 +150,7 @@ def build_contract(backbone, model_cfg, train_cfg: TrainConfig | None, opts: Exp
     reports = opts.metrics_reports or default_metric_reports(checkpoint)
     revision = train_cfg.data.revision if train_cfg is not None and train_cfg.data.version == data_version else ""
     lineage = build_lineage(data_version=data_version, data_revision=revision, metrics=read_metrics(reports),
-                            checkpoint=checkpoint)
+                            checkpoint=checkpoint, init=init)
     return ModelContract(
         image_size=size, resize_size=resize, embed_dim=int(backbone.num_features),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, num_patches=(size // patch) ** 2 if opts.patch_tokens else 0,

@@ -53,8 +53,9 @@ REVISION_ENV = "DINO_CODE_REVISION"
 VERIFIED_KEY = "lineage_verified"  # config parameter: the record that vouched for the lineage ("" = none)
 SIGNATURE_KEY = "lineage_signature"  # config parameter: the export's signature (base64) of sha256 + lineage
 KEY_ID_KEY = "lineage_key_id"  # config parameter: the id of the key that made it
-# what export binds to the bytes
-RECORDED_KEYS = ("data_version", "data_revision", "code_revision", "metrics", "checkpoint")
+# what export binds to the bytes; the weights a run started from (train.init_weights) only when it had some
+INIT_KEYS = ("init_weights", "init_sha256")
+RECORDED_KEYS = ("data_version", "data_revision", "code_revision", "metrics", "checkpoint", *INIT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,10 @@ def default_metric_reports(checkpoint: str | Path) -> list[Path]:
 
 def build_lineage(
     *, data_version: str = "", data_revision: str = "", metrics: dict[str, float] | None = None,
-    checkpoint: str | Path = ""
+    checkpoint: str | Path = "", init: Mapping[str, object] | None = None
 ) -> dict[str, str]:
-    """String-valued lineage record; metrics as one JSON object."""
+    """String-valued lineage record; metrics as one JSON object. `init` is a checkpoint's record of the weights
+    the run started from (dino_model/train/resume.py): its path and sha256 join the record when present."""
     lineage = {
         "data_version": data_version,
         "data_revision": data_revision,
@@ -209,6 +211,8 @@ def build_lineage(
         "metrics": json.dumps(metrics or {}, sort_keys=True),
         "checkpoint": str(checkpoint),
     }
+    if init and init.get("sha256"):
+        lineage |= {"init_weights": str(init.get("path", "")), "init_sha256": str(init["sha256"])}
     if not data_version:
         logger.warning("no data version known for %s: the lineage records none", checkpoint or "model")
     return lineage

@@ -45,7 +45,7 @@ RELOAD_IMAGES = 4
 # contract keys worth recording beside the weights (the rest describe the ONNX graph's outputs)
 CONTRACT_KEYS = ("dino.arch", "dino.image_size", "dino.resize_size", "dino.interpolation", "dino.patch_size",
                  "dino.embed_dim", "dino.mean", "dino.std", "data_version", "data_revision", "code_revision",
-                 "metrics", "checkpoint")
+                 "metrics", "checkpoint", "init_weights", "init_sha256")
 POS_INTERPOLATION = "dino.pos_interpolation"
 
 
@@ -62,9 +62,11 @@ def export_safetensors(checkpoint: str | Path, output: str | Path, options: Expo
     ckpt = load_checkpoint(checkpoint)
     train_cfg = config_from_dict(ckpt["config"]) if "config" in ckpt else None
     data_version = opts.data_version or str(ckpt.get("data_version", ""))
+    init = ckpt.get("init")
     del ckpt
     backbone, model_cfg = load_backbone(checkpoint)
-    contract = build_contract(backbone, model_cfg, train_cfg, opts, checkpoint=checkpoint, data_version=data_version)
+    contract = build_contract(backbone, model_cfg, train_cfg, opts, checkpoint=checkpoint, data_version=data_version,
+                              init=init)
     metadata = export_metadata(model_cfg, contract.to_properties(), checkpoint_sha256=file_sha256(checkpoint))
     save_backbone(backbone, output, metadata)
     try:

@@ -49,6 +49,8 @@ ALGORITHM = "ed25519"
 # what the signature covers is this purpose, the file's sha256 and these lineage keys (lineage.RECORDED_KEYS)
 PURPOSE = "dino-mlops lineage v1"
 SIGNED_KEYS = ("data_version", "data_revision", "code_revision", "metrics", "checkpoint")
+# signed only when present, so that records made before they existed verify unchanged
+OPTIONAL_SIGNED_KEYS = ("init_weights", "init_sha256")
 _PEM_MARK = "-----BEGIN"
 
 
@@ -78,7 +80,9 @@ def config_dir() -> Path:
 
 def payload(sha256: str, lineage: Mapping[str, str]) -> bytes:
     """The bytes signed for a file: purpose, sha256 and the recorded lineage, as canonical JSON."""
-    body = {"purpose": PURPOSE, "sha256": sha256, "lineage": {k: str(lineage.get(k, "")) for k in SIGNED_KEYS}}
+    signed = {k: str(lineage.get(k, "")) for k in SIGNED_KEYS}
+    signed |= {k: str(lineage[k]) for k in OPTIONAL_SIGNED_KEYS if lineage.get(k)}
+    body = {"purpose": PURPOSE, "sha256": sha256, "lineage": signed}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -9,7 +9,10 @@ that record (dino_model/export/lineage.py, signing.py), and a file that contradi
 refused. Model names and versions are checked before any path is built from them
 (triton_config.check_model_name / check_version).
 The export's drift reference (`<stem>.drift.npz` beside the file) is copied in as `drift.npz` when
-present: the drift step of the entry points reads the served version's.
+present: the drift step of the entry points reads the served version's. The export's teacher backbone
+(`<stem>.safetensors` beside the file) is copied in as `backbone.safetensors` when present: Triton
+ignores it, and a retraining that starts from the served model (the pipeline's `init_from_serving`)
+reads it from there, so the weights a version serves stay with that version.
 
 Beside the model, `write_entry_points` writes the ensembles of ensemble.py and their steps, each as
 version 1 with the files its stub runs (python_backend/*.py, renamed `model.py` where Triton expects
@@ -57,6 +60,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.pbtxt"
 ONNX_FILE = "model.onnx"
 DRIFT_FILE = "drift.npz"
+WEIGHTS_FILE = "backbone.safetensors"
 BACKEND_FILES = Path(__file__).parent / "python_backend"
 PYTHON_MODEL = BACKEND_FILES / "model.py"
 PREPROCESS_MODEL = BACKEND_FILES / "preprocess_model.py"
@@ -94,6 +98,8 @@ def write_version(onnx_path: str | Path, model_dir: str | Path, version: int, *,
         shutil.copyfile(onnx_path, staging / ONNX_FILE)
         if drift_path(onnx_path).is_file():
             shutil.copyfile(drift_path(onnx_path), staging / DRIFT_FILE)
+        if weights_path(onnx_path).is_file():
+            shutil.copyfile(weights_path(onnx_path), staging / WEIGHTS_FILE)
         if flavour == "cpu":
             shutil.copyfile(PYTHON_MODEL, staging / PYTHON_MODEL.name)
         staging.chmod(0o755)
@@ -102,6 +108,11 @@ def write_version(onnx_path: str | Path, model_dir: str | Path, version: int, *,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def weights_path(onnx_path: str | Path) -> Path:
+    """Where an export puts the teacher backbone beside `<stem>.onnx`: `<stem>.safetensors`."""
+    return Path(onnx_path).with_suffix(".safetensors")
 
 
 def write_config(model_dir: str | Path, config: dict[str, Any]) -> Path:

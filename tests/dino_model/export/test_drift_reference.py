@@ -70,3 +70,15 @@ def test_the_reference_samples_every_training_folder_and_leaves_out_one_not_here
     record = write_drift_reference(backbone, contract, cfg, tmp_path / "model.onnx", images=folders)
     assert record["images"] == 80 + 6 == len(DriftReference.load(record["path"]).sample)
     assert record["source"] == f"{train}, {tmp_path / 'captured'}"
+
+
+def test_repository_version_carries_the_backbone_weights_when_exported_beside_the_file(
+        tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path, exported_copy) -> None:
+    from dino_model.export.safetensors_run import export_safetensors
+    from dino_model.triton.repository import WEIGHTS_FILE, weights_path
+
+    onnx = exported_copy(tiny_onnx, tmp_path / "export")
+    written = export_safetensors(tiny_checkpoint, weights_path(onnx))
+    opts = RepositoryOptions(flavour="cpu", max_batch_size=4, preferred_batch_sizes=[])
+    version = Path(write_model_repository(onnx, tmp_path / "repo", opts)["version_dir"])
+    assert file_sha256(version / WEIGHTS_FILE) == written["sha256"]

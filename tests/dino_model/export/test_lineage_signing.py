@@ -179,3 +179,19 @@ def test_a_local_key_is_generated_once_private_and_trusted_here(tmp_path: Path, 
     assert stat.S_IMODE((folder / signing.PRIVATE_FILE).stat().st_mode) == 0o600
     assert signing.key_id(signing.signing_key().public_key()) == signing.key_id(first.public_key())  # not replaced
     assert [signing.key_id(k) for k in signing.trusted_keys()] == [signing.key_id(first.public_key())]
+
+
+def test_the_initial_weights_are_signed_when_recorded_and_older_records_verify_unchanged() -> None:
+    from dino_model.export.lineage import build_lineage
+
+    key = Ed25519PrivateKey.generate()
+    plain = build_lineage(data_version="d" * 32 + ".dir", checkpoint="run/checkpoint.pth")
+    assert "init_weights" not in plain and signing.payload("0" * 64, plain) == signing.payload(
+        "0" * 64, {**plain, "init_weights": "", "init_sha256": ""})  # records made before the keys existed
+    started = build_lineage(data_version="d" * 32 + ".dir", checkpoint="run/checkpoint.pth",
+                            init={"path": "/models/repository/dino/3/backbone.safetensors", "sha256": "a" * 64})
+    assert started["init_sha256"] == "a" * 64 and started["init_weights"].endswith("3/backbone.safetensors")
+    signature = signing.sign(key, "0" * 64, started)
+    assert signing.verify(signature, "0" * 64, started, [key.public_key()]) is not None
+    forged = {**started, "init_sha256": "b" * 64}
+    assert signing.verify(signature, "0" * 64, forged, [key.public_key()]) is None
