@@ -8,8 +8,9 @@ from components._image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, triton_url: str,
-                 model_name: str, triton_repository: str = "") -> str:
-    """"deploy" when k-NN top-1 reaches `min_top1` and is not worse than the serving model's, else "hold".
+                 model_name: str, triton_repository: str = "", tolerance: float = 0.0) -> str:
+    """"deploy" when k-NN top-1 reaches `min_top1` and is not more than `tolerance` points below the serving
+    model's, else "hold".
 
     The serving model's score is read only from lineage whose signature a key of $DINO_LINEAGE_PUBLIC_KEYS
     (Secret lineage-signing-key) verifies; without it only `min_top1` applies. Given `triton_repository`
@@ -27,7 +28,8 @@ def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, trit
         replicas = replica_urls(triton_url) if triton_repository else ()
         serving = serving_score(triton_url, model_name, "knn_top1", repository=triton_repository or None,
                                 replicas=replicas)
-    decision = decide(knn_top1, threshold=min_top1, serving=serving, require_not_worse=require_not_worse)
+    decision = decide(knn_top1, threshold=min_top1, serving=serving, require_not_worse=require_not_worse,
+                      tolerance=tolerance)
     log = logging.getLogger("quality_gate")
     # a pass is routine (INFO), a hold needs a look (WARNING); the logger's own INFO level keeps the pass
     # in the step's log whatever the root level (kfp's executor_main sets INFO on stdout)
@@ -39,12 +41,15 @@ def quality_gate(knn_top1: float, min_top1: float, require_not_worse: bool, trit
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def export_onnx(model: Input[Model], data_ref: str, train_subdir: str, knn_report: Input[Artifact],
-                linear_report: Input[Artifact], onnx: Output[Model], parity: Output[Metrics]) -> None:
+                linear_report: Input[Artifact], onnx: Output[Model], parity: Output[Metrics],
+                captured_subdir: str = "") -> None:
     """Teacher backbone -> one self-contained .onnx with the preprocessing contract; PyTorch parity checked.
 
     The evaluation reports become the model's lineage metrics (read by the quality gate of later runs);
-    a sample of the training images (materialised by reference, `data_ref`) becomes the drift reference
-    served beside the model.
+    a sample of the training images (materialised by reference, `data_ref`: `train_subdir` and, when the
+    version holds it, `captured_subdir`, sampled over their union as pretraining read them) becomes the
+    drift reference served beside the model. The teacher backbone is also written as model.safetensors,
+    which deploy keeps in the version folder: a later retraining starts from it (init_from_serving).
     The file's sha256, lineage and their signature (made with the private key of the Secret
     lineage-signing-key, $DINO_LINEAGE_SIGNING_KEY) go into the artifact's metadata, which KFP keeps in
     its metadata store, away from the bucket holding the file: deploy_to_triton checks the file and the
@@ -54,18 +59,23 @@ def export_onnx(model: Input[Model], data_ref: str, train_subdir: str, knn_repor
 
     from dino_model.export.export_run import ExportOptions, export_checkpoint
     from dino_model.export.lineage import LineageRecord
+    from dino_model.export.safetensors_run import export_safetensors
     from dino_model.export.signing import Signature
-    from dino_model.versioning.mirror import local_folders
+    from dino_model.triton.repository import weights_path
+    from dino_model.versioning.mirror import extra_training_roots, local_folders
 
     Path(onnx.path).mkdir(parents=True, exist_ok=True)
-    options = ExportOptions(metrics_reports=[knn_report.path, linear_report.path],
-                            drift_images=f"{local_folders(data_ref, train_subdir)}/{train_subdir}")
-    report = export_checkpoint(f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx", options)
+    reports = [knn_report.path, linear_report.path]
+    drift = [f"{local_folders(data_ref, train_subdir)}/{train_subdir}",
+             *(extra_training_roots(data_ref, captured_subdir) if captured_subdir else [])]
+    checkpoint, output = f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx"
+    report = export_checkpoint(checkpoint, output, ExportOptions(metrics_reports=reports, drift_images=drift))
+    weights = export_safetensors(checkpoint, weights_path(output), ExportOptions(metrics_reports=reports))
     fp32 = report["details"]["files"]["fp32"]
     record = LineageRecord(sha256=fp32["sha256"], lineage=report["details"]["lineage"],
                            signature=Signature.from_dict(fp32.get("signature")))
     onnx.metadata.update({"framework": "onnx", "data_version": model.metadata.get("data_version", ""),
-                          **record.to_metadata()})
+                          "weights_sha256": weights["sha256"], **record.to_metadata()})
     for name, value in report["metrics"].items():
         parity.log_metric(name, value)
 

@@ -12,34 +12,66 @@ from components._image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def pretrain(data_ref: str, config: str, config_yaml: str, overrides: List[str], train_subdir: str, gpus: int,
-             pushgateway: str, model: Output[Model], metrics: Output[Metrics]) -> None:
-    """Train on `train_subdir` of the data version `data_ref` (the data step's reference) with the packaged
-    `config` (or `config_yaml`) and `overrides`.
+             pushgateway: str, model: Output[Model], metrics: Output[Metrics], captured_subdir: str = "",
+             init_weights: str = "", init_sha256: str = "") -> None:
+    """Train on `train_subdir` of the data version `data_ref` (the data step's reference), plus its
+    `captured_subdir` when the version holds one, with the packaged `config` (or `config_yaml`) and `overrides`.
 
     The images come from the DVC remote: streamed when `train_subdir` holds tar shards (each process
-    reads its own), else materialised once into the data cache. `gpus` processes run under torchrun
-    (0 or 1 trains in this process). Epoch metrics go live to the Pushgateway `pushgateway` labelled
-    with this training's own id (a cached step takes no run id); the run's push step relabels the result.
+    reads its own), else materialised once into the data cache; captured images are materialised
+    beside them (data.extra_roots, which shards do not combine with). Given `init_weights` (the served
+    version's weights on the triton-models claim, resolve_served_weights) the run starts from them once
+    their sha256 is `init_sha256`. `gpus` processes run under torchrun (0 or 1 trains in this process).
+    Epoch metrics go live to the Pushgateway `pushgateway` labelled with this training's own id (a cached
+    step takes no run id); the run's push step relabels the result.
     """
     import os
 
     from dino_model.config import pipeline_config
     from dino_model.runtime.digests import work_id
+    from dino_model.serving.served_weights import verified_weights
     from dino_model.train.worker import launch_training
-    from dino_model.versioning.mirror import training_root
+    from dino_model.versioning.mirror import extra_training_roots, training_root
     from dino_model.versioning.reference import DataReference
 
     ref = DataReference.from_json(data_ref)
-    label = work_id("pretrain", data_ref, config, config_yaml, *overrides)
+    label = work_id("pretrain", data_ref, config, config_yaml, *overrides, captured_subdir, init_sha256)
     os.environ.update({"DINO_PUSHGATEWAY": pushgateway, "DINO_RUN_ID": label})  # torchrun workers inherit
-    step = [f"data.root={training_root(data_ref, train_subdir)}", f"train.output_dir={model.path}",
-            f"data.version={ref.md5}", f"data.revision={ref.git_rev}"]
+    extra = extra_training_roots(data_ref, captured_subdir) if captured_subdir else []
+    init = {"init_weights": str(verified_weights(init_weights, init_sha256)), "init_sha256": init_sha256} \
+        if init_weights else {}
+    step = [f"data.root={training_root(data_ref, train_subdir)}", f"data.extra_roots={extra!r}",
+            f"train.output_dir={model.path}", f"data.version={ref.md5}", f"data.revision={ref.git_rev}",
+            *([f"train.init_weights={init['init_weights']}"] if init else [])]
     cfg = pipeline_config(config, config_yaml, [*overrides, *step])
     result = launch_training(cfg, nproc=max(gpus, 1))
-    model.metadata.update({**ref.lineage(), "checkpoint": result["checkpoint"], "arch": cfg.model.arch})
+    model.metadata.update({**ref.lineage(), **init, "checkpoint": result["checkpoint"], "arch": cfg.model.arch,
+                           "extra_roots": ",".join(extra)})
     for name, value in result["final_metrics"].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(name, value)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def resolve_served_weights(enabled: bool, triton_url: str, model_name: str, triton_repository: str
+                           ) -> NamedTuple("ServedWeights", [("path", str), ("sha256", str)]):
+    """When `enabled`, the weights file of the version Triton serves (on the triton-models claim) and its sha256;
+    ("", "") when not enabled or nothing is served (pretraining then starts from scratch, as the log says).
+
+    Never cached: the served model changes between runs, and its sha256 enters pretraining's cache key.
+    """
+    import logging
+    from collections import namedtuple
+
+    from dino_model.serving.client import replica_urls
+    from dino_model.serving.served_weights import resolve_served_weights as resolve
+
+    weights = resolve(triton_url, model_name, triton_repository, replicas=replica_urls(triton_url)) \
+        if enabled else None
+    if not enabled:
+        logging.getLogger("served_weights").info("init_from_serving is off: pretraining starts from scratch")
+    return namedtuple("ServedWeights", ["path", "sha256"])(weights.path if weights else "",
+                                                           weights.sha256 if weights else "")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -118,6 +118,13 @@ def use_triton_repository(task: PipelineTask) -> PipelineTask:
     return call_triton(task)
 
 
+def read_triton_repository(task: PipelineTask) -> PipelineTask:
+    """The claim Triton serves from, at /models, without the admin key or Triton's network label: for the
+    pretraining that starts from the served version's weights, which only reads the file it was given and
+    checks its sha256 (kfp-kubernetes mounts a claim read-write; nothing here writes to it)."""
+    return kubernetes.mount_pvc(task, pvc_name=TRITON_MODELS_CLAIM, mount_path="/models")
+
+
 LINEAGE_SIGNING_SECRET = "lineage-signing-key"
 
 

@@ -24,9 +24,10 @@ from components.evaluate import (
     eval_retrieval,
 )
 from components.report import push_run_metrics, report_run_status
-from components.train import gpu_placement, pretrain, pretrain_on_cluster
+from components.train import gpu_placement, pretrain, pretrain_on_cluster, resolve_served_weights
 from pipelines.resources import (
     read_data,
+    read_triton_repository,
     request_gpus,
     request_resources,
     retry_transient,
@@ -69,6 +70,8 @@ def dino_training_pipeline(
     overrides: List[str] = [],  # noqa: B006 - KFP reads the default from the signature
     train_subdir: str = "train",
     val_subdir: str = "val",
+    captured_subdir: str = "captured",
+    init_from_serving: bool = False,
     gpus: int = 8,
     nodes: int = 1,
     training_operator: str = "trainer-v2",
@@ -80,6 +83,7 @@ def dino_training_pipeline(
     search_evals: bool = False,
     min_knn_top1: float = 70.0,
     require_not_worse: bool = True,
+    gate_tolerance: float = 0.0,
     triton_url: str = "triton-grpc.dino-mlops.svc:8001",
     triton_repository: str = "/models/repository",
     model_name: str = "dino",
@@ -101,6 +105,13 @@ def dino_training_pipeline(
         overrides: Config overrides such as ["train.epochs=100", "optim.base_lr=0.0005"].
         train_subdir: Folder of the data version holding the training images (class sub-folders).
         val_subdir: Folder of the data version holding the labelled validation images.
+        captured_subdir: Folder of the data version holding images captured in production (the data
+            flywheel's `captured/<day>/`, unlabelled): one-node pretraining trains on it beside
+            `train_subdir` when the version holds it, and the drift reference samples both; empty
+            disables. The multi-node branch reads `cluster_data_root` only, without captured images.
+        init_from_serving: Start one-node pretraining from the weights of the version Triton serves now
+            (its backbone.safetensors; fresh heads with train.init_parts=auto) instead of random ones;
+            from scratch when nothing is served. The multi-node branch always starts from scratch.
         gpus: GPUs of one node for pretraining (one process each); 0 trains on CPU on any node.
         nodes: Nodes for pretraining; above 1 the run trains as one distributed job (`gpus` per node)
             launched on the cluster and waited for, its checkpoint copied back as the model.
@@ -117,6 +128,8 @@ def dino_training_pipeline(
         min_knn_top1: Quality gate: the k-NN top-1 (%) a model needs to be deployed (the paper's
             ViT-S/16 reaches 69.3 after 100 epochs and 74.5 after 300).
         require_not_worse: Quality gate: also require k-NN top-1 not below the serving model's.
+        gate_tolerance: Quality gate: with require_not_worse, the k-NN top-1 points a model may fall below
+            the serving model's and still deploy (0: not below at all).
         triton_url: Triton's gRPC endpoint (host:port); the headless Service, whose name resolves to
             every ready Triton pod, so that the deploy step switches all replicas.
         triton_repository: Model repository on the `triton-models` claim (mounted at /models in the quality
@@ -149,9 +162,17 @@ def dino_training_pipeline(
         with dsl.Else(name="one-node"):
             placement = gpu_placement(gpus=gpus).set_display_name("GPU placement")
             request_resources(placement, cpu="100m", memory="256Mi", scratch="64Mi")
+            served = resolve_served_weights(enabled=init_from_serving, triton_url=triton_url, model_name=model_name,
+                                            triton_repository=triton_repository)
+            _never_cached(served, "served weights")  # the serving model changes between runs
+            retry_transient(request_resources(served, cpu="500m", memory="1Gi"), retries=2)
+            use_lineage_public_keys(use_triton_repository(served))  # as the gate: finishes a killed deploy first
             train = pretrain(data_ref=ref, config=config, config_yaml=config_yaml, overrides=overrides,
-                             train_subdir=train_subdir, gpus=gpus, pushgateway=pushgateway)
+                             train_subdir=train_subdir, gpus=gpus, pushgateway=pushgateway,
+                             captured_subdir=captured_subdir, init_weights=served.outputs["path"],
+                             init_sha256=served.outputs["sha256"])
             read_data(request_gpus(train.set_display_name("DINO pretraining"), gpus, placement))
+            read_triton_repository(train)  # the served weights, by the path and sha256 resolved above
             _push(train, "train", pushgateway)
         model = dsl.OneOf(distributed.outputs["model"], train.outputs["model"])
 
@@ -180,13 +201,13 @@ def dino_training_pipeline(
 
         gate = quality_gate(knn_top1=knn.outputs["Output"], min_top1=min_knn_top1,
                             require_not_worse=require_not_worse, triton_url=triton_url, model_name=model_name,
-                            triton_repository=triton_repository)
+                            triton_repository=triton_repository, tolerance=gate_tolerance)
         _never_cached(gate, "quality gate")  # the serving model changes between runs
         retry_transient(request_resources(gate, cpu="500m", memory="1Gi"), retries=2)
         use_lineage_public_keys(gate)
         use_triton_repository(gate)  # to finish a deploy that was killed before reading the serving model's score
         with dsl.If(gate.output == "deploy", name="quality-gate-passed"):
-            onnx = export_onnx(model=model, data_ref=ref, train_subdir=train_subdir,
+            onnx = export_onnx(model=model, data_ref=ref, train_subdir=train_subdir, captured_subdir=captured_subdir,
                                knn_report=knn.outputs["report_json"], linear_report=linear.outputs["report_json"])
             read_data(request_resources(onnx.set_display_name("export ONNX"), cpu="2", memory="8Gi"))
             use_lineage_signing_key(onnx)

@@ -17,7 +17,7 @@ from pipelines.cache_keys import Run, cache_keys, reused
 
 REPO = Path(__file__).resolve().parents[2]
 MD5 = "0123456789abcdef0123456789abcdef.dir"
-NEVER_CACHED = {"resolve-data-version", "quality-gate", "deploy-to-triton", "report-run-status", "push-run-metrics"}
+NEVER_CACHED = {"resolve-data-version", "resolve-served-weights", "quality-gate", "deploy-to-triton", "report-run-status", "push-run-metrics"}
 REUSED = {"pretrain", "pretrain-on-cluster", "eval-knn", "eval-linear", "attention-maps", "eval-davis",
           "eval-retrieval", "eval-copydetection", "export-onnx", "gpu-placement"}
 
@@ -37,9 +37,10 @@ def spec(tmp_path_factory) -> dict:
     return _compile(tmp_path_factory.mktemp("ir") / "a.yaml")
 
 
-def _run(run_id: str, *, md5: str = MD5, **arguments) -> Run:
+def _run(run_id: str, *, md5: str = MD5, served: tuple[str, str] = ("", ""), **arguments) -> Run:
     reference = f'{{"md5":"{md5}","remote_url":"s3://data/dvc"}}'
     return Run(run_id, arguments, {"resolve-data-version": {"md5": md5, "git_rev": "abc", "reference": reference},
+                                   "resolve-served-weights": dict(zip(("path", "sha256"), served)),
                                    "quality-gate": {"Output": "deploy"}})
 
 
@@ -72,6 +73,18 @@ def test_a_repeated_compile_reuses_pretraining_and_evaluation_and_new_data_or_im
     assert not by_name["pretrain"] and not by_name["pretrain-on-cluster"] and by_name["gpu-placement"]
     other_image = cache_keys(_compile(tmp_path / "c.yaml", image="registry.example/dino:other"), _run("run-2"))
     assert all(other_image[p].key != k.key for p, k in first.items() if k.key is not None)
+
+
+def test_a_newly_served_model_retrains_from_it_and_the_same_one_reuses_pretraining(spec):
+    """init_from_serving: the served weights' sha256 is in pretraining's key (as a string, not an artifact)."""
+    weights = ("/models/repository/dino/3/backbone.safetensors", "a" * 64)
+    same = reused(spec, _run("run-1", served=weights, init_from_serving=True),
+                  _run("run-2", served=weights, init_from_serving=True))
+    assert all(same.values()), same
+    newer = reused(spec, _run("run-1", served=weights, init_from_serving=True),
+                   _run("run-2", served=(weights[0].replace("/3/", "/4/"), "b" * 64), init_from_serving=True))
+    by_name = {_name(p): hit for p, hit in newer.items()}
+    assert not by_name["pretrain"] and by_name["pretrain-on-cluster"] and by_name["gpu-placement"]
 
 
 def test_the_analysis_flags_a_run_id_or_an_uncached_artifact_in_a_cached_step(tmp_path):
