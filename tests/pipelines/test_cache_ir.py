@@ -17,7 +17,8 @@ from pipelines.cache_keys import Run, cache_keys, reused
 
 REPO = Path(__file__).resolve().parents[2]
 MD5 = "0123456789abcdef0123456789abcdef.dir"
-NEVER_CACHED = {"resolve-data-version", "resolve-served-weights", "quality-gate", "deploy-to-triton", "report-run-status", "push-run-metrics"}
+NEVER_CACHED = {"resolve-data-version", "resolve-served-weights", "quality-gate", "deploy-to-triton",
+                "report-run-status", "push-run-metrics"}
 REUSED = {"pretrain", "pretrain-on-cluster", "eval-knn", "eval-linear", "attention-maps", "eval-davis",
           "eval-retrieval", "eval-copydetection", "export-onnx", "gpu-placement"}
 
@@ -40,7 +41,7 @@ def spec(tmp_path_factory) -> dict:
 def _run(run_id: str, *, md5: str = MD5, served: tuple[str, str] = ("", ""), **arguments) -> Run:
     reference = f'{{"md5":"{md5}","remote_url":"s3://data/dvc"}}'
     return Run(run_id, arguments, {"resolve-data-version": {"md5": md5, "git_rev": "abc", "reference": reference},
-                                   "resolve-served-weights": dict(zip(("path", "sha256"), served)),
+                                   "resolve-served-weights": {"path": served[0], "sha256": served[1]},
                                    "quality-gate": {"Output": "deploy"}})
 
 

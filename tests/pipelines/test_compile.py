@@ -206,6 +206,28 @@ def test_the_gate_can_finish_a_killed_deploy_before_it_reads_the_bar(ir):
     assert "triton_repository" in spec["components"]["comp-quality-gate"]["inputDefinitions"]["parameters"]
 
 
+def test_pretraining_starts_from_the_served_weights_by_path_and_sha256_read_from_the_claim(ir):
+    """A never-cached step resolves the served weights (with the gate's claim and key); pretraining takes
+    the path and sha256 as strings and mounts the claim alone, without the admin key."""
+    spec, platform, _ = ir
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["init_from_serving"]["defaultValue"] is False and params["gate_tolerance"]["defaultValue"] == 0.0
+    assert params["captured_subdir"]["defaultValue"] == "captured"
+    pretrain, branches = _nested(spec, "pretrain")
+    for name in ("path", "sha256"):
+        source = _source(pretrain, branches, {"path": "init_weights", "sha256": "init_sha256"}[name])
+        assert source == {"outputParameterKey": name, "producerTask": "resolve-served-weights"}
+    assert _nested(spec, "resolve-served-weights")[0]["cachingOptions"] == {}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    resolver, trainer = executors["exec-resolve-served-weights"], executors["exec-pretrain"]
+    assert [m["mountPath"] for m in resolver["pvcMount"]] == ["/models"]
+    assert {e["envVar"] for s in resolver["secretAsEnv"] for e in s["keyToEnv"]} >= {"TRITON_ADMIN_KEY"}
+    assert "/models" in [m["mountPath"] for m in trainer["pvcMount"]]
+    assert not any(e["envVar"] == "TRITON_ADMIN_KEY" for s in trainer.get("secretAsEnv", []) for e in s["keyToEnv"])
+    gate = _tasks(spec)["quality-gate"]["inputs"]["parameters"]
+    assert gate["tolerance"]["componentInputParameter"].endswith("gate_tolerance")
+
+
 def test_every_component_runs_the_project_image(ir):
     from components._image import IMAGE
 

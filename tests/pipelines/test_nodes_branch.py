@@ -58,7 +58,8 @@ def test_nodes_above_one_launch_the_cluster_job_else_the_step_trains(ir) -> None
     multi = "int(inputs.parameter_values['pipelinechannel--nodes']) > 1"
     assert set(by_condition) == {multi, f"!({multi})"}
     assert set(by_condition[multi]) == {"pretrain-on-cluster", "push-run-metrics"}  # the run's push, uncached
-    assert set(by_condition[f"!({multi})"]) == {"pretrain", "gpu-placement", "push-run-metrics-2"}
+    assert set(by_condition[f"!({multi})"]) == {"pretrain", "gpu-placement", "resolve-served-weights",
+                                                "push-run-metrics-2"}
     launcher = by_condition[multi]["pretrain-on-cluster"]["inputs"]["parameters"]
     assert launcher["operator"]["componentInputParameter"] == "pipelinechannel--training_operator"
     assert launcher["nodes"]["componentInputParameter"] == "pipelinechannel--nodes"
