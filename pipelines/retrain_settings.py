@@ -15,13 +15,17 @@ Entries (all optional):
 - DINO_IMAGE: the image every step of a pipeline compiled in the pod runs (components/_image.py).
 - DINO_KFP_EXPERIMENT: the experiment of the runs (default dino-mlops).
 - DINO_RETRAIN_MAX_ATTEMPTS (3), DINO_RETRAIN_BACKOFF_S (1800): see `RetryPolicy`.
+- DINO_FLYWHEEL_OVERRIDES, DINO_FLYWHEEL_TOLERANCE: what a run for a data version the flywheel's
+  snapshot made adds (`FlywheelRun`): it continues from the served weights on a short schedule.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +58,39 @@ class RetryPolicy:
         return submitted_at + self.backoff_s * 2 ** max(attempts - 1, 0)
 
 
+# A continued schedule, not a new one: the served backbone already learnt the data set, so a tenth of
+# the paper's 100 epochs adapts it to the captured images; one warm-up epoch settles the fresh
+# optimiser and heads (train.init_parts=auto starts the heads afresh from a backbone-only file); and
+# the teacher, already trained, needs no temperature warm-up (the paper config's 30 epochs would also
+# exceed 10, which the config refuses).
+DEFAULT_FLYWHEEL_OVERRIDES = "train.epochs=10 optim.warmup_epochs=1 loss.warmup_teacher_temp_epochs=0"
+# k-NN top-1 points a flywheel model may lose against the serving one and still deploy: it trades a
+# point on the fixed validation set for matching what production sends now (the drift that triggered
+# it); a run-to-run spread of that size between equal models is common, so 0 would hold most of them.
+DEFAULT_FLYWHEEL_TOLERANCE = 1.0
+
+
+@dataclass(frozen=True)
+class FlywheelRun:
+    """What a run for a data version the flywheel's snapshot made adds to every run's parameters."""
+
+    overrides: tuple[str, ...] = tuple(shlex.split(DEFAULT_FLYWHEEL_OVERRIDES))
+    tolerance: float = DEFAULT_FLYWHEEL_TOLERANCE
+
+    def __post_init__(self) -> None:
+        bad = [o for o in self.overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"DINO_FLYWHEEL_OVERRIDES holds {', '.join(bad)}, not key=value overrides")
+        if not math.isfinite(self.tolerance) or self.tolerance < 0:
+            raise ConfigError(f"DINO_FLYWHEEL_TOLERANCE must be a number of points >= 0, not {self.tolerance}")
+
+    def params(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        """`base` with the served weights to start from, the continued schedule after its own overrides
+        (later ones win) and the gate's tolerance."""
+        return {**base, "init_from_serving": True, "overrides": [*base.get("overrides", []), *self.overrides],
+                "gate_tolerance": self.tolerance}
+
+
 @dataclass(frozen=True)
 class RetrainSettings:
     """Everything a retraining run is made of, besides the data version."""
@@ -64,6 +101,7 @@ class RetrainSettings:
     image: str | None = None
     experiment: str = "dino-mlops"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    flywheel: FlywheelRun = field(default_factory=FlywheelRun)
 
     def __post_init__(self) -> None:
         if self.registered and "@" not in self.registered:
@@ -127,4 +165,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> RetrainSettin
     return RetrainSettings(params=params_from_env(env), namespace=env.get("KFP_NAMESPACE", "").strip() or None,
                            registered=env.get("DINO_PIPELINE", "").strip() or None,
                            image=env.get("DINO_IMAGE", "").strip() or None,
-                           experiment=env.get("DINO_KFP_EXPERIMENT", "").strip() or "dino-mlops", retry=retry)
+                           experiment=env.get("DINO_KFP_EXPERIMENT", "").strip() or "dino-mlops", retry=retry,
+                           flywheel=flywheel_run_from_env(env))
+
+
+def flywheel_run_from_env(env: Mapping[str, str]) -> FlywheelRun:
+    """DINO_FLYWHEEL_OVERRIDES (space-separated, shell quoting) and DINO_FLYWHEEL_TOLERANCE; unset: the defaults."""
+    overrides = env.get("DINO_FLYWHEEL_OVERRIDES")
+    return FlywheelRun(overrides=tuple(shlex.split(DEFAULT_FLYWHEEL_OVERRIDES if overrides is None else overrides)),
+                       tolerance=_number(env, "DINO_FLYWHEEL_TOLERANCE", DEFAULT_FLYWHEEL_TOLERANCE, float))

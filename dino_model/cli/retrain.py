@@ -119,6 +119,10 @@ def _check_once(args: argparse.Namespace) -> dict:
             current = current_version(repo)
         else:
             current = version_at(repo, tracked_rev(repo, args.rev) if remote else args.rev)
+    if settings is not None and made_by_flywheel(args.state, current.md5):
+        params = settings.flywheel.params(params)
+        logger.info("data version %s is the flywheel's snapshot: the run continues from the served weights (%s)",
+                    current.md5, " ".join(settings.flywheel.overrides))
     repository = args.triton_repository or None
     deployed = deployed_data_version(args.url, repository=repository) if args.url else None
     if args.local:
@@ -133,6 +137,13 @@ def _check_once(args: argparse.Namespace) -> dict:
                        run_state=kfp_run_state(args.host, timeout_s=args.timeout, namespace=settings.namespace),
                        retry=settings.retry)
     return result | ({"flywheel": asdict(flywheel)} if flywheel else {})
+
+
+def made_by_flywheel(state_path: str | Path, md5: str) -> bool:
+    """Whether `md5` is the data version the flywheel's last snapshot made (flywheel.json beside the state)."""
+    from pipelines.flywheel import STATE_FILE, read_flywheel_state
+
+    return read_flywheel_state(Path(state_path).parent / STATE_FILE).last_snapshot_version == md5
 
 
 def _flywheel(args: argparse.Namespace, repo: Path, remote: bool):
@@ -166,7 +177,7 @@ def run_settings(args: argparse.Namespace) -> RetrainSettings:
     return RetrainSettings(params={**env.params, **parse_params(args.param)},
                            namespace=pick(args.namespace, env.namespace),
                            registered=pick(args.registered, env.registered), image=pick(args.image, env.image),
-                           experiment=args.experiment or env.experiment, retry=retry)
+                           experiment=args.experiment or env.experiment, retry=retry, flywheel=env.flywheel)
 
 
 def _local_submitter(repo: Path, params: dict):

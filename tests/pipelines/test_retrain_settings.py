@@ -32,6 +32,9 @@ def test_empty_entries_mean_not_set() -> None:
     ({"DINO_RETRAIN_MAX_ATTEMPTS": "three"}, "DINO_RETRAIN_MAX_ATTEMPTS='three' is not an integer"),
     ({"DINO_RETRAIN_MAX_ATTEMPTS": "0"}, "must be at least 1"),
     ({"DINO_RETRAIN_BACKOFF_S": "-1"}, "must not be negative"),
+    ({"DINO_FLYWHEEL_TOLERANCE": "-0.5"}, "DINO_FLYWHEEL_TOLERANCE must be a number of points >= 0"),
+    ({"DINO_FLYWHEEL_TOLERANCE": "one"}, "DINO_FLYWHEEL_TOLERANCE='one' is not a number"),
+    ({"DINO_FLYWHEEL_OVERRIDES": "train.epochs=5 fast"}, "holds fast, not key=value"),
 ])
 def test_bad_entries_are_named(environ: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -53,3 +56,17 @@ def test_a_compiled_pipeline_that_runs_another_image_is_refused(tmp_path, monkey
         components._image.IMAGE}
     with pytest.raises(PipelineError, match="not registry.example/other:9"):
         compile_pipeline(tmp_path / "b.yaml", image="registry.example/other:9")
+
+
+def test_a_flywheel_run_continues_from_the_served_weights_after_the_runs_own_overrides() -> None:
+    settings = settings_from_env({"DINO_PARAM_overrides": '["data.num_workers=8", "train.epochs=300"]'})
+    params = settings.flywheel.params(settings.params)
+    assert params == {"init_from_serving": True, "gate_tolerance": 1.0,
+                      "overrides": ["data.num_workers=8", "train.epochs=300", "train.epochs=10",
+                                    "optim.warmup_epochs=1", "loss.warmup_teacher_temp_epochs=0"]}
+    assert settings.params == {"overrides": ["data.num_workers=8", "train.epochs=300"]}  # left as it was
+    own = settings_from_env({"DINO_FLYWHEEL_OVERRIDES": "train.epochs=4 'optim.base_lr=0.0001'",
+                             "DINO_FLYWHEEL_TOLERANCE": "2.5"}).flywheel
+    assert own.params({}) == {"init_from_serving": True, "gate_tolerance": 2.5,
+                              "overrides": ["train.epochs=4", "optim.base_lr=0.0001"]}
+    assert settings_from_env({"DINO_FLYWHEEL_OVERRIDES": ""}).flywheel.params({})["overrides"] == []
