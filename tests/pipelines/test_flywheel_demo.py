@@ -1,9 +1,10 @@
 """The flywheel end to end (pipelines/flywheel_demo.py, scripts/flywheel.sh) with shortened training: a real
 tritonserver capturing through its image entry point, a real Prometheus, a real git + DVC data repository,
-a real rollout to version 2, the fixed set within tolerance and the drift gauge falling.
+a real rollout to version 2, the fixed set within tolerance, the drift gauge falling, and the shifted k-NN
+rising above both the served model and a control retrained the same way without the captured images.
 
-The demo config (digits_vit_tiny) at half its epochs for version 1: with the `tiny` test config the k-NN
-stays near 45% and falls when training continues, on both sets (docs/monitoring.md), so it shows no rise."""
+It runs the documented script's defaults (the demo config, version 1 at half its epochs, 1,024 recoloured
+digits, docs/monitoring.md) with the alert's `for` cut to 2 s."""
 
 from __future__ import annotations
 
@@ -25,13 +26,12 @@ def test_drift_to_a_retrained_model_in_service(tmp_path: Path, capsys: pytest.Ca
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus is not installed (apt-get install -y prometheus)")
     work = tmp_path / "flywheel"
-    assert main(["--work", str(work), "--override", "train.epochs=6", "--retrain-override", "train.epochs=4",
-                 "--stream-images", "512", "--alert-for", "2s"]) == 0
+    assert main(["--work", str(work), "--alert-for", "2s"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((work / "flywheel.json").read_text())
 
     # captured on the server by the image entry point, with the served version; alerted; snapshotted
-    assert report["capture"]["stored"] == report["capture"]["sent"] == 512
+    assert report["capture"]["stored"] == report["capture"]["sent"] == 1024
     assert report["capture_versions"] == ["1"]
     assert report["flywheel_decision"]["action"] == "snapshot"
     assert "DinoEmbeddingDrift active since" in report["flywheel_decision"]["reason"]
@@ -46,6 +46,10 @@ def test_drift_to_a_retrained_model_in_service(tmp_path: Path, capsys: pytest.Ca
     assert report["gate"]["decision"] == "deploy"
     assert report["seconds"]["alert_to_new_version_serving"] > 0
     assert report["drift_ratio"]["v2_on_shifted"] < report["drift_ratio"]["v1_on_shifted"]
-    # the shifted k-NN is reported, not asserted: a control without captured images rises as much
-    # (docs/monitoring.md), so at this size a rise would not show the flywheel's effect
-    assert {"knn_shifted", "knn_shifted_held_out_bank"} <= after.keys()
+    # on the shifted images version 2 beats the served model, and a control continued from the same weights
+    # on the digits alone by more than 3 points (one standard error of 360 queries is about 2.6): the rise
+    # is the captured images' doing, not more training's
+    control = report["control"]
+    assert after["knn_shifted"] > before["knn_shifted"]
+    assert after["knn_shifted"] > control["knn_shifted"] + 3.0, (after, control)
+    assert {"knn_shifted_held_out_bank"} <= after.keys() & control.keys()
