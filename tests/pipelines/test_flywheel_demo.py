@@ -46,10 +46,11 @@ def test_drift_to_a_retrained_model_in_service(tmp_path: Path, capsys: pytest.Ca
     assert report["gate"]["decision"] == "deploy"
     assert report["seconds"]["alert_to_new_version_serving"] > 0
     assert report["drift_ratio"]["v2_on_shifted"] < report["drift_ratio"]["v1_on_shifted"]
-    # on the shifted images version 2 beats the served model, and a control continued from the same weights
-    # on the digits alone by more than 3 points (one standard error of 360 queries is about 2.6): the rise
-    # is the captured images' doing, not more training's
+    # on the shifted images version 2 beats the served model; with a memory bank of shifted images that were
+    # never streamed (so neither queries nor bank were trained on) it also beats a control continued from the
+    # same weights on the digits alone by more than 3 points (one standard error of 360 queries is about
+    # 2.6; measured: 10): the rise is the captured images' doing, not more training's
     control = report["control"]
-    assert after["knn_shifted"] > before["knn_shifted"]
-    assert after["knn_shifted"] > control["knn_shifted"] + 3.0, (after, control)
-    assert {"knn_shifted_held_out_bank"} <= after.keys() & control.keys()
+    assert after["knn_shifted"] > before["knn_shifted"], (before, after)
+    assert after["knn_shifted_held_out_bank"] > before["knn_shifted_held_out_bank"], (before, after)
+    assert after["knn_shifted_held_out_bank"] > control["knn_shifted_held_out_bank"] + 3.0, (after, control)
