@@ -84,6 +84,10 @@ def _register_repo(sub: argparse._SubParsersAction) -> None:
                         "where nvidia-dali is installed, else the Python step")
     p.add_argument("--no-entry-points", action="store_true",
                    help="write the model alone, without the <model>_images and <model>_monitored ensembles")
+    p.add_argument("--capture", action="store_true", default=_option("capture"),
+                   help="switch image capture on in the repository (capture_enabled in the first step of "
+                        "<model>_images); the server still needs DINO_CAPTURE_STORE, and its "
+                        "DINO_CAPTURE_ENABLED wins")
     add_lineage_args(p)
     p.set_defaults(func=run_repo)
 
@@ -119,7 +123,7 @@ def run_repo(args: argparse.Namespace) -> int:
         keep_versions=args.keep_versions,
         warmup=not args.no_warmup, tensorrt=args.tensorrt, tensorrt_precision=args.tensorrt_precision,
         tensorrt_cache_path=args.tensorrt_cache, intra_op_threads=args.intra_op_threads,
-        image_preprocess=args.image_preprocess, entry_points=not args.no_entry_points,
+        image_preprocess=args.image_preprocess, entry_points=not args.no_entry_points, capture=args.capture,
     )
     print_result(write_model_repository(args.onnx, args.repository, opts, version=args.version,
                                         lineage=lineage_from_args(args)))

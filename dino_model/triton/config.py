@@ -85,6 +85,9 @@ class RepositoryOptions:
     #                            shared out among the instances, chosen by each instance when it loads
     entry_points: bool = True  # the image-bytes and drift-monitored ensembles beside the model (ensemble.py)
     image_preprocess: str = "auto"  # python | dali | auto (dali on the gpu flavour where DALI is installed)
+    # capture_enabled "true" in the image entry point's first step (and the drift step, which then shares its
+    # window's score with it); the serving environment's DINO_CAPTURE_ENABLED still wins (capture/settings.py)
+    capture: bool = False
 
     def validate(self) -> None:
         check_model_name(self.model_name)

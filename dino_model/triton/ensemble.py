@@ -18,6 +18,11 @@ DALI, it is DALI's Triton backend instead (dali.py), and the Python step otherwi
 Every step names the embedding model with version -1, Triton's "latest ready version", so when
 `dino-mlops deploy` switches `<model>` from N to N+1 in one reload, the ensembles follow it with no
 change of their own; the steps that need the version ask Triton (python_backend/versions.py).
+
+`RepositoryOptions.capture` (`dino-mlops triton-repo --capture`) writes the parameter
+`capture_enabled: "true"` into the image entry point's first step, which then samples the images it
+receives into the capture store, and into the drift step, which then shares its latest window with
+that step for the captured images' drift score (docs/operations.md, "Image capture").
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dino_model.triton.dali import ENCODED, PIXELS
 BYTES_INPUT = "image_bytes"  # the image entry point's input: one encoded image per batch item
 RAW_EMBEDDING = "raw_embedding"  # the embedding model's answer inside an ensemble, before the drift step
 LATEST = -1  # an ensemble step's model_version: the latest ready version
+CAPTURE_PARAMETER = "capture_enabled"  # what python_backend/capture_hook.py reads (`triton-repo --capture`)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,11 @@ def _string_parameters(values: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {k: {"string_value": v if isinstance(v, str) else json.dumps(v)} for k, v in values.items()}
 
 
+def _capture(opts: RepositoryOptions) -> dict[str, str]:
+    """The capture switch of the steps that read it (python_backend/capture_hook.py); absent: off."""
+    return {CAPTURE_PARAMETER: "true"} if opts.capture else {}
+
+
 def preprocess_config(contract: ModelContract, opts: RepositoryOptions) -> dict[str, Any]:
     """`<model>_preprocess` as a Python-backend step: BYTES in, the model's FP32 input out, on CPUs."""
     names = EntryPoints(opts.model_name)
@@ -95,7 +106,8 @@ def preprocess_config(contract: ModelContract, opts: RepositoryOptions) -> dict[
         "instance_group": [{"kind": "KIND_CPU", "count": opts.instances}],
         "parameters": _string_parameters({
             "image_size": str(contract.image_size), "resize_size": str(contract.resize_size),
-            "mean": list(contract.mean), "std": list(contract.std), "embedding_model": opts.model_name}),
+            "mean": list(contract.mean), "std": list(contract.std), "embedding_model": opts.model_name,
+            **_capture(opts)}),
     }
     if opts.dynamic_batching:
         config["dynamic_batching"] = _batching(opts)
@@ -110,7 +122,7 @@ def unpack_config(opts: RepositoryOptions) -> dict[str, Any]:
         "input": [{"name": BYTES_INPUT, "data_type": "TYPE_STRING", "dims": [1]}],
         "output": [{"name": ENCODED, "data_type": "TYPE_UINT8", "dims": [-1]}],
         "instance_group": [{"kind": "KIND_CPU", "count": opts.instances}],
-        "parameters": _string_parameters({"embedding_model": opts.model_name}),
+        "parameters": _string_parameters({"embedding_model": opts.model_name, **_capture(opts)}),
     }
     to_proto(config)
     return config
@@ -139,7 +151,7 @@ def drift_config(contract: ModelContract, opts: RepositoryOptions) -> dict[str, 
         "input": [{"name": EMBEDDING, "data_type": "TYPE_FP32", "dims": dims}],
         "output": [{"name": EMBEDDING, "data_type": "TYPE_FP32", "dims": dims}],
         "instance_group": [{"kind": "KIND_CPU", "count": 1}],
-        "parameters": _string_parameters({"embedding_model": opts.model_name}),
+        "parameters": _string_parameters({"embedding_model": opts.model_name, **_capture(opts)}),
     }
     if opts.dynamic_batching:
         config["dynamic_batching"] = _batching(opts)

@@ -66,11 +66,12 @@ PYTHON_MODEL = BACKEND_FILES / "model.py"
 PREPROCESS_MODEL = BACKEND_FILES / "preprocess_model.py"
 DRIFT_MODEL = BACKEND_FILES / "drift_model.py"
 # the files of each step's version folder: {name in the folder: source}
+SHARED_FILES = {name: BACKEND_FILES / name for name in ("versions.py", "capture_hook.py", "drift_share.py")}
 PREPROCESS_FILES = {"model.py": PREPROCESS_MODEL, "preprocessing.py": BACKEND_FILES / "preprocessing.py",
-                    "versions.py": BACKEND_FILES / "versions.py", "capture_hook.py": BACKEND_FILES / "capture_hook.py"}
-DRIFT_FILES = {"model.py": DRIFT_MODEL, "versions.py": BACKEND_FILES / "versions.py"}
+                    **SHARED_FILES}
+DRIFT_FILES = {"model.py": DRIFT_MODEL, **SHARED_FILES}
 UNPACK_FILES = {"model.py": BACKEND_FILES / "unpack_model.py", "preprocessing.py": BACKEND_FILES / "preprocessing.py",
-                "versions.py": BACKEND_FILES / "versions.py", "capture_hook.py": BACKEND_FILES / "capture_hook.py"}
+                **SHARED_FILES}
 
 
 def version_folders(model_dir: str | Path) -> list[int]:

@@ -11,8 +11,11 @@ one-line message, as a deployment's other bad settings do. Once serving, a captu
 queue, a failing store) never fails a request.
 
 The drift score of an image's window is computed by the drift step, after the embedding model, in
-another process; this first step cannot know it when it offers an image, so captures from the
-ensemble record `drift_score: null` (docs/operations.md, "Image capture").
+another process; this first step offers an image before that step has seen it, so the score recorded
+is the one of the latest window the drift step completed for the served version (mmd2 / threshold, the
+ratio the drift alert compares with 1), which the drift step shares through a small file of this
+server (drift_share.py); null before the first full window, for another version, or when the shared
+window is older than drift_share.MAX_AGE_S (docs/operations.md, "Image capture").
 
 The served version is asked of Triton at most once a second (VERSION_TTL_S), not per request, so
 capture adds one in-process call per item to the request path (Sampler.offer: a size check, a random
@@ -54,9 +57,10 @@ def open_sampler(model_config, log_error, env=None):
 class Capture:
     """Offers each received image to the sampler with the served version; never raises into a request."""
 
-    def __init__(self, sampler, served_version, log_error, clock=time.monotonic):
+    def __init__(self, sampler, served_version, log_error, clock=time.monotonic, drift_score=None):
         self.sampler = sampler
         self._served_version = served_version
+        self._drift_score = (lambda version: None) if drift_score is None else drift_score
         self._log_error = log_error
         self._clock = clock
         self._version = None
@@ -73,8 +77,9 @@ class Capture:
     def offer(self, items):
         try:
             version = self.version()
+            score = self._drift_score(version)
             for item in items:
-                self.sampler.offer(item, model_version=version, drift_score=None)
+                self.sampler.offer(item, model_version=version, drift_score=score)
         except Exception as exc:
             if not self._failed:  # once, not per request
                 self._failed = True

@@ -23,6 +23,11 @@ reference that breaks the rules of drift.py's reference_problem -- NaN or zero b
 threshold, NaN, empty or too short sample -- or an error while computing it: then the mmd2 and
 threshold gauges are withdrawn), and the error is logged. A version without a reference has no gauges.
 
+With capture switched on (capture_hook.switched_on: DINO_CAPTURE_ENABLED, else this step's own
+`capture_enabled` parameter, which `dino-mlops triton-repo --capture` writes), each completed window's
+mmd2, threshold and ratio are also written to a small file of this server (drift_share.py), from which
+the image entry point's first step records the drift score of the images it captures.
+
 One stub at a time owns the gauges. Two stubs registering the same metric family made tritonserver 2.51
 hang when one of them was unloaded (a reload of this step loads the new instance before the old one
 goes). So the gauges belong to whichever stub holds an exclusive lock on a file named after the
@@ -64,6 +69,8 @@ def _sibling(name):
 
 
 versions = _sibling("versions")
+capture_hook = _sibling("capture_hook")
+drift_share = _sibling("drift_share")
 
 
 class TritonPythonModel:
@@ -76,6 +83,9 @@ class TritonPythonModel:
         self.repository = Path(args["model_repository"]).parent
         self.output_names = [o["name"] for o in config["output"]]
         self.version, self.drift, self.since_check = None, None, 0
+        # shared with the capture step of the image entry point when capture is on (drift_share.py)
+        self.share = drift_share.share_path(self.embedding_model) if capture_hook.switched_on(config) else None
+        self.share_failed = False
 
     def execute(self, requests):
         responses, answered = [], []
@@ -104,6 +114,7 @@ class TritonPythonModel:
             _log_error(f"embedding drift monitor down (dino_embedding_drift_monitor_up 0): {exc!r}")
             self.drift.gauges.withdraw_statistic()
             self.drift = BrokenDrift(self.drift.gauges)
+            self._unshare()
 
     def _follow_served_version(self):
         try:
@@ -117,12 +128,32 @@ class TritonPythonModel:
             self.drift.close()
         self.version = version
         labels = {"model": self.embedding_model, "version": str(version)}
-        self.drift = _drift_monitor(self.repository / self.embedding_model / str(version) / DRIFT_FILE, labels)
+        self._unshare()
+        on_value = None if self.share is None else self._share
+        self.drift = _drift_monitor(self.repository / self.embedding_model / str(version) / DRIFT_FILE, labels,
+                                    on_value)
+
+    def _share(self, mmd2, threshold):
+        """Hand a completed window to the capture step; a failure is logged once and never fails a request."""
+        try:
+            drift_share.write_window(self.share, drift_share.window_record(self.version, mmd2, threshold))
+        except Exception as exc:
+            if not self.share_failed:
+                self.share_failed = True
+                _log_error(f"cannot share the drift window with the capture step ({self.share}): {exc!r}")
+
+    def _unshare(self):
+        if self.share is not None:
+            try:
+                drift_share.remove_window(self.share)
+            except OSError as exc:
+                _log_error(f"cannot remove the shared drift window {self.share}: {exc!r}")
 
     def finalize(self):
         if self.drift is not None:
             self.drift.close()
         self.drift = None
+        self._unshare()
 
 
 class DriftGauges:
@@ -193,9 +224,10 @@ class DriftGauges:
 class DriftWindow:
     """The last `window` L2-normalised embeddings in a ring buffer; MMD^2 against the reference every N."""
 
-    def __init__(self, reference, gauges, update_every=DRIFT_UPDATE_EVERY):
+    def __init__(self, reference, gauges, update_every=DRIFT_UPDATE_EVERY, on_value=None):
         self.sample = reference["sample"].astype(np.float64)
         self.bandwidth, self.self_term = float(reference["bandwidth"]), float(reference["self_term"])
+        self.threshold, self.on_value = float(reference["threshold"]), on_value
         self.size, self.update_every = int(reference["window"]), update_every
         self.buffer = np.zeros((self.size, self.sample.shape[1]))
         self.seen, self.since_update, self.value = 0, 0, None
@@ -217,6 +249,8 @@ class DriftWindow:
             self.value = value
             self.since_update = 0
             self.gauges.publish(up=True, value=self.value)
+            if self.on_value is not None:
+                self.on_value(self.value, self.threshold)
 
 
 class BrokenDrift:
@@ -271,9 +305,10 @@ def reference_problem(reference):
     return None
 
 
-def _drift_monitor(path, labels):
+def _drift_monitor(path, labels, on_value=None):
     """The drift monitor of this version: None without a reference file or custom metrics support; a
-    BrokenDrift (gauge monitor_up 0, an error in the log) when the reference cannot be used."""
+    BrokenDrift (gauge monitor_up 0, an error in the log) when the reference cannot be used. `on_value`
+    (mmd2, threshold) is called after each completed window."""
     if not path.is_file():
         return None
     if not hasattr(pb_utils, "MetricFamily"):
@@ -289,7 +324,7 @@ def _drift_monitor(path, labels):
         _log_error(f"the drift reference {path} is invalid: {problem}; serving without the drift statistic "
                    "(dino_embedding_drift_monitor_up 0): re-export the model to rebuild it")
         return BrokenDrift(DriftGauges(labels))
-    return DriftWindow(reference, DriftGauges(labels, float(reference["threshold"])))
+    return DriftWindow(reference, DriftGauges(labels, float(reference["threshold"])), on_value=on_value)
 
 
 def _l2_normalise(x):

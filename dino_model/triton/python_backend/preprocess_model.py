@@ -37,6 +37,7 @@ def _sibling(name):
 preprocessing = _sibling("preprocessing")
 versions = _sibling("versions")
 capture_hook = _sibling("capture_hook")
+drift_share = _sibling("drift_share")
 
 
 class TritonPythonModel:
@@ -55,7 +56,11 @@ class TritonPythonModel:
         self.embedding_model = params["embedding_model"]
         self.repository = Path(args["model_repository"]).parent
         sampler = capture_hook.open_sampler(config, _log_error)
-        self.capture = None if sampler is None else capture_hook.Capture(sampler, self.served_version, _log_error)
+        if sampler is None:
+            self.capture = None
+        else:  # the drift score: the latest window the drift step shared (drift_share.py)
+            window = drift_share.WindowReader(drift_share.share_path(self.embedding_model))
+            self.capture = capture_hook.Capture(sampler, self.served_version, _log_error, drift_score=window.score)
 
     def execute(self, requests):
         responses = []

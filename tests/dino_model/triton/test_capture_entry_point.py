@@ -1,8 +1,9 @@
 """Capture on the image entry point (`dino_images`) of a real tritonserver, switched by the server's environment.
 
 Off by default: a server that knows a store but was not told to capture writes nothing there. On: the
-images sent as bytes land in the store as sent, with the version of `dino` that answered them. A store
-that stops working loses captures, never requests.
+images sent as bytes land in the store as sent, with the version of `dino` that answered them, and,
+once the drift step has completed a window, that window's drift score (mmd2 / threshold, as the
+server's gauges say). A store that stops working loses captures, never requests.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pytest
 from PIL import Image
 
 from dino_model.capture import CaptureStore
+from dino_model.monitoring.drift import DriftReference, drift_path
 from dino_model.serving.client import EmbeddingClient
 
 pytestmark = pytest.mark.triton
@@ -86,7 +90,7 @@ def test_captured_images_land_in_the_store_with_the_served_version_and_a_broken_
         store = CaptureStore(store_dir)
         assert sorted(r.sha256 for r in records) == sorted(hashlib.sha256(b).hexdigest() for b in images)
         assert {r.model_version for r in records} == {"1"}  # the version of `dino` that answered
-        assert {r.drift_score for r in records} == {None}  # the drift step runs later, in another process
+        assert {r.drift_score for r in records} == {None}  # 8 images: the drift step has no full window yet
         assert {store.image_bytes(r) for r in records} == set(images)  # the bytes as sent
 
         # the store breaks: a file where its folder was; requests are still answered
@@ -99,3 +103,49 @@ def test_captured_images_land_in_the_store_with_the_served_version_and_a_broken_
         assert "could not store an image" in server.log_tail(200)
     finally:
         next(servers, None)
+
+
+def _png(source: Path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(source).convert("RGB").resize((40, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _gauge(metrics_url: str, name: str, version: str = "1") -> float | None:
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    labels = rf'\{{(?=[^}}]*model="dino")(?=[^}}]*version="{version}")[^}}]*\}}'
+    found = re.search(rf"^{name}{labels} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def test_captured_images_carry_the_drift_score_of_the_latest_window(tmp_path: Path, tiny_onnx: Path, triton_tools,
+                                                                    digits_root: Path) -> None:
+    """Before the first full window the score is null; after it, the window's mmd2 / threshold of /metrics."""
+    window = DriftReference.load(drift_path(tiny_onnx)).window
+    files = sorted((digits_root / "val").rglob("*.png"))[:window + 8]
+    first, later = [_png(p) for p in files[:window]], [_png(p) for p in files[window:]]
+    assert len(set(first + later)) == window + 8
+    store_dir = tmp_path / "store"
+    servers = _server(tmp_path, tiny_onnx, triton_tools, {"DINO_CAPTURE_ENABLED": "1",
+                                                          "DINO_CAPTURE_STORE": str(store_dir),
+                                                          "DINO_CAPTURE_RATE": "1"})
+    server = next(servers)
+    try:
+        client = EmbeddingClient(server.grpc_url)
+        for start in range(0, window, 16):  # exactly one full window: the drift step computes its first value
+            client.infer_encoded(first[start:start + 16])
+        mmd2 = _gauge(server.metrics_url, "dino_embedding_drift_mmd2")
+        threshold = _gauge(server.metrics_url, "dino_embedding_drift_threshold")
+        assert mmd2 is not None and threshold
+        time.sleep(1.5)  # the capture step looks at the shared window at most once a second
+        client.infer_encoded(later)  # 8 more: fewer than an update's worth, the window's score stays
+        records = {r.sha256: r for r in _wait_for(CaptureStore(store_dir), window + 8)}
+    finally:
+        next(servers, None)
+    scores = [records[hashlib.sha256(b).hexdigest()].drift_score for b in first]
+    assert scores == [None] * window  # offered before the drift step had seen them
+    for image in later:
+        record = records[hashlib.sha256(image).hexdigest()]
+        assert record.model_version == "1"
+        assert record.drift_score == pytest.approx(mmd2 / threshold, rel=1e-6)

@@ -87,3 +87,16 @@ def test_the_served_version_goes_with_each_offered_image(hook, tmp_path: Path) -
     now[0] = hook.VERSION_TTL_S
     capture.offer([b"b"])
     assert offered == [(b"a", "1", None), (b"b", "2", None)]
+
+
+def test_the_drift_score_of_the_served_version_goes_with_each_offered_image(hook) -> None:
+    offered = []
+
+    class Recording:
+        def offer(self, data, *, model_version, drift_score):
+            offered.append((model_version, drift_score))
+
+    scores = {"1": 0.5}
+    capture = hook.Capture(Recording(), lambda: 1, [].append, clock=lambda: 0.0, drift_score=scores.get)
+    capture.offer([b"a", b"b"])
+    assert offered == [("1", 0.5), ("1", 0.5)]

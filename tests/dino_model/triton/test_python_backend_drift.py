@@ -292,3 +292,30 @@ def test_the_embedding_model_computes_no_drift(backend, tiny_export, tiny_onnx: 
     _MetricFamily.created.clear()
     assert backend.embed(version_dir, np.zeros((70, 3, 32, 32), np.float32)).shape == (70, 64)
     assert _MetricFamily.created == [] and not hasattr(backend.embedder, "DriftWindow")
+
+
+def test_with_capture_on_each_window_is_shared_with_the_capture_step(backend, tiny_export, tiny_onnx: Path,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """capture_enabled (triton-repo --capture): the window's mmd2, threshold and ratio go to drift_share's file;
+    a step with capture off writes none, and an unloading step removes its own."""
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("DINO_CAPTURE_ENABLED", raising=False)
+    shared = tmp_path / f"dino-drift-{os.getppid()}-dino.json"
+    reference = DriftReference.load(drift_path(tiny_onnx))
+    images = np.random.default_rng(0).standard_normal((reference.window, 3, 32, 32), dtype=np.float32)
+    off = write_model_repository(tiny_onnx, tmp_path / "off", RepositoryOptions(flavour="cpu"))
+    _embeddings(backend.load(Path(off["version_dir"])), images)
+    assert _gauges()[MMD2].values and not shared.exists()
+    written = write_model_repository(tiny_onnx, tmp_path / "on", RepositoryOptions(flavour="cpu", capture=True))
+    model = backend.load(Path(written["version_dir"]))
+    _embeddings(model, images)
+    record = json.loads(shared.read_text())
+    assert record["version"] == "1" and record["mmd2"] == pytest.approx(model.drift.value)
+    assert record["threshold"] == pytest.approx(reference.threshold)
+    assert record["ratio"] == pytest.approx(model.drift.value / reference.threshold)
+    model.finalize()
+    assert not shared.exists()

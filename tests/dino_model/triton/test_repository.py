@@ -91,6 +91,7 @@ def test_python_backend_model_is_self_contained() -> None:
                    "triton_python_backend_utils"}),
     (BACKEND_FILES / "versions.py", {"pathlib"}),
     (BACKEND_FILES / "capture_hook.py", {"os", "time", "dino_model"}),
+    (BACKEND_FILES / "drift_share.py", {"json", "os", "tempfile", "time", "pathlib"}),
 ])
 def test_the_entry_point_steps_are_self_contained(source: Path, allowed: set[str]) -> None:
     """The steps' stubs import their files from the version folder: no project code, nothing beyond numpy and PIL."""
@@ -140,7 +141,9 @@ def test_the_entry_points_are_written_beside_the_model(tmp_path: Path, tiny_onnx
     assert json.loads(params["mean"]) == list(contract.mean) and json.loads(params["std"]) == list(contract.std)
     assert config_parameters(drift)["embedding_model"] == params["embedding_model"] == "dino"
     assert sorted(p.name for p in (tmp_path / "dino_preprocess" / "1").iterdir()) == [
-        "capture_hook.py", "model.py", "preprocessing.py", "versions.py"]
+        "capture_hook.py", "drift_share.py", "model.py", "preprocessing.py", "versions.py"]
+    assert sorted(p.name for p in (tmp_path / "dino_drift" / "1").iterdir()) == [
+        "capture_hook.py", "drift_share.py", "model.py", "versions.py"]
     assert (tmp_path / "dino_preprocess" / "1" / "model.py").read_bytes() == PREPROCESS_MODEL.read_bytes()
     assert (tmp_path / "dino_drift" / "1" / "model.py").read_bytes() == DRIFT_MODEL.read_bytes()
     assert list((tmp_path / "dino_images" / "1").iterdir()) == []
@@ -194,3 +197,27 @@ def test_cli_triton_repo(tmp_path: Path, tiny_onnx: Path, capsys: pytest.Capture
     assert code == 0 and result["model"] == "digits" and result["version"] == 1
     config = read_config(tmp_path / "digits")
     assert config["name"] == "digits" and config_parameters(config)["data_version"] == "override.dir"
+
+
+def test_cli_triton_repo_capture_switches_capture_on_in_the_first_step(tmp_path: Path, tiny_onnx: Path,
+                                                                       capsys: pytest.CaptureFixture,
+                                                                       run_cli) -> None:
+    """--capture writes capture_enabled "true" where the hook reads it (and in the drift step, which shares its
+    window); without it the parameter is absent: capture is off."""
+    import importlib.util
+
+    from dino_model.triton import ensemble
+
+    spec = importlib.util.spec_from_file_location("capture_hook_switch", BACKEND_FILES / "capture_hook.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    for flags, root in (([], tmp_path / "off"), (["--capture"], tmp_path / "on")):
+        assert run_cli(["triton-repo", "--onnx", str(tiny_onnx), "--repository", str(root), "--flavour", "cpu",
+                        *flags]) == 0
+    capsys.readouterr()
+    for name in ("dino_preprocess", "dino_drift"):
+        on, off = read_config(tmp_path / "on" / name), read_config(tmp_path / "off" / name)
+        assert config_parameters(on)["capture_enabled"] == "true" and "capture_enabled" not in config_parameters(off)
+        assert hook.switched_on(on, env={}) and not hook.switched_on(off, env={})  # no DINO_CAPTURE_ENABLED
+    on, off = (ensemble.unpack_config(RepositoryOptions(capture=c)) for c in (True, False))  # first step before DALI
+    assert hook.switched_on(on, env={}) and not hook.switched_on(off, env={})
