@@ -1,17 +1,20 @@
 """What capture costs serving: throughput of the image entry point with capture on at the default rate against off.
 
-Two real tritonservers serve the same exported model from two copies of one repository, one with
-capture switched on by its environment (DINO_CAPTURE_ENABLED=1, the default rate
-`CaptureSettings().rate`, a local store), the other without. Closed-loop gRPC clients send encoded
-JPEGs to `<model>_images` (decode and resize on the server's Python step, the model, the drift step).
-The run is interleaved: each round serves one block of requests on each server, in alternating order,
-so both share the machine's slow and fast moments (other jobs on a shared machine). The result is the
-median over rounds of the throughput ratio on / off within a round, both medians of requests per
-second, the load average around the run, and how many images the store holds at the end. Each request
-is a distinct JPEG (random crops of scikit-image's sample photographs), so de-duplication hides no write.
+One real tritonserver serves an exported model; capture is switched on and off between blocks of
+requests by reloading the entry point's capture steps (`<model>_preprocess`, `<model>_drift`) with the
+`capture_enabled` parameter set or not, as `dino-mlops triton-repo --capture` writes it (the store and the
+rate come from the server's environment: a local folder, the default rate `CaptureSettings().rate`).
+One server, not two, because two servers side by side differed by about 9% whichever had capture on:
+how the machine schedules two tritonservers and their stubs is not what is measured. Closed-loop gRPC
+clients send encoded JPEGs to `<model>_images` (decode and resize on the server's Python step, the model,
+the drift step). Each round serves one block with capture off and one with it on, in alternating order,
+each after a short unmeasured warm-up; the result is the median over rounds of the throughput ratio
+on / off within a round, both medians of requests per second, the load average around the run, and how
+many images the store holds at the end. Each request is a distinct JPEG (random crops of scikit-image's
+sample photographs), so de-duplication hides no write.
 
     .venv/bin/python benchmarks/capture.py                        # tiny random model, 32 px input
-    .venv/bin/python benchmarks/capture.py --rounds 30 --requests 100 --clients 4
+    .venv/bin/python benchmarks/capture.py --rounds 30 --requests 100 --clients 2
 """
 
 from __future__ import annotations
@@ -91,6 +94,18 @@ def start_server(onnx: Path, repository: Path, env: dict[str, str]):
                 os.environ[name] = value
 
 
+def switch_capture(server, on: bool, model: str = "dino") -> None:
+    """Reload the capture steps with `capture_enabled` set to `on` (the server's environment does not set it)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+    for step in (f"{model}_preprocess", f"{model}_drift"):
+        config = client.get_model_config(step, as_json=True)["config"]
+        config.setdefault("parameters", {})["capture_enabled"] = {"string_value": "true" if on else "false"}
+        client.load_model(step, config=json.dumps(config), headers=server.admin_headers)
+    client.close()
+
+
 def serve_block(url: str, images: list[bytes], clients: int) -> float:
     """Requests per second of `clients` closed-loop clients sending one image per request."""
     from dino_model.serving.client import EmbeddingClient
@@ -111,55 +126,47 @@ def serve_block(url: str, images: list[bytes], clients: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=60, help="requests per block (one image each)")
-    parser.add_argument("--rounds", type=int, default=20, help="rounds, each one block per server, alternating")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds, each one block off and one on, alternating")
+    parser.add_argument("--warmup", type=int, default=10, help="unmeasured requests after each switch")
     parser.add_argument("--clients", type=int, default=2, help="concurrent closed-loop clients")
     parser.add_argument("--rate", type=float, default=CaptureSettings().rate, help="the capture rate")
-    parser.add_argument("--on-first", action="store_true", help="start the capture-on server first")
     parser.add_argument("--onnx", help="an exported model.onnx (default: the tiny config, random weights)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     work = Path(tempfile.mkdtemp(prefix="capture-bench-"))
-    servers = []
+    server = None
     try:
         onnx = Path(args.onnx) if args.onnx else tiny_onnx(work)
         store = work / "store"
-        on_env = {"DINO_CAPTURE_ENABLED": "1", "DINO_CAPTURE_STORE": str(store), "DINO_CAPTURE_RATE": str(args.rate)}
-        envs = {"off": {"DINO_CAPTURE_ENABLED": "0"}, "on": on_env}
-        started = {}
-        for name in (("on", "off") if args.on_first else ("off", "on")):  # the start order, to see its bias
-            started[name] = start_server(onnx, work / f"repo-{name}", envs[name])
-            servers.append(started[name])
-        off, on = started["off"], started["on"]
-        images = request_images(args.requests * (args.rounds + 1) * 2)
-        serve_block(off.grpc_url, images[:args.requests], args.clients)  # warm-up of both, not counted
-        serve_block(on.grpc_url, images[args.requests:2 * args.requests], args.clients)
+        server = start_server(onnx, work / "repo", {"DINO_CAPTURE_STORE": str(store),
+                                                     "DINO_CAPTURE_RATE": str(args.rate)})
+        block = args.requests + args.warmup
+        images = iter(request_images(block * 2 * args.rounds))
+        rps: dict[str, list[float]] = {"off": [], "on": []}
         load_before = os.getloadavg()
-        off_rps, on_rps = [], []
-        for r in range(1, args.rounds + 1):
-            blocks = {name: images[(2 * r + k) * args.requests:(2 * r + k + 1) * args.requests]
-                      for k, name in enumerate(("off", "on"))}
-            for name in (("off", "on") if r % 2 else ("on", "off")):
-                rps = serve_block((off if name == "off" else on).grpc_url, blocks[name], args.clients)
-                (off_rps if name == "off" else on_rps).append(rps)
+        for r in range(args.rounds):
+            for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                switch_capture(server, name == "on")
+                serve_block(server.grpc_url, [next(images) for _ in range(args.warmup)], args.clients)
+                rps[name].append(serve_block(server.grpc_url, [next(images) for _ in range(args.requests)],
+                                             args.clients))
         load_after = os.getloadavg()
-        for server in servers:
-            server.stop()  # the capture step's finalize writes what is queued
-        servers.clear()
+        server.stop()  # the capture step's finalize writes what is queued
+        server = None
         stored = sum(1 for _ in CaptureStore(store).iter_records()) if store.is_dir() else 0
+        ratios = np.array(rps["on"]) / np.array(rps["off"])
         result = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                   "load_average_1m": [round(load_before[0], 2), round(load_after[0], 2)],
                   "requests_per_block": args.requests, "rounds": args.rounds, "clients": args.clients,
-                  "rate": args.rate, "started_first": "on" if args.on_first else "off",
-                  "off_rps": round(float(np.median(off_rps)), 1),
-                  "on_rps": round(float(np.median(on_rps)), 1),
-                  "ratio_on_off": round(float(np.median(np.array(on_rps) / np.array(off_rps))), 4),
-                  "ratio_quartiles": [round(float(q), 4) for q in
-                                      np.percentile(np.array(on_rps) / np.array(off_rps), [25, 75])],
-                  "offered_on": args.requests * (args.rounds + 1), "stored": stored}
+                  "rate": args.rate, "off_rps": round(float(np.median(rps["off"])), 1),
+                  "on_rps": round(float(np.median(rps["on"])), 1),
+                  "ratio_on_off": round(float(np.median(ratios)), 4),
+                  "ratio_quartiles": [round(float(q), 4) for q in np.percentile(ratios, [25, 75])],
+                  "offered_on": block * args.rounds, "stored": stored}
         logger.info(json.dumps(result))
     finally:
-        for server in servers:
+        if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
