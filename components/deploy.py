@@ -48,7 +48,9 @@ def export_onnx(model: Input[Model], data_ref: str, train_subdir: str, knn_repor
     The evaluation reports become the model's lineage metrics (read by the quality gate of later runs);
     a sample of the training images (materialised by reference, `data_ref`: `train_subdir` and, when the
     version holds it, `captured_subdir`, sampled over their union as pretraining read them) becomes the
-    drift reference served beside the model. The teacher backbone is also written as model.safetensors,
+    drift reference served beside the model; the newest captured images are scored against it, and their
+    drift ratio (mmd2 / threshold, what DinoEmbeddingDrift compares with 1) is logged to `parity` as
+    captured_drift_ratio (with captured_drift_images). The teacher backbone is also written as model.safetensors,
     which deploy keeps in the version folder: a later retraining starts from it (init_from_serving).
     The file's sha256, lineage and their signature (made with the private key of the Secret
     lineage-signing-key, $DINO_LINEAGE_SIGNING_KEY) go into the artifact's metadata, which KFP keeps in
@@ -66,10 +68,11 @@ def export_onnx(model: Input[Model], data_ref: str, train_subdir: str, knn_repor
 
     Path(onnx.path).mkdir(parents=True, exist_ok=True)
     reports = [knn_report.path, linear_report.path]
-    drift = [f"{local_folders(data_ref, train_subdir)}/{train_subdir}",
-             *(extra_training_roots(data_ref, captured_subdir) if captured_subdir else [])]
+    captured = extra_training_roots(data_ref, captured_subdir) if captured_subdir else []
+    drift = [f"{local_folders(data_ref, train_subdir)}/{train_subdir}", *captured]
     checkpoint, output = f"{model.path}/checkpoint.pth", f"{onnx.path}/model.onnx"
-    report = export_checkpoint(checkpoint, output, ExportOptions(metrics_reports=reports, drift_images=drift))
+    report = export_checkpoint(checkpoint, output, ExportOptions(metrics_reports=reports, drift_images=drift,
+                                                                 score_drift_on=captured))
     weights = export_safetensors(checkpoint, weights_path(output), ExportOptions(metrics_reports=reports))
     fp32 = report["details"]["files"]["fp32"]
     record = LineageRecord(sha256=fp32["sha256"], lineage=report["details"]["lineage"],

@@ -13,7 +13,8 @@ from dino_model.triton.config import RepositoryOptions
 
 # the ONNX-only ExportOptions fields and their flags
 ONNX_FLAGS = {"patch_tokens": "--patch-tokens", "fp16": "--fp16", "opset": "--opset",
-              "parity_images": "--parity-images", "n_random": "--parity-random", "tolerance": "--tolerance"}
+              "parity_images": "--parity-images", "n_random": "--parity-random", "tolerance": "--tolerance",
+              "score_drift_on": "--score-drift-on"}
 
 
 def _option(name: str, of: type = RepositoryOptions) -> Any:
@@ -47,6 +48,9 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
                       help="random inputs in the parity check")
     onnx.add_argument("--tolerance", type=float, default=_option("tolerance", ExportOptions),
                       help="max |PyTorch - onnxruntime| in fp32")
+    onnx.add_argument("--score-drift-on", metavar="FOLDER", action="append", default=[],
+                      help="captured images (<day>/ sub-folders, newest first): the report's metrics gain "
+                           "captured_drift_ratio, their drift against the new drift reference (repeatable)")
     add_lineage_args(p)
     p.set_defaults(func=run_export)
 
@@ -95,7 +99,8 @@ def _register_repo(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     opts = ExportOptions(patch_tokens=args.patch_tokens, fp16=args.fp16, opset=args.opset, image_size=args.image_size,
                          parity_images=args.parity_images, n_random=args.parity_random, tolerance=args.tolerance,
-                         metrics_reports=args.metrics, data_version=args.data_version)
+                         metrics_reports=args.metrics, data_version=args.data_version,
+                         score_drift_on=args.score_drift_on)
     if args.format == "safetensors":
         refused = [ONNX_FLAGS[name] for name in onnx_only_set(opts)]
         if refused:

@@ -9,7 +9,8 @@ file against it, and the signature with the trusted public keys, before it serve
 as verified (dino_model/export/lineage.py).
 The export also writes the drift reference `<stem>.drift.npz`, embeddings of a sample of the
 training images that serving compares its requests with (dino_model/monitoring/drift.py), and records
-its sha256 in the report (`details.drift`).
+its sha256 in the report (`details.drift`). Given captured images (`score_drift_on`), it scores their
+newest against that reference (dino_model/export/drift_score.py): `captured_drift_ratio` in the metrics.
 """
 
 from __future__ import annotations
@@ -22,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from dino_model.config import TrainConfig, config_from_dict
-from dino_model.data.datasets import ImageFolderDataset, ImageFolders
-from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from dino_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dino_model.errors import ExportError
-from dino_model.eval.features import extract
 from dino_model.eval.report import build_report, write_report
 from dino_model.export.contract import EMBEDDING, PATCH_TOKENS, ModelContract
+from dino_model.export.drift_score import embed, image_folders, score_drift
 from dino_model.export.lineage import build_lineage, default_metric_reports, file_sha256, read_metrics
 from dino_model.export.onnx import EmbeddingModel, export_onnx
 from dino_model.export.options import ExportOptions
@@ -38,7 +37,7 @@ from dino_model.export.parity import FP16_TOLERANCE, check_parity, parity_inputs
 from dino_model.export.signing import sign, signing_key
 from dino_model.logs import progress
 from dino_model.models.loading import load_backbone
-from dino_model.monitoring.drift import REFERENCE_SIZE, build_reference, drift_path
+from dino_model.monitoring.drift import REFERENCE_SIZE, DriftReference, build_reference, drift_path
 from dino_model.runtime.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -91,6 +90,10 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     drift = write_drift_reference(backbone, contract, train_cfg, output, images=opts.drift_images)
     if drift is not None:
         details["drift"] = drift
+    captured = _captured_drift(backbone, contract, train_cfg, drift, opts.score_drift_on)
+    if captured is not None:
+        details["captured_drift"] = captured
+        metrics |= {"captured_drift_ratio": captured["ratio"], "captured_drift_images": captured["images"]}
     report = build_report("export", checkpoint, metrics, details)
     report_path = write_report(report, output.with_suffix(".export.json"))
     return report | {"report_path": str(report_path)}
@@ -114,21 +117,31 @@ def write_drift_reference(backbone, contract: ModelContract, train_cfg: TrainCon
         logger.warning("no training image folder (%s) here: no drift reference written for %s",
                        ", ".join(map(str, roots)) or None, output)
         return None
-    eval_cfg = replace(train_cfg.eval, image_size=contract.image_size, resize_size=contract.resize_size)
-    dataset = ImageFolders([ImageFolderDataset(r, transform=eval_transform(eval_cfg)) for r in present])
+    dataset = image_folders(present, contract, train_cfg)
     source = ", ".join(map(str, present))
     if len(dataset) < 4:
         logger.warning("%s holds %d images: too few for a drift reference of %s", source, len(dataset), output)
         return None
     picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:size].tolist()
-    loader = DataLoader(Subset(dataset, sorted(picked)), batch_size=eval_cfg.batch_size)
-    features, _ = extract(backbone.eval(), loader, desc="drift reference")
-    reference = build_reference(features.numpy(), size=size)
+    features = embed(backbone, dataset, picked, batch_size=train_cfg.eval.batch_size, desc="drift reference")
+    reference = build_reference(features, size=size)
     path = reference.save(drift_path(output))
     logger.info("drift reference of %d training images from %s: window %d, MMD^2 threshold %.3g -> %s",
                 len(picked), source, reference.window, reference.threshold, path)
     return {"path": str(path), "sha256": file_sha256(path), "images": len(picked), "source": source,
             "window": reference.window, "threshold": reference.threshold, "bandwidth": reference.bandwidth}
+
+
+def _captured_drift(backbone, contract: ModelContract, train_cfg: TrainConfig | None, drift: dict[str, Any] | None,
+                    folders: Sequence[str]) -> dict[str, Any] | None:
+    """The drift of the newest captured images in `folders` against the reference just written, or None."""
+    if not folders:
+        return None
+    if drift is None or train_cfg is None:
+        logger.warning("no drift reference was written: the drift of %s is not scored", ", ".join(folders))
+        return None
+    score = score_drift(backbone, contract, train_cfg, DriftReference.load(drift["path"]), folders)
+    return None if score is None else score | {"source": ", ".join(folders)}
 
 
 def _trained_roots(cfg: TrainConfig) -> list[str]:

@@ -14,7 +14,7 @@ FORMATS = ("onnx", "safetensors")  # the first is the default
 DEFAULT_OPSET = 18
 FP32_TOLERANCE = 1e-4
 # fields that only the ONNX export reads: the graph's outputs and precision, and its parity check
-ONNX_ONLY = ("patch_tokens", "fp16", "opset", "parity_images", "n_random", "tolerance")
+ONNX_ONLY = ("patch_tokens", "fp16", "opset", "parity_images", "n_random", "tolerance", "score_drift_on")
 
 
 @dataclass
@@ -31,6 +31,9 @@ class ExportOptions:
     # training image folders the drift reference samples (their union); default: the checkpoint's data.root
     # and data.extra_roots, so the reference holds what the model was trained on
     drift_images: list[str] = field(default_factory=list)
+    # folders of captured images (`<day>/` sub-folders, newest first) whose drift against the new reference the
+    # report records as `captured_drift_ratio` (dino_model/export/drift_score.py); none: not scored
+    score_drift_on: list[str] = field(default_factory=list)
 
 
 def onnx_only_set(options: ExportOptions) -> list[str]:

@@ -348,3 +348,18 @@ def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise DataError(f"the drift statistic MMD^2 is {value}: the monitor cannot compute it")
     return value
+
+
+def drift_ratio(embeddings: np.ndarray, reference: DriftReference) -> dict[str, float | int] | None:
+    """The drift of a set of embeddings as the ratio mmd2 / threshold (what `DinoEmbeddingDrift` compares with 1).
+
+    `mmd2` is the median over the set's full windows (`batch_drift`; one window when the set holds W
+    embeddings, the serving monitor's statistic for those W). None when the set is shorter than one window:
+    the threshold holds for W only, and an unknown drift must not read as a number.
+    """
+    summary = batch_drift(embeddings, reference)
+    if summary["mmd2_median"] is None:
+        return None
+    mmd2 = float(summary["mmd2_median"])
+    return {"ratio": mmd2 / reference.threshold, "mmd2": mmd2, "threshold": reference.threshold,
+            "images": len(embeddings), "windows": int(summary["windows"])}

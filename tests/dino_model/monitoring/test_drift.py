@@ -23,6 +23,7 @@ from dino_model.monitoring.drift import (
     batch_drift,
     build_reference,
     drift_path,
+    drift_ratio,
     l2_normalise,
     median_bandwidth,
     mmd2_unbiased,
@@ -93,6 +94,18 @@ def test_monitor_updates_every_n_and_waits_for_a_full_window() -> None:
     assert monitor.add(rng.standard_normal((3, 4)) + 5) == first  # 3 < 4 new embeddings: not recomputed
     assert monitor.add(rng.standard_normal((1, 4)) + 5) != first
     assert monitor.value == pytest.approx(window_mmd2(np.stack(monitor._window), ref))
+
+
+
+def test_drift_ratio_is_the_window_mmd2_over_the_threshold_and_unknown_below_a_window() -> None:
+    rng = np.random.default_rng(5)
+    ref = build_reference(rng.standard_normal((64, 4)), size=64, window=8, n_permutations=10)
+    window = rng.standard_normal((8, 4)) + 2
+    score = drift_ratio(window, ref)
+    assert score["mmd2"] == pytest.approx(window_mmd2(window, ref))
+    assert score["ratio"] == pytest.approx(score["mmd2"] / ref.threshold) and score["ratio"] > 1
+    assert (score["images"], score["windows"], score["threshold"]) == (8, 1, ref.threshold)
+    assert drift_ratio(window[:7], ref) is None
 
 
 # --- real embeddings of the tiny model -------------------------------------------------------------
