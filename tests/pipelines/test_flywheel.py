@@ -189,5 +189,6 @@ def test_the_retraining_check_snapshots_a_clone_pushes_it_and_submits_the_new_ve
     (run,) = kfp_api.runs  # the flywheel's version continues from the served weights, gated with a tolerance
     params = run["runtime_config"]["parameters"]
     assert params["init_from_serving"] is True and params["gate_tolerance"] == 1.0
-    assert params["overrides"] == ["train.epochs=10", "optim.warmup_epochs=1", "loss.warmup_teacher_temp_epochs=0"]
+    assert params["overrides"] == ["train.epochs=10", "optim.warmup_epochs=1", "optim.base_lr=0.00017",
+                                   "loss.warmup_teacher_temp_epochs=0"]
     assert params["data_version"] == pushed.md5 and params["gpus"] == 0

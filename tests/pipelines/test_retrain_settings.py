@@ -63,7 +63,8 @@ def test_a_flywheel_run_continues_from_the_served_weights_after_the_runs_own_ove
     params = settings.flywheel.params(settings.params)
     assert params == {"init_from_serving": True, "gate_tolerance": 1.0,
                       "overrides": ["data.num_workers=8", "train.epochs=300", "train.epochs=10",
-                                    "optim.warmup_epochs=1", "loss.warmup_teacher_temp_epochs=0"]}
+                                    "optim.warmup_epochs=1", "optim.base_lr=0.00017",
+                                    "loss.warmup_teacher_temp_epochs=0"]}
     assert settings.params == {"overrides": ["data.num_workers=8", "train.epochs=300"]}  # left as it was
     own = settings_from_env({"DINO_FLYWHEEL_OVERRIDES": "train.epochs=4 'optim.base_lr=0.0001'",
                              "DINO_FLYWHEEL_TOLERANCE": "2.5"}).flywheel
