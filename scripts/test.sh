@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: bootstrap, lint, then the whole test suite (1,491 tests, about 50 minutes on 2 CPU cores with the container
+# The test command: bootstrap, lint, then the whole test suite (1,548 tests, about 30 minutes on 2 CPU cores with the container
 # tests; the first run on a machine also builds the project image, about 12 minutes, cached afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
