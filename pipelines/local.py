@@ -30,7 +30,8 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
               grpc_port: int = GRPC_PORT, http_port: int = HTTP_PORT, metrics_port: int = METRICS_PORT,
               output_dir: str | Path | None = None, pushgateway: str = "", containers: bool = False,
               data_repo: str | None = None, dvc_remote: str = "", data_version: str = "", dvc_endpoint_url: str = "",
-              train_subdir: str = "digits/train", val_subdir: str = "digits/val") -> dict[str, Any]:
+              train_subdir: str = "digits/train", val_subdir: str = "digits/val",
+              init_from_serving: bool = False) -> dict[str, Any]:
     """Run the whole pipeline locally; returns where each artifact is, the scores and the endpoint.
 
     Without `data_repo` the data step clones `repo_root` by its path (a git URL like any other) after
@@ -38,7 +39,8 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
     remote, exactly as a pod clones the data repository on a cluster. An s3:// `dvc_remote` is read at
     `dvc_endpoint_url` with the AWS_* credentials of this environment, which reach every step (the
     containers too) as the cluster's Secret reaches its pods. With `containers`, every step runs in the
-    project image (pipelines/containers.py) instead of this process's environment.
+    project image (pipelines/containers.py) instead of this process's environment. With
+    `init_from_serving`, pretraining starts from the weights the local Triton serves (as a flywheel run does).
     """
     from kfp import local
 
@@ -72,7 +74,7 @@ def run_local(repo_root: str | Path, *, config: str = DEFAULT_CONFIG, overrides:
             config_yaml=config_yaml, overrides=list(overrides or []), train_subdir=train_subdir,
             val_subdir=val_subdir, gpus=0, linear_epochs=linear_epochs, linear_lr=1.0, min_knn_top1=min_knn_top1,
             require_not_worse=require_not_worse, triton_url=server.grpc_url, triton_repository=server.repository,
-            triton_flavour="cpu", pushgateway=pushgateway,
+            triton_flavour="cpu", pushgateway=pushgateway, init_from_serving=init_from_serving,
         )
     except RuntimeError as exc:  # kfp.local reports a failed task this way; its log is above
         raise PipelineError(f"{exc} (the failing task's output is in the run's log; artifacts under "

@@ -1,9 +1,11 @@
 """The whole pipeline through kfp.local on a tiny configuration, served by a real local tritonserver.
 
 Runs against a throw-away clone of the repository's data versioning (data.dvc and .dvc/config), so
-the checkout itself is untouched. A second run with an impossible quality gate deploys nothing.
+the checkout itself is untouched. A second run, as the flywheel submits one, starts from the weights the
+first one deployed (init_from_serving) and, with an impossible quality gate, deploys nothing.
 """
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -49,12 +51,22 @@ def test_local_pipeline_end_to_end_then_a_failing_gate_deploys_nothing(data_repo
                            output_dir=out, **ports)
         _check_deployed_run(result, data_repo)
         held = run_local(data_repo, config="tiny", overrides=TINY, min_knn_top1=101.0, linear_epochs=5,
-                         output_dir=out, **ports)
+                         output_dir=out, init_from_serving=True, **ports)
         assert "model.onnx" not in held["artifacts"]
+        _check_started_from_served(held, result)
         versions = [m["version"] for m in held["deployed"] if m["name"] == "dino"]
         assert versions == [m["version"] for m in result["deployed"] if m["name"] == "dino"]  # unchanged
     finally:
         stop_local_server(out / "triton")
+
+
+def _check_started_from_served(held: dict, result: dict) -> None:
+    """The second run's checkpoint records the served version's backbone.safetensors and its sha256."""
+    (version,) = [m["version"] for m in result["deployed"] if m["name"] == "dino"]
+    weights = Path(result["endpoint"]["repository"]) / "dino" / str(version) / "backbone.safetensors"
+    init = load_checkpoint(held["artifacts"]["checkpoint.pth"])["init"]
+    assert init["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert init["parts"] == "backbone"  # a backbone-only file: the heads start afresh
 
 
 def _check_deployed_run(result: dict, data_repo: Path) -> None:
