@@ -78,20 +78,13 @@ def start_server(onnx: Path, repository: Path, env: dict[str, str]):
     from dino_model.serving.server import TritonServer
     from dino_model.triton.config import RepositoryOptions
     from dino_model.triton.repository import write_model_repository
+    from pipelines.flywheel_demo import environment
 
     write_model_repository(onnx, repository, RepositoryOptions(flavour="cpu", max_batch_size=16,
                                                                preferred_batch_sizes=[]))
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        http, grpc, metrics = free_ports(3)
+    http, grpc, metrics = free_ports(3)
+    with environment(env):  # the server inherits it
         return TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics).start()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def switch_capture(server, on: bool, model: str = "dino") -> None:
