@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dino_model.errors import CheckpointError, ServingError
+from dino_model.errors import CheckpointError
 from dino_model.runtime.digests import file_sha256
 from dino_model.triton.config import check_model_name, check_version
 from dino_model.triton.repository import WEIGHTS_FILE
@@ -42,22 +42,19 @@ def weights_of_version(repository: str | Path, model: str, version: int) -> Path
 
 
 def served_version(url: str, model: str, *, timeout_s: float = 10.0) -> int | None:
-    """The newest READY version of `model` at `url` (gRPC), or None when it is not served.
+    """The newest READY version of `model` at `url` (gRPC, what an unpinned request reaches), or None when
+    it is not served.
 
     Raises:
         ServingError: the server cannot be read.
     """
-    from tritonclient.grpc import InferenceServerClient
-    from tritonclient.utils import InferenceServerException
+    from dino_model.serving.client import EmbeddingClient
+    from dino_model.serving.index import served_version as newest_ready
 
-    try:
-        client = InferenceServerClient(url=url)
-        if not client.is_model_ready(model, client_timeout=timeout_s):
-            return None
-        versions = client.get_model_metadata(model, as_json=True, client_timeout=timeout_s).get("versions", [])
-    except InferenceServerException as exc:
-        raise ServingError(f"cannot read which version of {model!r} serves at {url}: {exc}") from None
-    return max((int(v) for v in versions), default=None)
+    client = EmbeddingClient(url, model, timeout_s=timeout_s)
+    if not client.call(f"asking whether {model!r} is ready", client.raw.is_model_ready, model):
+        return None
+    return int(newest_ready(client))
 
 
 def resolve_served_weights(url: str, model: str, repository: str | Path, *,

@@ -54,6 +54,12 @@ def open_sampler(model_config, log_error, env=None):
     return sampler_from_model_config(model_config, env)  # a refused setting stops the step's start, one line
 
 
+def open_capture(model_config, served_version, log_error, drift_score):
+    """The step's Capture (served_version() and drift_score(version) as Capture takes them), or None when off."""
+    sampler = open_sampler(model_config, log_error)
+    return None if sampler is None else Capture(sampler, served_version, log_error, drift_score=drift_score)
+
+
 class Capture:
     """Offers each received image to the sampler with the served version; never raises into a request."""
 

@@ -55,12 +55,8 @@ class TritonPythonModel:
         self.input_name, self.output_name = spec["name"], out["name"]
         self.embedding_model = params["embedding_model"]
         self.repository = Path(args["model_repository"]).parent
-        sampler = capture_hook.open_sampler(config, _log_error)
-        if sampler is None:
-            self.capture = None
-        else:  # the drift score: the latest window the drift step shared (drift_share.py)
-            window = drift_share.WindowReader(drift_share.share_path(self.embedding_model))
-            self.capture = capture_hook.Capture(sampler, self.served_version, _log_error, drift_score=window.score)
+        window = drift_share.WindowReader(drift_share.share_path(self.embedding_model))  # the drift step's latest
+        self.capture = capture_hook.open_capture(config, self.served_version, _log_error, drift_score=window.score)
 
     def execute(self, requests):
         responses = []
